@@ -1,0 +1,121 @@
+"""Named model variants as ConfigDicts, and the one function that builds a model from one."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from ml_collections import config_dict
+
+from ccnet_jax.models.ccnet import CCNet
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def base_model_config() -> ml_collections.ConfigDict:
+  """The official CCNet-ResNet-101 for Cityscapes (speedinghzl/CCNet ``networks/ccnet.py``)."""
+  return ml_collections.ConfigDict({
+      "name": "ccnet_r101_official",
+      "num_classes": 19,
+      "dtype": "float32",
+      "cca_impl": "einsum",
+      "backbone": {
+          "depth": 101,
+          "stem": "deep",
+          "output_stride": 8,
+          "multi_grid": (1, 1, 1),
+          "contract_dilation": False,
+          "ceil_mode": config_dict.placeholder(bool),
+          "base_width": 64,
+      },
+      "head": {
+          "attention": "criss_cross",
+          "recurrence": 2,
+          "channels": config_dict.placeholder(int),
+          "out_channels": 512,
+          "activation": "leaky_relu",
+          "dropout": 0.1,
+      },
+      "aux": {
+          "enabled": True,
+          "channels": 512,
+          "use_bias": True,
+          "activation": "leaky_relu",
+          "dropout": 0.1,
+      },
+  })
+
+
+def _official(depth: int) -> Callable[[], ml_collections.ConfigDict]:
+  def make():
+    config = base_model_config()
+    config.name = f"ccnet_r{depth}_official"
+    config.backbone.depth = depth
+    return config
+
+  return make
+
+
+def _mmseg(depth: int) -> Callable[[], ml_collections.ConfigDict]:
+  """mmsegmentation's ``ccnet_r{depth}-d8``: ResNetV1c, ReLU heads, 256-channel aux."""
+
+  def make():
+    config = base_model_config()
+    config.name = f"ccnet_r{depth}_d8_mmseg"
+    config.backbone.update(
+        depth=depth, stem="v1c", multi_grid=None, contract_dilation=True
+    )
+    config.head.activation = "relu"
+    config.aux.update(channels=256, use_bias=False, activation="relu")
+    return config
+
+  return make
+
+
+def _baseline(attention: str) -> Callable[[], ml_collections.ConfigDict]:
+  """The paper's baselines on the official network: FCN (no attention) and non-local."""
+
+  def make():
+    config = base_model_config()
+    config.name = {"none": "fcn_r101", "non_local": "nonlocal_r101"}[attention]
+    config.head.attention = attention
+    config.head.recurrence = 0 if attention == "none" else 1
+    return config
+
+  return make
+
+
+MODELS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
+    "ccnet_r50_official": _official(50),
+    "ccnet_r101_official": _official(101),
+    "ccnet_r50_d8_mmseg": _mmseg(50),
+    "ccnet_r101_d8_mmseg": _mmseg(101),
+    "fcn_r101": _baseline("none"),
+    "nonlocal_r101": _baseline("non_local"),
+}
+
+
+def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The ConfigDict of a named variant, with top-level fields overridden."""
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; known models: {sorted(MODELS)}.")
+  config = MODELS[name]()
+  config.update(overrides)
+  return config
+
+
+def build_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
+  """Builds the CCNet described by a model ConfigDict (``config.model``)."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f"model.dtype={config.dtype!r} is not one of {sorted(DTYPES)}.")
+  return CCNet(
+      config.num_classes,
+      backbone=config.backbone.to_dict(),
+      head=config.head.to_dict(),
+      aux=config.aux.to_dict(),
+      cca_impl=config.cca_impl,
+      dtype=DTYPES[config.dtype],
+      rngs=nnx.Rngs(seed),
+  )
