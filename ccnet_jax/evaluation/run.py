@@ -1,0 +1,71 @@
+"""``eval.py``'s job: find the model a user names, evaluate it, write the results."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from ccnet_jax.evaluation import format_results_table
+from ccnet_jax.models.export import load_model
+from ccnet_jax.models.registry import build_model
+from ccnet_jax.train.checkpointing import RunCheckpoints
+from ccnet_jax.train.mesh import make_mesh
+from ccnet_jax.train.optim import make_optimizer
+from ccnet_jax.train.state import create_train_state, merge_model
+from ccnet_jax.train.trainer import run_evaluation
+
+
+def _from_checkpoint(config: ml_collections.ConfigDict, workdir: str):
+  """The model of the newest training checkpoint in ``workdir``."""
+  checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), keep=1 << 30)
+  try:
+    if checkpoints.latest_step() is None:
+      raise FileNotFoundError(
+          f"No checkpoint in {workdir}/checkpoints: train first (python train.py --config ..."
+          f" --workdir {workdir}) or pass --model=<model directory>."
+      )
+    model = build_model(config.model, seed=config.train.seed)
+    tx, _ = make_optimizer(config.optim, config.train.total_steps)
+    graphdef, state = create_train_state(model, tx, seed=config.train.seed)
+    state, _, step = checkpoints.restore(state)
+  finally:
+    checkpoints.close()
+  return merge_model(graphdef, state, train=False), f"checkpoint of step {step}"
+
+
+def load_named_model(config: ml_collections.ConfigDict, workdir: str, which: str):
+  """(model in eval mode, description) for --model: latest, best, final or a directory."""
+  if which == "latest":
+    return _from_checkpoint(config, workdir)
+  directory = {"best": os.path.join(workdir, "best"), "final": os.path.join(workdir, "model")}.get(
+      which, which
+  )
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"--model={which}: {directory} is not a model directory (one written by training as"
+        " WORKDIR/best or WORKDIR/model, or by python -m ccnet_jax.convert)."
+    )
+  model, _ = load_model(directory)
+  return model, directory
+
+
+def evaluate_from_workdir(
+    config: ml_collections.ConfigDict, workdir: str, which: str = "latest"
+) -> dict[str, Any]:
+  """Evaluates the named model; prints the table, writes metrics.json and PNGs to WORKDIR/eval."""
+  workdir = os.path.abspath(workdir)
+  model, description = load_named_model(config, workdir, which)
+  out_dir = os.path.join(workdir, "eval")
+  metrics = run_evaluation(model, config, make_mesh(), out_dir=out_dir)
+  if jax.process_index() == 0:
+    class_names = metrics.get("class_names")
+    print(f"Evaluated the {description} on {config.data.name}/{config.data.eval_split}:")
+    print(format_results_table(metrics, class_names))
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+      json.dump({k: v for k, v in metrics.items() if k != "images"}, f, indent=1, default=float)
+  return metrics

@@ -1,0 +1,65 @@
+"""The parts every experiment config shares: loss, optimiser, loop and evaluation defaults.
+
+Dataset configs (``cityscapes.py``, ``ade20k.py``, ``synthetic.py``) start from
+:func:`base_config` and override what their recipe changes.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from ccnet_jax.data.config import data_config
+from ccnet_jax.models.registry import model_config
+
+
+def base_config(*, model: str, dataset: str) -> ml_collections.ConfigDict:
+  """The official CCNet recipe (DESIGN.md section 1) on ``dataset`` with the preset ``model``."""
+  config = ml_collections.ConfigDict()
+  config.model = model_config(model)
+  config.data = data_config(dataset)
+  config.model.num_classes = config.data.num_classes
+
+  config.loss = ml_collections.ConfigDict({
+      "align_corners": True,  # The official code upsamples logits with align_corners=True.
+      "ohem": False,
+      "ohem_thresh": 0.7,
+      "ohem_min_kept": 100_000,
+      "aux_weight": 0.4,
+      "ignore_label": 255,
+  })
+  config.optim = ml_collections.ConfigDict({
+      "learning_rate": 1e-2,
+      "power": 0.9,
+      "momentum": 0.9,
+      "nesterov": False,
+      "weight_decay": 1e-4,
+      "weight_decay_on": "all",  # torch SGD decays every parameter, as the official run did.
+      "warmup_steps": 0,
+      "warmup_start_ratio": 0.1,
+      "clip_grad_norm": config_dict.placeholder(float),
+  })
+  config.train = ml_collections.ConfigDict({
+      "total_steps": 60_000,
+      "global_batch_size": 8,
+      "seed": 0,
+      "log_every": 20,
+      "eval_every": 5_000,
+      "checkpoint_every": 1_000,
+      "keep_checkpoints": 3,
+      # A model directory written by `python -m ccnet_jax.convert` or by a run's export.
+      "init_from": "",
+      "init_part": "backbone",  # 'backbone' (ImageNet weights) or 'all' (a full model).
+      "num_summary_images": 4,
+  })
+  config.eval = ml_collections.ConfigDict({
+      "mode": "sliding",
+      "crop_size": config.data.crop_size,
+      "overlap": 1 / 3,
+      "scales": (1.0,),
+      "flip": False,
+      "align_corners": True,
+      "batch_size": 1,
+      "num_images_to_save": 8,
+  })
+  return config
