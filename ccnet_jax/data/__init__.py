@@ -1,0 +1,1 @@
+"""Datasets, augmentation and input pipelines for semantic segmentation."""

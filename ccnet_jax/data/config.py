@@ -1,0 +1,73 @@
+"""Dataset and augmentation settings as ConfigDicts, one preset per dataset."""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Official CCNet (speedinghzl/CCNet, Caffe-style ImageNet weights): BGR, mean only.
+OFFICIAL_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+OFFICIAL_STD = (1.0, 1.0, 1.0)
+# mmsegmentation / torchvision ImageNet statistics on the 0-255 scale, RGB.
+MMSEG_MEAN_RGB = (123.675, 116.28, 103.53)
+MMSEG_STD_RGB = (58.395, 57.12, 57.375)
+
+
+def _common() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "name": "",
+      "source": "folders",
+      "root": "/path/to/dataset",
+      "tfds_data_dir": "",
+      "manual_dir": "",
+      "train_split": "train",
+      "eval_split": "val",
+      "num_classes": 0,
+      "ignore_label": 255,
+      "crop_size": (512, 512),
+      # Scales are drawn from {scale_min + k * scale_step} when scale_step > 0,
+      # uniformly from [scale_min, scale_max] when scale_step == 0.
+      "scale_min": 0.5,
+      "scale_max": 2.0,
+      "scale_step": 0.0,
+      "flip": True,
+      "mean": MMSEG_MEAN_RGB,
+      "std": MMSEG_STD_RGB,
+      "channel_order": "rgb",
+      "shuffle_seed": 0,
+      "num_workers": 0,
+      "prefetch": 2,
+      "synthetic": {"num_train": 0, "num_eval": 0, "image_size": 64, "seed": 0},
+  })
+
+
+def data_config(name: str) -> ml_collections.ConfigDict:
+  """Returns the preset for 'cityscapes', 'ade20k' or 'synthetic'."""
+  config = _common()
+  config.name = name
+  if name == "cityscapes":
+    config.root = "/path/to/cityscapes"
+    config.num_classes = 19
+    config.crop_size = (769, 769)
+    # Official CCNet: scale = 0.5 + random.randint(0, 11) / 10 (inclusive), {0.5, ..., 1.6}.
+    config.scale_min, config.scale_max, config.scale_step = 0.5, 1.6, 0.1
+    config.mean, config.std, config.channel_order = OFFICIAL_MEAN_BGR, OFFICIAL_STD, "bgr"
+  elif name == "ade20k":
+    config.root = "/path/to/ADEChallengeData2016"
+    config.train_split, config.eval_split = "training", "validation"
+    config.num_classes = 150
+    config.crop_size = (512, 512)
+    config.scale_min, config.scale_max, config.scale_step = 0.5, 2.0, 0.0
+  elif name == "synthetic":
+    config.source = "synthetic"
+    config.root = ""
+    config.num_classes = 6
+    config.crop_size = (64, 64)
+    # The cue stripe must stay in the crop: no rescaling, only flips.
+    config.scale_min, config.scale_max, config.scale_step = 1.0, 1.0, 0.0
+    config.synthetic = {"num_train": 512, "num_eval": 64, "image_size": 64, "seed": 0}
+    config.mean = (127.5, 127.5, 127.5)
+    config.std = (64.0, 64.0, 64.0)
+  else:
+    raise ValueError(
+        f"data.name={name!r} is unknown; use 'cityscapes', 'ade20k' or 'synthetic'.")
+  return config

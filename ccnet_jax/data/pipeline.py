@@ -1,0 +1,156 @@
+"""Batched, sharded, resumable input pipelines for training and evaluation.
+
+Training uses grain (``grain.python``): an ``IndexSampler`` gives every process a disjoint shard
+of the records and an endless, seeded shuffle of it; a ``RandomMapTransform`` receives a
+generator derived from (seed, record position), so the augmentation of every example is fixed by
+the seed; and the loader's iterator state is a small JSON document (the last index read), so a
+restarted run continues at the next batch without replaying the data. Worker processes
+(``data.num_workers``) decode and augment off the training thread; each worker assembles whole
+batches, so the batch sequence is fixed by the seed *and* the worker count, and a run must resume
+with the worker count it saved.
+
+Evaluation is one ordered pass and needs none of that: a plain generator with a small thread
+pool for decoding, padded so that every process yields the same number of batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+from typing import Iterator
+
+import grain.python as grain
+import jax
+from absl import flags
+import ml_collections
+import numpy as np
+
+from ccnet_jax.data import transforms
+from ccnet_jax.data.sources import build_source
+
+
+def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  index = jax.process_index() if process_index is None else int(process_index)
+  count = jax.process_count() if process_count is None else int(process_count)
+  if count <= 0 or not 0 <= index < count:
+    raise ValueError(f"process_index={index} must be in [0, process_count={count}).")
+  return index, count
+
+
+class _TrainAugment(grain.RandomMapTransform):
+  """Applies :func:`transforms.train_transform` with grain's per-record generator."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self._config = config
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    return transforms.train_transform(element, self._config, rng)
+
+
+class TrainLoader:
+  """Endless iterator of {'image': float32 (b, h, w, 3), 'label': int32 (b, h, w)}.
+
+  ``get_state()`` returns a JSON-serialisable dict; ``set_state(state)`` on a loader built with
+  the same config, seed and process layout makes the next batch the one after the saved point.
+  """
+
+  def __init__(self, loader: grain.DataLoader, batch_size: int):
+    self._loader = loader
+    self._iterator = iter(loader)
+    self.batch_size = batch_size
+
+  def __iter__(self) -> "TrainLoader":
+    return self
+
+  def __next__(self) -> dict:
+    return next(self._iterator)
+
+  def get_state(self) -> dict:
+    return json.loads(self._iterator.get_state().decode("utf-8"))
+
+  def set_state(self, state: dict) -> None:
+    self._iterator.set_state(json.dumps(state, indent=4).encode("utf-8"))
+
+
+def make_train_loader(config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
+                      process_index: int | None = None,
+                      process_count: int | None = None) -> TrainLoader:
+  """This process's share (``global_batch_size // process_count``) of every training batch."""
+  index, count = _process_layout(process_index, process_count)
+  if global_batch_size <= 0 or global_batch_size % count:
+    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+                     f"the number of processes ({count}).")
+  batch_size = global_batch_size // count
+  source = build_source(config, config.train_split)
+  if len(source) < count * batch_size:
+    raise ValueError(f"the {config.train_split!r} split of {config.name!r} has {len(source)} "
+                     f"examples, fewer than one global batch ({global_batch_size}).")
+  if config.num_workers > 0 and not flags.FLAGS.is_parsed():
+    # grain's worker processes read absl flags; outside an absl app they are never parsed.
+    flags.FLAGS.mark_as_parsed()
+  sampler = grain.IndexSampler(
+      num_records=len(source),
+      shard_options=grain.ShardOptions(shard_index=index, shard_count=count, drop_remainder=True),
+      shuffle=True, num_epochs=None, seed=int(seed))
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=[_TrainAugment(config), grain.Batch(batch_size, drop_remainder=True)],
+      worker_count=int(config.num_workers),
+      worker_buffer_size=max(1, int(config.prefetch)))
+  return TrainLoader(loader, batch_size)
+
+
+def eval_shard(num_examples: int, process_index: int, process_count: int,
+               batch_size: int) -> list[int | None]:
+  """Indices this process evaluates, padded with None to the same number of full batches."""
+  per_process = -(-num_examples // process_count)
+  per_process = -(-per_process // batch_size) * batch_size
+  start = process_index * per_process
+  return [i if i < num_examples else None for i in range(start, start + per_process)]
+
+
+def make_eval_loader(config: ml_collections.ConfigDict, *, batch_size: int = 1,
+                     process_index: int | None = None,
+                     process_count: int | None = None) -> Iterator[dict]:
+  """One pass over ``config.eval_split``: {'image', 'label', 'valid': bool (b,), 'name'}.
+
+  Images keep their full size. Padding examples (``valid=False``) repeat a real image so that
+  every process yields the same number of equally shaped batches; their names are ''.
+  """
+  index, count = _process_layout(process_index, process_count)
+  if batch_size <= 0:
+    raise ValueError(f"batch_size={batch_size} must be positive.")
+  source = build_source(config, config.eval_split)
+  if len(source) == 0:
+    raise ValueError(f"the {config.eval_split!r} split of {config.name!r} is empty.")
+  indices = eval_shard(len(source), index, count, batch_size)
+  filler = min(index * len(indices), len(source) - 1)
+
+  def load(i: int | None) -> tuple[dict, bool]:
+    example = transforms.eval_transform(source[filler if i is None else i], config)
+    if i is None:
+      example["name"] = ""
+    return example, i is not None
+
+  def batches() -> Iterator[dict]:
+    with concurrent.futures.ThreadPoolExecutor(max(1, int(config.num_workers) or 2)) as pool:
+      pending = collections.deque()
+      lookahead = max(1, int(config.prefetch)) * batch_size
+      position = 0
+      while position < len(indices) or pending:
+        while position < len(indices) and len(pending) < lookahead:
+          pending.append(pool.submit(load, indices[position]))
+          position += 1
+        group = [pending.popleft().result() for _ in range(batch_size)]
+        shapes = {example["image"].shape for example, _ in group}
+        if len(shapes) > 1:
+          raise ValueError(
+              f"eval batch_size={batch_size} needs images of one size, got {sorted(shapes)} "
+              f"({', '.join(example['name'] for example, _ in group)}); use batch_size=1.")
+        yield {"image": np.stack([example["image"] for example, _ in group]),
+               "label": np.stack([example["label"] for example, _ in group]),
+               "valid": np.array([valid for _, valid in group], bool),
+               "name": [example["name"] for example, _ in group]}
+
+  return batches()

@@ -1,0 +1,48 @@
+"""The one place that turns a data config and a split name into a random-access source.
+
+A source has ``__len__`` and ``__getitem__(i) -> {'image': uint8 (H, W, 3) RGB, 'label': uint8
+(H, W) train ids with 255 = ignore, 'name': str}``, which is all the pipeline needs.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ccnet_jax.data.synthetic import SyntheticLongRange
+
+
+def _check_split(config: ml_collections.ConfigDict, split: str) -> None:
+  if split not in (config.train_split, config.eval_split):
+    raise ValueError(
+        f"split {split!r} is neither data.train_split={config.train_split!r} nor "
+        f"data.eval_split={config.eval_split!r}; set one of them to the split you want.")
+
+
+def build_source(config: ml_collections.ConfigDict, split: str):
+  """Returns the source of ``split`` for ``config.name`` read from ``config.source``."""
+  _check_split(config, split)
+  if config.source == "synthetic":
+    settings = config.synthetic
+    if split == config.train_split:
+      return SyntheticLongRange(settings.num_train, settings.image_size, settings.seed)
+    return SyntheticLongRange(settings.num_eval, settings.image_size, settings.seed,
+                              start_index=settings.num_train)
+  if config.source == "folders":
+    from ccnet_jax.data import folders  # pylint: disable=g-import-not-at-top
+    if config.name == "cityscapes":
+      return folders.CityscapesFolders(config.root, split)
+    if config.name == "ade20k":
+      return folders.ADE20KFolders(config.root, split)
+  elif config.source == "tfds":
+    from ccnet_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+    if config.name == "cityscapes":
+      return tfds_sources.CityscapesTFDS(split, data_dir=config.tfds_data_dir or None,
+                                         manual_dir=config.manual_dir or None)
+    if config.name == "ade20k":
+      return tfds_sources.ADE20KTFDS(split, data_dir=config.tfds_data_dir or None,
+                                     manual_dir=config.manual_dir or None)
+  else:
+    raise ValueError(
+        f"data.source={config.source!r} is unknown; use 'folders', 'tfds' or 'synthetic'.")
+  raise ValueError(f"data.source={config.source!r} is not available for data.name="
+                   f"{config.name!r}; use 'cityscapes' or 'ade20k' with it, or source='synthetic'.")

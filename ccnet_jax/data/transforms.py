@@ -1,0 +1,134 @@
+"""Training augmentation and evaluation preprocessing on numpy arrays.
+
+Every random choice takes an explicit ``np.random.Generator`` so an example's augmentation is
+a function of the pipeline's seed and the example's position in the stream (see pipeline.py).
+The training recipe follows the official CCNet: random scale, normalise, pad the image with 0
+(the mean, after normalisation) and the label with 255 up to the crop, random crop, random
+horizontal flip.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+
+def sample_scale(rng: np.random.Generator, scale_min: float, scale_max: float,
+                 scale_step: float) -> float:
+  """A scale from {min, min + step, ..., max} (step > 0) or uniform in [min, max] (step == 0)."""
+  if scale_max < scale_min:
+    raise ValueError(f"data.scale_max={scale_max} must be >= data.scale_min={scale_min}.")
+  if scale_step > 0:
+    count = int(np.floor((scale_max - scale_min) / scale_step + 1e-6)) + 1
+    return float(scale_min + scale_step * rng.integers(count))
+  return float(rng.uniform(scale_min, scale_max))
+
+
+def _source_coordinates(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Half-pixel-centre bilinear taps (OpenCV INTER_LINEAR, torch align_corners=False)."""
+  coord = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+  coord = np.maximum(coord, 0.0)
+  low = np.minimum(np.floor(coord).astype(np.int64), in_size - 1)
+  high = np.minimum(low + 1, in_size - 1)
+  frac = (coord - low).astype(np.float32)
+  return low, high, frac
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Bilinear resize of an (H, W, C) image to ``size`` = (h, w); returns float32."""
+  height, width = size
+  image = image.astype(np.float32)
+  y0, y1, fy = _source_coordinates(height, image.shape[0])
+  x0, x1, fx = _source_coordinates(width, image.shape[1])
+  rows = image[y0] * (1.0 - fy)[:, None, None] + image[y1] * fy[:, None, None]
+  return rows[:, x0] * (1.0 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize of an (H, W) label map (OpenCV INTER_NEAREST, torch 'nearest')."""
+  height, width = size
+  in_h, in_w = label.shape
+  rows = np.minimum((np.arange(height) * (in_h / height)).astype(np.int64), in_h - 1)
+  cols = np.minimum((np.arange(width) * (in_w / width)).astype(np.int64), in_w - 1)
+  return label[rows[:, None], cols[None, :]]
+
+
+def random_scale(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *,
+                 scale_min: float, scale_max: float,
+                 scale_step: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+  """Rescales image (bilinear, float32 out) and label (nearest) by one random factor."""
+  scale = sample_scale(rng, scale_min, scale_max, scale_step)
+  size = (max(1, int(round(image.shape[0] * scale))), max(1, int(round(image.shape[1] * scale))))
+  return resize_bilinear(image, size), resize_nearest(label, size)
+
+
+def pad_to(image: np.ndarray, label: np.ndarray, size: Sequence[int], *,
+           image_fill: float = 0.0, ignore_label: int = 255) -> tuple[np.ndarray, np.ndarray]:
+  """Pads bottom and right up to at least ``size`` = (h, w): image with ``image_fill``, label
+  with ``ignore_label``. Call after :func:`normalize` so that 0 is the mean colour."""
+  pad_h = max(0, int(size[0]) - image.shape[0])
+  pad_w = max(0, int(size[1]) - image.shape[1])
+  if pad_h == 0 and pad_w == 0:
+    return image, label
+  image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=image_fill)
+  label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=ignore_label)
+  return image, label
+
+
+def random_crop(image: np.ndarray, label: np.ndarray, size: Sequence[int],
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """A crop of ``size`` = (h, w) at a uniformly random offset; inputs must be at least as big."""
+  height, width = int(size[0]), int(size[1])
+  if image.shape[0] < height or image.shape[1] < width:
+    raise ValueError(f"random_crop needs an input of at least {height}x{width}, got "
+                     f"{image.shape[0]}x{image.shape[1]}; call pad_to first.")
+  top = int(rng.integers(image.shape[0] - height + 1))
+  left = int(rng.integers(image.shape[1] - width + 1))
+  return image[top:top + height, left:left + width], label[top:top + height, left:left + width]
+
+
+def random_flip(image: np.ndarray, label: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Mirrors image and label left-right together with probability 1/2."""
+  if rng.random() < 0.5:
+    return image[:, ::-1], label[:, ::-1]
+  return image, label
+
+
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
+              channel_order: str = "rgb") -> np.ndarray:
+  """RGB (H, W, 3) on the 0-255 scale -> float32 ``(x - mean) / std`` in ``channel_order``.
+
+  ``mean`` and ``std`` are given in ``channel_order`` (the official CCNet weights expect BGR).
+  """
+  if channel_order not in ("rgb", "bgr"):
+    raise ValueError(f"data.channel_order={channel_order!r} must be 'rgb' or 'bgr'.")
+  image = image.astype(np.float32)
+  if channel_order == "bgr":
+    image = image[..., ::-1]
+  return (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def train_transform(example: dict, config: ml_collections.ConfigDict,
+                    rng: np.random.Generator) -> dict:
+  """Scale, normalise, pad, crop, flip: {'image': float32 (h, w, 3), 'label': int32 (h, w)}."""
+  image, label = example["image"], example["label"]
+  if (config.scale_min, config.scale_max) != (1.0, 1.0):
+    image, label = random_scale(image, label, rng, scale_min=config.scale_min,
+                                scale_max=config.scale_max, scale_step=config.scale_step)
+  image = normalize(image, config.mean, config.std, config.channel_order)
+  image, label = pad_to(image, label, config.crop_size, ignore_label=config.ignore_label)
+  image, label = random_crop(image, label, config.crop_size, rng)
+  if config.flip:
+    image, label = random_flip(image, label, rng)
+  return {"image": np.ascontiguousarray(image, np.float32),
+          "label": np.ascontiguousarray(label, np.int32)}
+
+
+def eval_transform(example: dict, config: ml_collections.ConfigDict) -> dict:
+  """Normalisation only, full image: {'image': float32, 'label': int32, 'name': str}."""
+  return {"image": normalize(example["image"], config.mean, config.std, config.channel_order),
+          "label": np.asarray(example["label"], np.int32),
+          "name": example["name"]}
