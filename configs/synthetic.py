@@ -1,0 +1,31 @@
+"""The embedded demo: a small CCNet (R=2) on synthetic data that needs long-range context.
+
+  python train.py --config configs/synthetic.py --workdir /tmp/demo
+
+No download: the data (ccnet_jax/data/synthetic.py) is generated from a seed. The
+network is the official architecture shrunk to CPU size (ResNet-18 layout with a
+deep stem of width 16, output stride 8, a 64-channel head); the recipe is the
+official one (SGD, poly, CE + 0.4 aux) with a short schedule.
+"""
+
+from configs.common import base_config
+
+
+def get_config():
+  config = base_config(model="ccnet_r101_official", dataset="synthetic")
+  config.model.name = "ccnet_r18_tiny"
+  config.model.backbone.update(depth=18, base_width=16)
+  config.model.head.out_channels = 64
+  config.model.aux.channels = 64
+
+  config.train.update(
+      total_steps=600,
+      global_batch_size=8,
+      log_every=50,
+      eval_every=0,
+      checkpoint_every=200,
+      num_summary_images=4,
+  )
+  config.optim.learning_rate = 0.02
+  config.eval.update(mode="whole", batch_size=8, num_images_to_save=4)
+  return config
