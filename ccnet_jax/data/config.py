@@ -33,7 +33,8 @@ def _common() -> ml_collections.ConfigDict:
       "mean": MMSEG_MEAN_RGB,
       "std": MMSEG_STD_RGB,
       "channel_order": "rgb",
-      "shuffle_seed": 0,
+      # Grain worker processes for training (0 = in the main process) and batches each
+      # worker buffers; evaluation decodes with max(num_workers, 2) threads.
       "num_workers": 0,
       "prefetch": 2,
       "synthetic": {"num_train": 0, "num_eval": 0, "image_size": 64, "seed": 0},
