@@ -16,7 +16,7 @@ from ccnet_jax.data.sources import build_source
 def _config(num_train=16, num_eval=10, size=16):
   config = data_config("synthetic")
   config.synthetic.num_train, config.synthetic.num_eval = num_train, num_eval
-  config.synthetic.image_size = size
+  config.synthetic.image_size = (size, size)
   config.crop_size = (size, size)
   return config
 

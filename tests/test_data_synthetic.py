@@ -22,17 +22,18 @@ def test_deterministic_and_distinct():
     first[8]
 
 
-def test_scene_rules():
-  size = 64
-  source = SyntheticLongRange(40, size, seed=0)
-  top = stripe_height(size)
+@pytest.mark.parametrize("image_size", [64, (96, 40)])
+def test_scene_rules(image_size):
+  source = SyntheticLongRange(40, image_size, seed=0)
+  height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+  top = stripe_height(height)
   seen = set()
   shape_means = {}
   for i in range(len(source)):
     example = source[i]
     image, label = example["image"], example["label"]
-    assert image.shape == (size, size, 3) and image.dtype == np.uint8
-    assert label.shape == (size, size) and label.dtype == np.uint8
+    assert image.shape == (height, width, 3) and image.dtype == np.uint8
+    assert label.shape == (height, width) and label.dtype == np.uint8
     assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 5, 255}
     assert np.all(label[:top] == 1)
     cue = int(np.argmax(image[:top].reshape(-1, 3).mean(0)))  # red, green or blue stripe
@@ -40,7 +41,7 @@ def test_scene_rules():
     assert shape_pixels.any()
     assert set(np.unique(label[shape_pixels])) == {2 + cue}
     # Shapes sit in the lower half, far from the stripe that decides their class.
-    assert np.nonzero(shape_pixels)[0].min() >= size // 2 - 1
+    assert np.nonzero(shape_pixels)[0].min() >= height // 2 - 1
     shape_means.setdefault(cue, []).append(image[shape_pixels].mean(0))
     # Every shape is separated from the background by an ignored ring.
     grown = ndimage.binary_dilation(shape_pixels)
@@ -50,3 +51,10 @@ def test_scene_rules():
   # Shapes of the three classes look alike: the same mean colour up to noise.
   means = np.array([np.mean(shape_means[c], 0) for c in range(3)])
   assert np.abs(means - means.mean(0)).max() < 3.0
+
+
+def test_bad_image_size():
+  with pytest.raises(ValueError, match="data.synthetic.image_size"):
+    SyntheticLongRange(4, 8, seed=0)
+  with pytest.raises(ValueError, match="data.synthetic.image_size"):
+    SyntheticLongRange(4, (64, 64, 3), seed=0)

@@ -33,10 +33,11 @@ def _common() -> ml_collections.ConfigDict:
       "mean": MMSEG_MEAN_RGB,
       "std": MMSEG_STD_RGB,
       "channel_order": "rgb",
-      "shuffle_seed": 0,
+      # Grain worker processes for training (0 = in the main process) and batches each
+      # worker buffers; evaluation decodes with max(num_workers, 2) threads.
       "num_workers": 0,
       "prefetch": 2,
-      "synthetic": {"num_train": 0, "num_eval": 0, "image_size": 64, "seed": 0},
+      "synthetic": {"num_train": 0, "num_eval": 0, "image_size": (64, 64), "seed": 0},
   })
 
 
@@ -64,7 +65,7 @@ def data_config(name: str) -> ml_collections.ConfigDict:
     config.crop_size = (64, 64)
     # The cue stripe must stay in the crop: no rescaling, only flips.
     config.scale_min, config.scale_max, config.scale_step = 1.0, 1.0, 0.0
-    config.synthetic = {"num_train": 512, "num_eval": 64, "image_size": 64, "seed": 0}
+    config.synthetic = {"num_train": 512, "num_eval": 64, "image_size": (64, 64), "seed": 0}
     config.mean = (127.5, 127.5, 127.5)
     config.std = (64.0, 64.0, 64.0)
   else:

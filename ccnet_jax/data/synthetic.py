@@ -35,20 +35,28 @@ CUE_COLOURS = np.array([(210, 30, 30), (30, 190, 50), (40, 70, 220)], np.float32
 SHAPE_GREY = 150.0
 
 
-def stripe_height(size: int) -> int:
-  return max(2, size // 16)
+def stripe_height(height: int) -> int:
+  return max(2, height // 16)
+
+
+def image_shape(image_size: int | tuple[int, int]) -> tuple[int, int]:
+  """(height, width) from ``data.synthetic.image_size``: one int (square) or (height, width)."""
+  shape = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
+  if len(shape) != 2 or min(shape) < 16:
+    raise ValueError(f"data.synthetic.image_size={image_size!r} must be an int or "
+                     "(height, width), each at least 16.")
+  return int(shape[0]), int(shape[1])
 
 
 class SyntheticLongRange:
   """Random-access source of synthetic examples (see the module docstring for the scene)."""
 
-  def __init__(self, num_examples: int, image_size: int, seed: int, *, start_index: int = 0):
+  def __init__(self, num_examples: int, image_size: int | tuple[int, int], seed: int, *,
+               start_index: int = 0):
     if num_examples <= 0:
       raise ValueError(f"data.synthetic.num_train/num_eval must be positive, got {num_examples}.")
-    if image_size < 16:
-      raise ValueError(f"data.synthetic.image_size must be at least 16, got {image_size}.")
+    self.image_size = image_shape(image_size)
     self.num_examples = int(num_examples)
-    self.image_size = int(image_size)
     self.seed = int(seed)
     # Evaluation examples continue the index range of the training ones, so they never overlap.
     self.start_index = int(start_index)
@@ -69,22 +77,25 @@ class SyntheticLongRange:
     return {"image": image, "label": label, "name": f"synthetic_{self.seed}_{global_index:06d}"}
 
 
-def render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Draws one scene: uint8 RGB image (size, size, 3) and uint8 label (size, size)."""
-  image = 60.0 + rng.normal(0.0, 12.0, (size, size, 3)).astype(np.float32)
-  label = np.full((size, size), BACKGROUND, np.uint8)
-  yy, xx = np.mgrid[:size, :size]
+def render(rng: np.random.Generator,
+           shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """Draws one scene: uint8 RGB image (height, width, 3) and uint8 label (height, width)."""
+  height, width = shape
+  size = min(height, width)  # scales the objects
+  image = 60.0 + rng.normal(0.0, 12.0, (height, width, 3)).astype(np.float32)
+  label = np.full((height, width), BACKGROUND, np.uint8)
+  yy, xx = np.mgrid[:height, :width]
 
-  top = stripe_height(size)
+  top = stripe_height(height)
   cue = int(rng.integers(3))
-  image[:top] = CUE_COLOURS[cue] + rng.normal(0.0, 10.0, (top, size, 3))
+  image[:top] = CUE_COLOURS[cue] + rng.normal(0.0, 10.0, (top, width, 3))
   label[:top] = STRIPE
 
-  half = size // 2
+  half = height // 2
   for _ in range(int(rng.integers(1, 4))):
     extent = int(rng.integers(max(3, size // 12), max(4, size // 5) + 1))
-    cy = int(rng.integers(half + extent // 2, size - extent // 2))
-    cx = int(rng.integers(extent // 2, size - extent // 2))
+    cy = int(rng.integers(half + extent // 2, height - extent // 2))
+    cx = int(rng.integers(extent // 2, width - extent // 2))
     if rng.random() < 0.5:
       inside = (np.abs(yy - cy) <= extent // 2) & (np.abs(xx - cx) <= extent // 2)
       near = (np.abs(yy - cy) <= extent // 2 + 1) & (np.abs(xx - cx) <= extent // 2 + 1)
@@ -100,8 +111,8 @@ def render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]
 
   if rng.random() < 0.7:
     extent = int(rng.integers(max(4, size // 10), max(5, size // 6) + 1))
-    y0 = int(rng.integers(top + 1, size - extent))
-    x0 = int(rng.integers(0, size - extent))
+    y0 = int(rng.integers(top + 1, height - extent))
+    x0 = int(rng.integers(0, width - extent))
     patch = (slice(y0, y0 + extent), slice(x0, x0 + extent))
     checks = ((yy[patch] // 2 + xx[patch] // 2) % 2).astype(bool)
     image[patch] = np.where(checks[..., None], np.float32((240, 200, 40)), np.float32(15))
