@@ -105,7 +105,8 @@ def predict_sliding(
     )
     return jax.lax.dynamic_update_slice(canvas, window + logits, (0, y0, x0, 0)), None
 
-  canvas = jnp.zeros((batch, padded_height, padded_width, num_classes), jnp.float32)
+  # Zeros derived from the input keep its batch sharding (scan needs a fixed carry type).
+  canvas = jnp.zeros_like(padded[..., :1], jnp.float32) + jnp.zeros((num_classes,), jnp.float32)
   canvas, _ = jax.lax.scan(add_window, canvas, jnp.asarray(offsets, jnp.int32))
   counts = sliding_window_counts(height, width, crop_size, overlap)
   return canvas[:, :height, :width] / jnp.asarray(counts)[None, :, :, None]
@@ -148,8 +149,7 @@ def predict_logits(
   if images.ndim != 4:
     raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}.")
   height, width = images.shape[1:3]
-  total = jnp.zeros(images.shape[:3] + (num_classes,), jnp.float32)
-  passes = 0
+  total, passes = None, 0
   for scale in scales:
     size = scaled_size(height, width, float(scale))
     scaled = resize_bilinear(images, size, align_corners=True)
@@ -166,6 +166,7 @@ def predict_logits(
             overlap=overlap, align_corners=align_corners,
         )
         logits = resize_bilinear(logits, (height, width), align_corners=align_corners)
-      total = total + (logits[:, :, ::-1] if flipped else logits)
+      logits = logits[:, :, ::-1] if flipped else logits
+      total = logits if total is None else total + logits
       passes += 1
   return total / passes
