@@ -9,11 +9,11 @@ import pytest
 from jax.sharding import AxisType
 from PIL import Image
 
-from ccnet_jax import models
 from ccnet_jax.evaluation.config import base_eval_config
 from ccnet_jax.evaluation.evaluator import Evaluator, evaluate, model_predict_fn
 from ccnet_jax.evaluation.inference import predict_logits
 from ccnet_jax.evaluation.visualize import colorize, denormalize, overlay, save_predictions
+from tests.test_evaluation_inference import tiny_ccnet
 
 PALETTE = np.array([[128, 64, 128], [244, 35, 232], [70, 70, 70], [220, 20, 60],
                     [0, 0, 142]], np.uint8)
@@ -93,17 +93,9 @@ def _numpy_metrics(predictions, labels):
   return confusion, np.mean(tp[union > 0] / union[union > 0]), tp.sum() / confusion.sum()
 
 
-def _tiny_ccnet():
-  config = models.model_config("ccnet_r101_official", num_classes=NUM_CLASSES)
-  config.backbone.update(depth=18, base_width=8)
-  config.head.update(channels=16, out_channels=16, recurrence=1)
-  config.aux.enabled = False
-  return models.build_model(config)
-
-
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
 def test_evaluate_ccnet_matches_numpy_on_its_predictions(tmp_path, axis_type):
-  predict_fn, state = model_predict_fn(_tiny_ccnet())
+  predict_fn, state = model_predict_fn(tiny_ccnet(NUM_CLASSES))
   eval_config = base_eval_config()
   eval_config.update(crop_size=(24, 32), batch_size=8, num_images_to_save=3)
   batches = _batches([5, 3])
@@ -125,13 +117,16 @@ def test_evaluate_ccnet_matches_numpy_on_its_predictions(tmp_path, axis_type):
   np.testing.assert_allclose(metrics["miou"], miou, rtol=1e-12)
   np.testing.assert_allclose(metrics["pixel_accuracy"], pixel_accuracy, rtol=1e-12)
   saved = sorted(os.listdir(tmp_path))
-  assert saved == sorted(f"b0_{i}_{kind}.png" for i in range(3) for kind in ("gt", "overlay", "pred"))
+  kinds = ("gt", "overlay", "pred")
+  assert saved == sorted(f"b0_{i}_{kind}.png" for i in range(3) for kind in kinds)
   np.testing.assert_array_equal(
       np.asarray(Image.open(tmp_path / "b0_1_pred.png")), colorize(predictions[1], PALETTE))
 
 
-def test_evaluator_reuses_its_step_and_rejects_empty_data():
-  predict_fn = lambda weights, x: jax.numpy.tile(x[:, ::8, ::8, :1], (1, 1, 1, NUM_CLASSES)) * weights
+def test_evaluator_takes_new_weights_without_recompiling_and_rejects_empty_data():
+  def predict_fn(weights, x):
+    return jax.numpy.tile(x[:, ::8, ::8, :1], (1, 1, 1, NUM_CLASSES)) * weights
+
   eval_config = base_eval_config()
   eval_config.update(mode="whole", scales=(0.75, 1.0), flip=True, batch_size=8)
   mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
@@ -141,6 +136,7 @@ def test_evaluator_reuses_its_step_and_rejects_empty_data():
   second = evaluator.evaluate(-weights, _batches([4], shape=(16, 24)))
   assert first["num_pixels"] == second["num_pixels"] > 0
   assert first["confusion"] != second["confusion"]
+  assert evaluator._step._cache_size() == 1  # weights are an argument, not a constant
   with pytest.raises(ValueError, match="no batches"):
     evaluator.evaluate(weights, [])
   with pytest.raises(ValueError, match="palette"):

@@ -1,6 +1,7 @@
 """Whole / sliding / multi-scale + flip inference against a numpy + torch transcription
 of the official CCNet evaluate.py (predict_sliding, predict_multiscale)."""
 
+import functools
 import math
 
 import chex
@@ -134,12 +135,18 @@ def test_bad_settings_name_the_field():
     jax.jit(lambda x: predict_logits(pooled_linear, x, num_classes=7))(images)
 
 
-def test_ccnet_sliding_on_one_crop_equals_whole_image():
-  config = models.model_config("ccnet_r101_official", num_classes=5)
+@functools.lru_cache(maxsize=1)
+def tiny_ccnet(num_classes=5):
+  """A random ResNet-18-width-8 CCNet, built once per process (building dominates run time)."""
+  config = models.model_config("ccnet_r101_official", num_classes=num_classes)
   config.backbone.update(depth=18, base_width=8)
   config.head.update(channels=16, out_channels=16, recurrence=1)
   config.aux.enabled = False
-  model = models.build_model(config)
+  return models.build_model(config)
+
+
+def test_ccnet_sliding_on_one_crop_equals_whole_image():
+  model = tiny_ccnet()
   model.eval()
   graphdef, state = nnx.split(model)
 
