@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from ccnet_jax import models
-from ccnet_jax.evaluation.inference import predict_logits
+from ccnet_jax.evaluation.inference import predict_logits, sliding_window_offsets
 
 torch = pytest.importorskip("torch")
 
@@ -159,3 +159,10 @@ def test_ccnet_sliding_on_one_crop_equals_whole_image():
   whole, sliding = whole_and_sliding(state, _images((1, 33, 41, 3)))
   assert float(jnp.std(whole)) > 0
   np.testing.assert_allclose(sliding, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_cityscapes_windows_are_the_official_eight():
+  # stride ceil(769 * 2 / 3) = 513: rows 0, 255 (snapped); columns 0, 513, 1026, 1279 (snapped).
+  expected = [(y, x) for y in (0, 255) for x in (0, 513, 1026, 1279)]
+  assert sliding_window_offsets(1024, 2048, (769, 769), 1 / 3) == expected
+  assert sliding_window_offsets(500, 700, (769, 769), 1 / 3) == [(0, 0)]

@@ -99,3 +99,10 @@ def test_results_table_lists_every_class_and_the_means():
   assert "pixel accuracy" in lines[7] and "80.00" in lines[7]
   with pytest.raises(ValueError, match="class_names"):
     format_results_table(metrics, ["road"])
+
+
+def test_bad_shapes_are_reported():
+  with pytest.raises(ValueError, match="same shape"):
+    confusion_matrix(np.zeros((2, 3, 3), np.int32), np.zeros((2, 3, 4), np.int32), 3)
+  with pytest.raises(ValueError, match="square"):
+    metrics_from_confusion(np.zeros((3, 4)))
