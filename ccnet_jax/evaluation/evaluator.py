@@ -1,0 +1,221 @@
+"""Dataset evaluation: sharded prediction, on-device confusion matrix, metrics, PNGs.
+
+Each process feeds its own batches; they are padded to a fixed multiple of the mesh's
+data shards (``valid=False`` rows, ignored by the confusion matrix), assembled into
+global arrays sharded over the 'data' axis, and one jitted step predicts and adds the
+batch's confusion matrix to a replicated running total. The model state is an argument
+of that step, not a constant baked into the program, so a trainer can evaluate new
+weights without recompiling.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ccnet_jax.evaluation.inference import predict_logits
+from ccnet_jax.evaluation.metrics import confusion_matrix, metrics_from_confusion
+from ccnet_jax.evaluation.visualize import denormalize, save_predictions
+
+PredictFn = Callable[[Any, jax.Array], jax.Array]
+
+DATA_AXIS = "data"
+
+
+def model_predict_fn(model: nnx.Module) -> tuple[PredictFn, nnx.State]:
+  """``(predict_fn, state)`` for a CCNet: ``predict_fn(state, images)`` -> main logits.
+
+  The model is merged inside the traced function and switched to eval mode there
+  (BatchNorm running statistics, no dropout); the caller's model is left untouched.
+  """
+  graphdef, state = nnx.split(model)
+
+  def predict_fn(state, images):
+    network = nnx.merge(graphdef, state, copy=True)
+    network.eval()
+    return network(images)[0]
+
+  return predict_fn, state
+
+
+def _field(config: Any, name: str) -> Any:
+  try:
+    return config[name]
+  except (KeyError, TypeError, AttributeError):
+    return getattr(config, name)
+
+
+class Evaluator:
+  """Compiles the evaluation step once per input shape; call :meth:`evaluate` per checkpoint."""
+
+  def __init__(
+      self,
+      predict_fn: PredictFn,
+      *,
+      eval_config: ml_collections.ConfigDict,
+      num_classes: int,
+      mesh: jax.sharding.Mesh,
+      ignore_label: int = 255,
+  ):
+    """Args:
+      predict_fn: ``(state, images) -> logits`` at the network's output stride.
+      eval_config: mode, crop_size, overlap, scales, flip, align_corners, batch_size,
+        num_images_to_save (see :func:`ccnet_jax.evaluation.config.base_eval_config`).
+      num_classes: K.
+      mesh: a mesh with a 'data' axis; batches are sharded over it.
+      ignore_label: label value that is not evaluated.
+    """
+    if DATA_AXIS not in mesh.axis_names:
+      raise ValueError(f"The evaluation mesh needs a {DATA_AXIS!r} axis, got {mesh.axis_names}.")
+    self.eval_config = eval_config
+    self.num_classes = num_classes
+    self.ignore_label = ignore_label
+    self.mesh = mesh
+    self._batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+    self._replicated = NamedSharding(mesh, P())
+    # Rows of the global batch that live on this process: a process's local batch must
+    # be a multiple of them (and of the global batch split evenly across processes).
+    self._local_multiple = max(mesh.shape[DATA_AXIS] // jax.process_count(), 1)
+    local_batch = max(int(eval_config.batch_size) // jax.process_count(), 1)
+    self._local_batch = -(-local_batch // self._local_multiple) * self._local_multiple
+    predict = functools.partial(
+        predict_logits,
+        num_classes=num_classes,
+        mode=eval_config.mode,
+        crop_size=tuple(eval_config.crop_size),
+        overlap=float(eval_config.overlap),
+        scales=tuple(eval_config.scales),
+        flip=bool(eval_config.flip),
+        align_corners=bool(eval_config.align_corners),
+    )
+
+    def step(state, confusion, images, labels, valid):
+      logits = predict(functools.partial(predict_fn, state), images)
+      predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      confusion = confusion + confusion_matrix(
+          predictions, labels, num_classes, ignore_label=ignore_label, valid=valid
+      )
+      return confusion, predictions
+
+    self._step = jax.jit(
+        step, out_shardings=(self._replicated, self._batch_sharding), donate_argnums=1
+    )
+
+  def _pad(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The process-local batch padded with invalid rows to the fixed local batch size."""
+    images = np.asarray(batch["image"], np.float32)
+    labels = np.asarray(batch["label"], np.int32)
+    count = images.shape[0]
+    valid = np.asarray(batch.get("valid", np.ones(count, bool)), bool)
+    if labels.shape != images.shape[:3] or valid.shape != (count,):
+      raise ValueError(
+          f"Eval batch shapes disagree: image {images.shape}, label {labels.shape}, "
+          f"valid {valid.shape}; expected (b, h, w, 3), (b, h, w), (b,)."
+      )
+    target = max(self._local_batch, -(-count // self._local_multiple) * self._local_multiple)
+    extra = target - count
+    if extra:
+      images = np.concatenate([images, np.zeros((extra,) + images.shape[1:], np.float32)])
+      labels = np.concatenate(
+          [labels, np.full((extra,) + labels.shape[1:], self.ignore_label, np.int32)])
+      valid = np.concatenate([valid, np.zeros(extra, bool)])
+    return {"image": images, "label": labels, "valid": valid}
+
+  def evaluate(
+      self,
+      state: Any,
+      batches: Iterable[Mapping[str, Any]],
+      *,
+      out_dir: str | None = None,
+      palette: np.ndarray | None = None,
+      normalization: Mapping[str, Any] | None = None,
+      num_images_to_save: int | None = None,
+  ) -> dict[str, Any]:
+    """Metrics over all batches (identical on every process), plus 'confusion' (K x K).
+
+    Process 0 writes PNGs of its first ``num_images_to_save`` valid images to ``out_dir``
+    (default count: ``eval_config.num_images_to_save``); that needs the dataset
+    ``palette`` and the data config's ``normalization`` (mean, std, channel_order).
+    """
+    if num_images_to_save is None:
+      num_images_to_save = int(self.eval_config.get("num_images_to_save", 0))
+    save = out_dir is not None and num_images_to_save > 0 and jax.process_index() == 0
+    if save and (palette is None or normalization is None):
+      raise ValueError(
+          "Saving eval PNGs needs palette= (DatasetInfo.palette) and normalization= (the data "
+          "config with mean, std, channel_order); pass them or set out_dir=None."
+      )
+    confusion = jax.device_put(
+        jnp.zeros((self.num_classes, self.num_classes), jnp.int32), self._replicated
+    )
+    saved, num_batches = 0, 0
+    for batch in batches:
+      local = self._pad(batch)
+      global_arrays = [
+          jax.make_array_from_process_local_data(self._batch_sharding, local[key])
+          for key in ("image", "label", "valid")
+      ]
+      confusion, predictions = self._step(state, confusion, *global_arrays)
+      num_batches += 1
+      if save and saved < num_images_to_save:
+        saved += self._save(
+            batch, local, predictions, out_dir, palette, normalization,
+            num_images_to_save - saved,
+        )
+    if not num_batches:
+      raise ValueError("The evaluation data yielded no batches; check data.eval_split.")
+    totals = np.asarray(confusion.addressable_data(0))
+    metrics = metrics_from_confusion(totals)
+    metrics["confusion"] = totals.tolist()
+    return metrics
+
+  def _save(self, batch, local, predictions, out_dir, palette, normalization, limit) -> int:
+    predictions = np.asarray(
+        multihost_utils.global_array_to_host_local_array(predictions, self.mesh, P(DATA_AXIS))
+    )
+    names = list(batch.get("name", [])) or [f"image_{i}" for i in range(len(local["valid"]))]
+    saved = 0
+    for i in np.flatnonzero(local["valid"])[:limit]:
+      image = denormalize(
+          local["image"][i], _field(normalization, "mean"), _field(normalization, "std"),
+          _field(normalization, "channel_order"),
+      )
+      save_predictions(out_dir, str(names[i]), image, predictions[i], local["label"][i], palette)
+      saved += 1
+    return saved
+
+
+def evaluate(
+    predict_fn: PredictFn,
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    state: Any = None,
+    eval_config: ml_collections.ConfigDict,
+    dataset_info: Any,
+    mesh: jax.sharding.Mesh,
+    out_dir: str | None = None,
+    normalization: Mapping[str, Any] | None = None,
+    num_images_to_save: int | None = None,
+) -> dict[str, Any]:
+  """One-off evaluation: builds an :class:`Evaluator` and runs it over ``batches``.
+
+  ``dataset_info`` supplies num_classes, ignore_label and palette (a
+  ``ccnet_jax.data.labels.DatasetInfo``). For repeated evaluation during training keep
+  an :class:`Evaluator`, which reuses its compiled step.
+  """
+  evaluator = Evaluator(
+      predict_fn, eval_config=eval_config, num_classes=dataset_info.num_classes, mesh=mesh,
+      ignore_label=dataset_info.ignore_label,
+  )
+  return evaluator.evaluate(
+      state, batches, out_dir=out_dir, palette=dataset_info.palette,
+      normalization=normalization, num_images_to_save=num_images_to_save,
+  )

@@ -1,0 +1,168 @@
+"""Whole / sliding / multi-scale + flip inference against a numpy + torch transcription
+of the official CCNet evaluate.py (predict_sliding, predict_multiscale)."""
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ccnet_jax import models
+from ccnet_jax.evaluation.inference import predict_logits, sliding_window_offsets
+
+torch = pytest.importorskip("torch")
+
+NUM_CLASSES = 4
+STRIDE = 8
+_rng = np.random.default_rng(0)
+WEIGHTS = _rng.normal(size=(3, NUM_CLASSES)).astype(np.float32)
+BIAS = _rng.normal(size=(NUM_CLASSES,)).astype(np.float32)
+
+
+def pooled_linear(images):
+  """Average pooling (stride 8, valid) then a fixed linear map: position-dependent logits."""
+  pooled = jax.lax.reduce_window(
+      images, 0.0, jax.lax.add, (1, STRIDE, STRIDE, 1), (1, STRIDE, STRIDE, 1), "VALID"
+  ) / STRIDE**2
+  return pooled @ WEIGHTS + BIAS
+
+
+def pooled_linear_numpy(images):
+  b, h, w, c = images.shape
+  out = np.zeros((b, h // STRIDE, w // STRIDE, NUM_CLASSES), np.float64)
+  for i in range(h // STRIDE):
+    for j in range(w // STRIDE):
+      patch = images[:, i * STRIDE:(i + 1) * STRIDE, j * STRIDE:(j + 1) * STRIDE]
+      out[:, i, j] = patch.mean(axis=(1, 2)) @ WEIGHTS + BIAS
+  return out
+
+
+def _interp(x, size):
+  """NHWC numpy bilinear resize with torch (align_corners=True)."""
+  return torch.nn.functional.interpolate(
+      torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2), size=tuple(size),
+      mode="bilinear", align_corners=True,
+  ).permute(0, 2, 3, 1).numpy()
+
+
+def official_sliding(image, tile_size, overlap=1 / 3):
+  """predict_sliding of speedinghzl/CCNet evaluate.py, NHWC, per-axis stride."""
+  _, height, width, _ = image.shape
+  stride_y = math.ceil(tile_size[0] * (1 - overlap))
+  stride_x = math.ceil(tile_size[1] * (1 - overlap))
+  tile_rows = max(int(math.ceil((height - tile_size[0]) / stride_y) + 1), 1)
+  tile_cols = max(int(math.ceil((width - tile_size[1]) / stride_x) + 1), 1)
+  full_probs = np.zeros(image.shape[:3] + (NUM_CLASSES,))
+  count = np.zeros(image.shape[:3] + (NUM_CLASSES,))
+  for row in range(tile_rows):
+    for col in range(tile_cols):
+      x1, y1 = col * stride_x, row * stride_y
+      x2, y2 = min(x1 + tile_size[1], width), min(y1 + tile_size[0], height)
+      x1, y1 = max(x2 - tile_size[1], 0), max(y2 - tile_size[0], 0)
+      img = image[:, y1:y2, x1:x2]
+      padded = np.pad(img, ((0, 0), (0, tile_size[0] - img.shape[1]),
+                            (0, tile_size[1] - img.shape[2]), (0, 0)))
+      prediction = _interp(pooled_linear_numpy(padded).astype(np.float32), tile_size)
+      full_probs[:, y1:y2, x1:x2] += prediction[:, :img.shape[1], :img.shape[2]]
+      count[:, y1:y2, x1:x2] += 1
+  return full_probs / count
+
+
+def official_multiscale(image, scales, flip, sliding_tile=None):
+  _, height, width, _ = image.shape
+  total = 0
+  for scale in scales:
+    size = (int(height * scale + 0.5), int(width * scale + 0.5))
+    scaled = _interp(image, size)
+    for flipped in (False, True) if flip else (False,):
+      x = scaled[:, :, ::-1] if flipped else scaled
+      if sliding_tile is None:
+        logits = _interp(pooled_linear_numpy(x).astype(np.float32), (height, width))
+      else:
+        logits = _interp(official_sliding(x, sliding_tile).astype(np.float32), (height, width))
+      total = total + (logits[:, :, ::-1] if flipped else logits)
+  return total / (len(scales) * (2 if flip else 1))
+
+
+def _images(shape, seed=1):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _predict(images, **kwargs):
+  fn = jax.jit(lambda x: predict_logits(pooled_linear, x, num_classes=NUM_CLASSES, **kwargs))
+  return fn(images)
+
+
+@pytest.mark.parametrize("shape,crop", [
+    ((2, 50, 75, 3), (24, 24)),   # 3 x 4 windows, last row and column snapped.
+    ((1, 20, 53, 3), (24, 32)),   # shorter than the crop: zero-padded at the bottom.
+    ((1, 16, 16, 3), (24, 24)),   # a single padded window.
+])
+def test_sliding_matches_official_tiling(shape, crop):
+  images = _images(shape)
+  actual = _predict(images, mode="sliding", crop_size=crop)
+  chex.assert_shape(actual, shape[:3] + (NUM_CLASSES,))
+  np.testing.assert_allclose(actual, official_sliding(images, crop), rtol=1e-4, atol=1e-4)
+
+
+def test_whole_is_one_pass_upsampled():
+  images = _images((2, 40, 56, 3))
+  expected = _interp(pooled_linear_numpy(images).astype(np.float32), (40, 56))
+  np.testing.assert_allclose(_predict(images, mode="whole"), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["whole", "sliding"])
+def test_multi_scale_flip_matches_official(mode):
+  images = _images((1, 40, 56, 3))
+  scales = (0.75, 1.0, 1.25)
+  crop = (24, 32)
+  actual = _predict(images, mode=mode, crop_size=crop, scales=scales, flip=True)
+  expected = official_multiscale(images, scales, True, crop if mode == "sliding" else None)
+  np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_settings_name_the_field():
+  images = _images((1, 16, 16, 3))
+  with pytest.raises(ValueError, match="eval.mode"):
+    _predict(images, mode="tiles")
+  with pytest.raises(ValueError, match="eval.scales"):
+    _predict(images, scales=())
+  with pytest.raises(ValueError, match="num_classes"):
+    jax.jit(lambda x: predict_logits(pooled_linear, x, num_classes=7))(images)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_ccnet(num_classes=5):
+  """A random ResNet-18-width-8 CCNet, built once per process (building dominates run time)."""
+  config = models.model_config("ccnet_r101_official", num_classes=num_classes)
+  config.backbone.update(depth=18, base_width=8)
+  config.head.update(channels=16, out_channels=16, recurrence=1)
+  config.aux.enabled = False
+  return models.build_model(config)
+
+
+def test_ccnet_sliding_on_one_crop_equals_whole_image():
+  model = tiny_ccnet()
+  model.eval()
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def whole_and_sliding(state, images):
+    apply_fn = lambda x: nnx.merge(graphdef, state)(x)[0]
+    return [predict_logits(apply_fn, images, num_classes=5, mode=mode, crop_size=(33, 41))
+            for mode in ("whole", "sliding")]
+
+  whole, sliding = whole_and_sliding(state, _images((1, 33, 41, 3)))
+  assert float(jnp.std(whole)) > 0
+  np.testing.assert_allclose(sliding, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_cityscapes_windows_are_the_official_eight():
+  # stride ceil(769 * 2 / 3) = 513: rows 0, 255 (snapped); columns 0, 513, 1026, 1279 (snapped).
+  expected = [(y, x) for y in (0, 255) for x in (0, 513, 1026, 1279)]
+  assert sliding_window_offsets(1024, 2048, (769, 769), 1 / 3) == expected
+  assert sliding_window_offsets(500, 700, (769, 769), 1 / 3) == [(0, 0)]
