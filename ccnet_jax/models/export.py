@@ -19,9 +19,10 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -71,25 +72,25 @@ def check_preprocessing(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
   return result
 
 
-def _flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
   """Nested dict -> {'a/b/0/kernel': leaf}; integer keys (nnx.List) become strings."""
   flat = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if isinstance(value, Mapping):
-      flat.update(_flatten(value, name + "/"))
+      flat.update(flatten(value, name + "/"))
     else:
       flat[name] = value
   return flat
 
 
-def _unflatten_like(tree: Mapping[Any, Any], flat: Mapping[str, Any], prefix: str = "") -> dict:
+def unflatten_like(tree: Mapping[Any, Any], flat: Mapping[str, Any], prefix: str = "") -> dict:
   """The nested dict with ``tree``'s keys (and key types) and ``flat``'s leaves."""
   result = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if isinstance(value, Mapping):
-      result[key] = _unflatten_like(value, flat, name + "/")
+      result[key] = unflatten_like(value, flat, name + "/")
     else:
       result[key] = flat[name]
   return result
@@ -98,6 +99,27 @@ def _unflatten_like(tree: Mapping[Any, Any], flat: Mapping[str, Any], prefix: st
 def model_arrays(module: nnx.Module) -> dict[str, Any]:
   """The parameters and BatchNorm statistics of a module as a pure (nested) dict."""
   return nnx.state(module, _STATE_FILTER).to_pure_dict()
+
+
+def empty_module(build: Callable[[], nnx.Module], *, seed: int = 0) -> nnx.Module:
+  """The module ``build()`` returns, without running its initialisers.
+
+  Parameters and BatchNorm statistics are shape placeholders for
+  ``assign_arrays`` to fill; random streams (dropout keys) start from ``seed``.
+  Running a network's initialisers op by op costs far more than loading it.
+  """
+  module = nnx.eval_shape(build)
+  streams = nnx.state(module, nnx.RngState)
+  leaves, treedef = jax.tree.flatten(streams.to_pure_dict())
+  values = []
+  for index, leaf in enumerate(leaves):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      values.append(jax.random.fold_in(jax.random.key(seed), index))
+    else:
+      values.append(jnp.zeros(leaf.shape, leaf.dtype))
+  streams.replace_by_pure_dict(jax.tree.unflatten(treedef, values))
+  nnx.update(module, streams)
+  return module
 
 
 def _to_json(value):
@@ -207,7 +229,7 @@ def read_arrays(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"{path} not found: the model directory has no params checkpoint.")
   with ocp.StandardCheckpointer() as checkpointer:
     restored = checkpointer.restore(path)
-  return {name: np.asarray(value) for name, value in _flatten(restored).items()}
+  return {name: np.asarray(value) for name, value in flatten(restored).items()}
 
 
 def assign_arrays(
@@ -221,7 +243,7 @@ def assign_arrays(
   """
   state = nnx.state(module, _STATE_FILTER)
   target = state.to_pure_dict()
-  expected = _flatten(target)
+  expected = flatten(target)
   given = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
   missing = sorted(prefix + n for n in set(expected) - set(given))
   unexpected = sorted(prefix + n for n in set(given) - set(expected))
@@ -239,9 +261,9 @@ def assign_arrays(
         " same config (model.json) as the arrays."
     )
   values = {
-      name: np.asarray(given[name], dtype=np.asarray(expected[name]).dtype) for name in expected
+      name: jnp.asarray(given[name], dtype=expected[name].dtype) for name in expected
   }
-  state.replace_by_pure_dict(_unflatten_like(target, values))
+  state.replace_by_pure_dict(unflatten_like(target, values))
   nnx.update(module, state)
 
 
@@ -278,7 +300,7 @@ def load_model(directory: str | os.PathLike, *, seed: int = 0) -> tuple[CCNet, d
         f"{os.fspath(directory)!r} holds only a backbone, not a whole model; use it as"
         " an initialisation (init_from, load_state_into(..., part='backbone'))."
     )
-  model = build_model(info["model"], seed=seed)
+  model = empty_module(lambda: build_model(info["model"], seed=seed), seed=seed)
   load_state_into(model, directory, part="all")
   model.eval()
   return model, info
