@@ -1,0 +1,36 @@
+"""Importers of released PyTorch checkpoints: official and mmseg CCNets, ImageNet ResNets."""
+
+from ccnet_jax.convert.io import read_checkpoint, read_state_dict, read_torch_zip
+from ccnet_jax.convert.loaders import (
+    BACKBONE_FORMATS,
+    IMAGENET_PREPROCESSING,
+    OFFICIAL_PREPROCESSING,
+    backbone_config,
+    load_backbone,
+    load_backbone_into,
+    load_mmseg_ccnet,
+    load_official_ccnet,
+    mmseg_config,
+    official_config,
+)
+from ccnet_jax.convert.names import FORMATS, convert_arrays, convert_state, load_into
+
+__all__ = [
+    "BACKBONE_FORMATS",
+    "FORMATS",
+    "IMAGENET_PREPROCESSING",
+    "OFFICIAL_PREPROCESSING",
+    "backbone_config",
+    "convert_arrays",
+    "convert_state",
+    "load_backbone",
+    "load_backbone_into",
+    "load_into",
+    "load_mmseg_ccnet",
+    "load_official_ccnet",
+    "mmseg_config",
+    "official_config",
+    "read_checkpoint",
+    "read_state_dict",
+    "read_torch_zip",
+]

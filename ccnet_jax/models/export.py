@@ -1,0 +1,306 @@
+"""The project's model file format: an orbax checkpoint of the arrays plus a JSON description.
+
+A model directory holds
+
+* ``params/``: an ``ocp.StandardCheckpointer`` checkpoint of the parameters and
+  BatchNorm statistics, as the pure dict of ``nnx.state(model, (Param, BatchStat))``;
+* ``model.json``: the model ConfigDict, the input preprocessing the weights
+  expect (channel order, mean, std on the 0-255 scale) and what the arrays cover
+  ('all', or 'backbone' for an ImageNet initialisation).
+
+Everything a later run needs to rebuild the network and feed it correctly is in
+the directory, so evaluation of an imported PyTorch model and of a model trained
+here is the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from ccnet_jax.models.ccnet import CCNet
+from ccnet_jax.models.registry import base_model_config, build_model
+from ccnet_jax.models.resnet import ResNet
+
+FORMAT = "ccnet_jax.model/1"
+PARTS = ("all", "backbone")
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+# ImageNet statistics on the 0-255 scale, in RGB order: what torchvision, mmseg
+# and models trained here from those backbones expect.
+IMAGENET_PREPROCESSING = {
+    "channel_order": "RGB",
+    "mean": (123.675, 116.28, 103.53),
+    "std": (58.395, 57.12, 57.375),
+}
+
+_STATE_FILTER = (nnx.Param, nnx.BatchStat)
+
+
+def check_preprocessing(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
+  """Validates and normalises a preprocessing dict ({'channel_order', 'mean', 'std'})."""
+  missing = {"channel_order", "mean", "std"} - set(preprocessing)
+  if missing:
+    raise ValueError(
+        f"preprocessing lacks {sorted(missing)}; give channel_order ('RGB' or 'BGR'),"
+        " mean and std (three values each, 0-255 scale)."
+    )
+  order = str(preprocessing["channel_order"]).upper()
+  if order not in CHANNEL_ORDERS:
+    raise ValueError(
+        f"preprocessing.channel_order={preprocessing['channel_order']!r} is not one of"
+        f" {CHANNEL_ORDERS}."
+    )
+  result = {"channel_order": order}
+  for field in ("mean", "std"):
+    values = tuple(float(v) for v in preprocessing[field])
+    if len(values) != 3:
+      raise ValueError(f"preprocessing.{field}={values} must have three values (one a channel).")
+    result[field] = values
+  if any(v <= 0 for v in result["std"]):
+    raise ValueError(f"preprocessing.std={result['std']} must be positive.")
+  return result
+
+
+def flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested dict -> {'a/b/0/kernel': leaf}; integer keys (nnx.List) become strings."""
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, name + "/"))
+    else:
+      flat[name] = value
+  return flat
+
+
+def unflatten_like(tree: Mapping[Any, Any], flat: Mapping[str, Any], prefix: str = "") -> dict:
+  """The nested dict with ``tree``'s keys (and key types) and ``flat``'s leaves."""
+  result = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      result[key] = unflatten_like(value, flat, name + "/")
+    else:
+      result[key] = flat[name]
+  return result
+
+
+def model_arrays(module: nnx.Module) -> dict[str, Any]:
+  """The parameters and BatchNorm statistics of a module as a pure (nested) dict."""
+  return nnx.state(module, _STATE_FILTER).to_pure_dict()
+
+
+def empty_module(build: Callable[[], nnx.Module], *, seed: int = 0) -> nnx.Module:
+  """The module ``build()`` returns, without running its initialisers.
+
+  Parameters and BatchNorm statistics are shape placeholders for
+  ``assign_arrays`` to fill; random streams (dropout keys) start from ``seed``.
+  Running a network's initialisers op by op costs far more than loading it.
+  """
+  module = nnx.eval_shape(build)
+  streams = nnx.state(module, nnx.RngState)
+  leaves, treedef = jax.tree.flatten(streams.to_pure_dict())
+  values = []
+  for index, leaf in enumerate(leaves):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      values.append(jax.random.fold_in(jax.random.key(seed), index))
+    else:
+      values.append(jnp.zeros(leaf.shape, leaf.dtype))
+  streams.replace_by_pure_dict(jax.tree.unflatten(treedef, values))
+  nnx.update(module, streams)
+  return module
+
+
+def _to_json(value):
+  if isinstance(value, Mapping):
+    return {k: _to_json(v) for k, v in value.items()}
+  if isinstance(value, (tuple, list)):
+    return [_to_json(v) for v in value]
+  return value
+
+
+def _from_json(value):
+  if isinstance(value, Mapping):
+    return {k: _from_json(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_from_json(v) for v in value)
+  return value
+
+
+def _update_config(config: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
+  for key, value in values.items():
+    if isinstance(value, Mapping) and key in config and isinstance(
+        config[key], ml_collections.ConfigDict
+    ):
+      _update_config(config[key], value)
+    else:
+      config[key] = value
+
+
+def save_model(
+    directory: str | os.PathLike,
+    model: CCNet | ResNet,
+    model_config: ml_collections.ConfigDict,
+    *,
+    preprocessing: Mapping[str, Any] | None,
+) -> str:
+  """Writes ``directory/params`` and ``directory/model.json`` atomically; returns the path.
+
+  A ResNet (an imported ImageNet backbone) is written as a backbone-only model:
+  its arrays sit under 'backbone/' as in a CCNet, ``model.json`` says
+  ``"part": "backbone"``, and ``load_state_into(..., part='backbone')`` reads it.
+  ``preprocessing=None`` records ImageNet RGB mean/std. An existing directory is
+  replaced only once the new one is complete.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  preprocessing = check_preprocessing(preprocessing or IMAGENET_PREPROCESSING)
+  if isinstance(model, CCNet):
+    part, arrays = "all", model_arrays(model)
+  elif isinstance(model, ResNet):
+    part, arrays = "backbone", {"backbone": model_arrays(model)}
+  else:
+    raise ValueError(f"save_model takes a CCNet or a ResNet, not {type(model).__name__}.")
+  arrays = jax.tree.map(np.asarray, arrays)
+  description = {
+      "format": FORMAT,
+      "part": part,
+      "model": _to_json(model_config.to_dict()),
+      "preprocessing": _to_json(preprocessing),
+  }
+
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(os.path.join(staging, "params"), arrays)
+    with open(os.path.join(staging, "model.json"), "w") as f:
+      json.dump(description, f, indent=2)
+    if os.path.exists(directory):
+      retired = staging + "-old"
+      os.replace(directory, retired)
+      os.replace(staging, directory)
+      shutil.rmtree(retired, ignore_errors=True)
+    else:
+      os.replace(staging, directory)
+  finally:
+    if os.path.exists(staging):
+      shutil.rmtree(staging, ignore_errors=True)
+  return directory
+
+
+def read_info(directory: str | os.PathLike) -> dict[str, Any]:
+  """``model.json`` of a model directory: {'model': ConfigDict, 'preprocessing', 'part'}."""
+  directory = os.fspath(directory)
+  path = os.path.join(directory, "model.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"{path} not found: {directory!r} is not a model directory written by save_model"
+        " (or by `python -m ccnet_jax.convert`)."
+    )
+  with open(path) as f:
+    description = json.load(f)
+  if description.get("format") != FORMAT:
+    raise ValueError(f"{path} has format {description.get('format')!r}; expected {FORMAT!r}.")
+  config = base_model_config()
+  _update_config(config, _from_json(description["model"]))
+  return {
+      "model": config,
+      "preprocessing": check_preprocessing(_from_json(description["preprocessing"])),
+      "part": description["part"],
+  }
+
+
+def read_arrays(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The saved arrays, flat: {'backbone/layer1/0/conv1/kernel': array, ...}."""
+  path = os.path.join(os.path.abspath(os.fspath(directory)), "params")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path} not found: the model directory has no params checkpoint.")
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(path)
+  return {name: np.asarray(value) for name, value in flatten(restored).items()}
+
+
+def assign_arrays(
+    module: nnx.Module, flat: Mapping[str, np.ndarray], *, prefix: str = "", source: str
+) -> None:
+  """Sets every parameter / BatchNorm statistic of ``module`` from ``flat`` (names checked).
+
+  ``prefix`` selects a subtree of ``flat`` ('backbone/' fills a ResNet from a
+  CCNet's arrays). Missing or unexpected names and shape mismatches raise one
+  ValueError that lists them.
+  """
+  state = nnx.state(module, _STATE_FILTER)
+  target = state.to_pure_dict()
+  expected = flatten(target)
+  given = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  missing = sorted(prefix + n for n in set(expected) - set(given))
+  unexpected = sorted(prefix + n for n in set(given) - set(expected))
+  mismatched = [
+      f"{prefix}{name}: {tuple(given[name].shape)} vs model {tuple(expected[name].shape)}"
+      for name in sorted(set(given) & set(expected))
+      if tuple(given[name].shape) != tuple(expected[name].shape)
+  ]
+  if missing or unexpected or mismatched:
+    raise ValueError(
+        f"{source} does not fit the model: missing {missing[:20]}"
+        f"{' ...' if len(missing) > 20 else ''} ({len(missing)}), unexpected"
+        f" {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)}),"
+        f" shape mismatches {mismatched[:20]} ({len(mismatched)}). Build the model from the"
+        " same config (model.json) as the arrays."
+    )
+  values = {
+      name: jnp.asarray(given[name], dtype=expected[name].dtype) for name in expected
+  }
+  state.replace_by_pure_dict(unflatten_like(target, values))
+  nnx.update(module, state)
+
+
+def load_state_into(
+    model: CCNet, directory: str | os.PathLike, *, part: str = "all"
+) -> dict[str, Any]:
+  """Fills an existing model from a model directory; returns the directory's info.
+
+  ``part='all'`` replaces every array (the directory must hold a full model of
+  the same shapes); ``part='backbone'`` replaces only the backbone, from either a
+  full model or a backbone-only export, leaving the heads as they are.
+  """
+  if part not in PARTS:
+    raise ValueError(f"part={part!r} is not one of {PARTS}.")
+  info = read_info(directory)
+  if part == "all" and info["part"] != "all":
+    raise ValueError(
+        f"{os.fspath(directory)!r} holds only a backbone; load it with part='backbone'."
+    )
+  flat = read_arrays(directory)
+  source = f"model directory {os.fspath(directory)!r}"
+  if part == "backbone":
+    assign_arrays(model.backbone, flat, prefix="backbone/", source=source)
+  else:
+    assign_arrays(model, flat, source=source)
+  return info
+
+
+def load_model(directory: str | os.PathLike, *, seed: int = 0) -> tuple[CCNet, dict[str, Any]]:
+  """Rebuilds the saved CCNet in eval mode; returns (model, info) with info['model'] the config."""
+  info = read_info(directory)
+  if info["part"] != "all":
+    raise ValueError(
+        f"{os.fspath(directory)!r} holds only a backbone, not a whole model; use it as"
+        " an initialisation (init_from, load_state_into(..., part='backbone'))."
+    )
+  model = empty_module(lambda: build_model(info["model"], seed=seed), seed=seed)
+  load_state_into(model, directory, part="all")
+  model.eval()
+  return model, info

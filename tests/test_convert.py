@@ -1,0 +1,229 @@
+"""Imported PyTorch checkpoints reproduce the PyTorch networks' outputs.
+
+Reference networks (tests/torch_reference.py) get random weights, random
+BatchNorm statistics and a non-zero attention gamma, are saved with torch.save,
+read back, converted, and compared in eval mode.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+from flax import nnx
+
+torch = pytest.importorskip("torch")
+
+from ccnet_jax import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ccnet_jax.convert import __main__ as cli  # pylint: disable=wrong-import-position
+from ccnet_jax.models import build_model, export  # pylint: disable=wrong-import-position
+from tests import torch_reference  # pylint: disable=wrong-import-position
+
+torch.set_num_threads(1)
+
+TOLERANCE = 1e-4
+
+
+def _save(tmp_path, state_dict, name="model.pth"):
+  path = tmp_path / name
+  torch.save(state_dict, path)
+  return path
+
+
+def _images(height, width, seed=0):
+  return np.random.default_rng(seed).normal(size=(1, height, width, 3)).astype(np.float32)
+
+
+def _torch_forward(module, images):
+  """The reference in float64: float32 PyTorch itself strays ~1e-3 after R=2 steps."""
+  module = copy.deepcopy(module).double()
+  with torch.no_grad():
+    outputs = module(torch.from_numpy(images.transpose(0, 3, 1, 2)).double())
+  return [o.numpy().transpose(0, 2, 3, 1) for o in outputs]
+
+
+@nnx.jit
+def _forward(model, images):
+  return model(images)
+
+
+def _assert_close(got, want, name):
+  """Within 1e-4, relative to the output's scale where its values exceed 1."""
+  got = np.asarray(got)
+  assert got.shape == want.shape, (name, got.shape, want.shape)
+  scale = max(1.0, float(np.abs(want).max()))
+  np.testing.assert_allclose(got, want, atol=TOLERANCE * scale, rtol=TOLERANCE, err_msg=name)
+
+
+def _official(depth=18, recurrence=2, seed=0, num_classes=5):
+  net = torch_reference.OfficialCCNet(
+      depth, num_classes=num_classes, recurrence=recurrence, width=8, out_channels=16,
+      dsn_channels=12,
+  )
+  return torch_reference.randomise_(net, seed)
+
+
+@pytest.mark.parametrize(
+    "depth,recurrence,size",
+    [(18, 1, (97, 97)), (18, 2, (96, 128)), (18, 2, (97, 97)), (50, 2, (65, 48))],
+)
+def test_official_ccnet_matches_pytorch(tmp_path, depth, recurrence, size):
+  net = _official(depth, recurrence)
+  path = _save(tmp_path, {"module." + k: v for k, v in net.state_dict_like_release().items()})
+  model = convert.load_official_ccnet(
+      convert.read_state_dict(path), num_classes=5, recurrence=recurrence
+  )
+  assert model.backbone.stem.ceil_mode and model.aux_head.conv.conv.use_bias
+  images = _images(*size)
+  want_logits, want_aux = _torch_forward(net, images)
+  logits, aux = _forward(model, images)
+  _assert_close(logits, want_logits, "logits")
+  _assert_close(aux, want_aux, "aux logits")
+
+
+def test_official_gamma_matters_and_abn_scale_uses_abs(tmp_path):
+  """Zeroing gamma or using the signed InPlaceABN weight changes the output: both are read."""
+  net = _official(recurrence=2, seed=3)
+  state = {k: v.numpy() for k, v in net.state_dict_like_release().items()}
+  images = _images(33, 41)
+  reference = _forward(convert.load_official_ccnet(state, num_classes=5), images)[0]
+  no_gamma = dict(state, **{"head.cca.gamma": np.zeros(1, np.float32)})
+  without = _forward(convert.load_official_ccnet(no_gamma, num_classes=5), images)[0]
+  assert not np.allclose(without, reference, atol=1e-3)
+  assert (state["head.conva.1.weight"] < 0).any()
+  model = convert.load_official_ccnet(state, num_classes=5)
+  np.testing.assert_allclose(
+      np.asarray(model.head.conva.norm.scale[...]),
+      np.abs(state["head.conva.1.weight"]) + 1e-5, rtol=1e-7,
+  )
+
+
+@pytest.mark.parametrize("recurrence,size", [(1, (97, 97)), (2, (96, 128))])
+def test_mmseg_ccnet_matches_pytorch(tmp_path, recurrence, size):
+  net = torch_reference.randomise_(
+      torch_reference.MMSegCCNet(18, num_classes=4, recurrence=recurrence, width=8, channels=16,
+                                 aux_channels=8),
+      seed=recurrence,
+  )
+  checkpoint = {
+      "meta": {"config": f"model = dict(decode_head=dict(type='CCHead', recurrence={recurrence}))"},
+      "state_dict": net.state_dict(),
+  }
+  state_dict, meta = convert.read_checkpoint(_save(tmp_path, checkpoint))
+  assert meta["config"].endswith(f"recurrence={recurrence}))")
+  # R is read from the meta's config text.
+  model = convert.load_mmseg_ccnet({"state_dict": state_dict, "meta": meta})
+  assert model.head.recurrence == recurrence and model.backbone.layer3[0].conv2.kernel_dilation == 1
+  images = _images(*size)
+  want_logits, want_aux = _torch_forward(net, images)
+  logits, aux = _forward(model, images)
+  _assert_close(logits, want_logits, "logits")
+  _assert_close(aux, want_aux, "aux logits")
+
+
+@pytest.mark.parametrize(
+    "format,stem,dilation_style,depth,output_stride",
+    [
+        ("mit", "deep", "official", 50, 8),
+        ("torchvision", "classic", "official", 18, 8),
+        ("torchvision", "classic", "none", 18, 32),
+        ("v1c", "v1c", "contract", 18, 8),
+    ],
+)
+def test_backbones_match_pytorch(tmp_path, format, stem, dilation_style, depth, output_stride):
+  net = torch_reference.randomise_(
+      torch_reference.ResNet(depth, stem=stem, width=8, dilation_style=dilation_style,
+                             fc_classes=10),
+      seed=depth,
+  )
+  state = dict(net.state_dict())
+  backbone = convert.load_backbone(
+      convert.read_state_dict(_save(tmp_path, state)), format, output_stride=output_stride
+  )
+  images = _images(57, 70)
+  pairs = zip(_forward(backbone, images), _torch_forward(net, images))
+  for stage, (got, want) in enumerate(pairs, start=1):
+    _assert_close(got, want, f"stage {stage}")
+
+
+def test_backbone_of_a_whole_model_fills_only_the_backbone():
+  net = _official(seed=5)
+  state = {k: v.numpy() for k, v in net.state_dict_like_release().items()}
+  model = convert.load_official_ccnet(state, num_classes=5)
+  target = convert.load_official_ccnet(
+      {k: v.numpy() for k, v in _official(seed=6).state_dict_like_release().items()},
+      num_classes=5,
+  )
+  head_before = export.flatten(export.model_arrays(target.head))
+  convert.load_backbone_into(target, state, "official")
+  got = export.flatten(export.model_arrays(target))
+  for name, value in export.flatten(export.model_arrays(model.backbone)).items():
+    np.testing.assert_array_equal(got["backbone/" + name], value)
+  for name, value in head_before.items():
+    np.testing.assert_array_equal(got["head/" + name], value)
+  pure = convert.convert_state(state, target.backbone, "official")
+  np.testing.assert_array_equal(
+      pure["layer1"][0]["conv1"]["kernel"], state["layer1.0.conv1.weight"].transpose(2, 3, 1, 0)
+  )
+
+
+def test_unmatched_and_missing_names_are_listed():
+  state = {k: v.numpy() for k, v in _official().state_dict_like_release().items()}
+  del state["layer2.1.bn1.running_var"]
+  state["head.extra.weight"] = np.zeros((1,), np.float32)
+  state["layer1.0.bn1.num_batches_tracked"] = np.zeros((), np.int64)  # Ignored.
+  with pytest.raises(ValueError) as error:
+    convert.load_official_ccnet(state, num_classes=5)
+  message = str(error.value)
+  assert "1 unmatched checkpoint names ['head.extra.weight']" in message
+  assert "1 missing ['backbone/layer2/1/bn1/var <- layer2.1.bn1.running_var']" in message
+
+
+def test_wrong_classes_depth_and_format_fail_clearly():
+  state = {k: v.numpy() for k, v in _official().state_dict_like_release().items()}
+  with pytest.raises(ValueError, match="has 5 classes; pass num_classes=5"):
+    convert.load_official_ccnet(state)
+  with pytest.raises(ValueError, match="depth=101 but the checkpoint is a ResNet-18"):
+    convert.backbone_config(state, "mit", depth=101)
+  with pytest.raises(ValueError, match="Unknown checkpoint format"):
+    convert.convert_arrays(state, convert.load_official_ccnet(state, num_classes=5), "caffe")
+
+
+def test_cli_writes_a_loadable_model(tmp_path, capsys):
+  net = _official(recurrence=1, seed=7)
+  path = _save(tmp_path, net.state_dict_like_release())
+  out = tmp_path / "exported"
+  assert cli.main(["official", str(path), str(out), "--recurrence", "1"]) == 0
+  printed = capsys.readouterr().out
+  assert '"recurrence": 1' in printed and str(out) in printed
+  model, info = export.load_model(out)
+  assert info["preprocessing"] == convert.OFFICIAL_PREPROCESSING
+  assert info["model"].head.recurrence == 1 and info["model"].num_classes == 5
+  images = _images(41, 40)
+  want_logits, want_aux = _torch_forward(net, images)
+  logits, aux = _forward(model, images)
+  _assert_close(logits, want_logits, "logits")
+  _assert_close(aux, want_aux, "aux logits")
+
+  backbone_net = torch_reference.randomise_(
+      torch_reference.ResNet(18, stem="v1c", width=8, fc_classes=3), seed=8
+  )
+  bb_path = _save(tmp_path, backbone_net.state_dict(), "resnet18_v1c.pth")
+  assert cli.main(["v1c", str(bb_path), str(tmp_path / "bb")]) == 0
+  assert '"part": "backbone"' in capsys.readouterr().out
+  config = export.read_info(tmp_path / "bb")["model"]
+  config.num_classes = 7
+  target = export.empty_module(lambda: build_model(config))
+  export.load_state_into(target, tmp_path / "bb", part="backbone")
+  np.testing.assert_allclose(
+      np.asarray(target.backbone.stem.conv3.kernel[...]),
+      backbone_net.state_dict()["stem.6.weight"].numpy().transpose(2, 3, 1, 0),
+  )
+  assert cli.main(["official", str(tmp_path / "missing.pth"), str(tmp_path / "x")]) == 1
+  assert "not found" in capsys.readouterr().err
+
+
+def test_reference_outputs_are_order_one():
+  """The comparisons above are at a meaningful scale (random statistics calibrated)."""
+  net = _official(50, 2)
+  logits, aux = _torch_forward(net, _images(65, 48))
+  assert 0.1 < np.abs(logits).max() < 100 and 0.1 < np.abs(aux).max() < 100

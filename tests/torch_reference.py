@@ -1,0 +1,372 @@
+"""Independent PyTorch implementations of the networks whose checkpoints are imported.
+
+Written from the upstream sources (speedinghzl/CCNet ``networks/ccnet.py`` with
+InPlaceABNSync, mmsegmentation's ResNetV1c + CCHead + FCNHead, torchvision /
+MIT / mmcv ImageNet ResNets), with the upstream module names, so their
+``state_dict()`` has the released checkpoints' keys. Widths and depths are
+parameters so tests can build small networks with random weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ABN_EPS = 1e-5
+
+
+class InPlaceABN(nn.Module):
+  """inplace_abn's eval-mode forward: BN with scale |weight| + eps, then an activation."""
+
+  def __init__(self, channels: int, activation: str = "leaky_relu"):
+    super().__init__()
+    self.weight = nn.Parameter(torch.ones(channels))
+    self.bias = nn.Parameter(torch.zeros(channels))
+    self.register_buffer("running_mean", torch.zeros(channels))
+    self.register_buffer("running_var", torch.ones(channels))
+    self.activation = activation
+    self.calibrate = False
+
+  def forward(self, x):
+    if self.calibrate:  # Running statistics := this batch's (see randomise_).
+      self.running_mean.copy_(x.mean((0, 2, 3)))
+      self.running_var.copy_(x.var((0, 2, 3)))
+    x = F.batch_norm(
+        x, self.running_mean, self.running_var, self.weight.abs() + ABN_EPS, self.bias,
+        training=False, eps=ABN_EPS,
+    )
+    if self.activation == "leaky_relu":
+      return F.leaky_relu(x, 0.01)
+    return x
+
+
+def _norm(kind: str):
+  """BatchNorm2d ('bn') or the backbone's InPlaceABN with identity activation ('abn')."""
+  return nn.BatchNorm2d if kind == "bn" else (lambda c: InPlaceABN(c, "identity"))
+
+
+class BasicBlock(nn.Module):
+  expansion = 1
+
+  def __init__(self, inplanes, planes, stride, dilation, downsample, norm):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, dilation, dilation, bias=False)
+    self.bn1 = norm(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, 1, dilation, dilation, bias=False)
+    self.bn2 = norm(planes)
+    self.downsample = downsample
+
+  def forward(self, x):
+    out = F.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    residual = x if self.downsample is None else self.downsample(x)
+    return F.relu(out + residual)
+
+
+class Bottleneck(nn.Module):
+  expansion = 4
+
+  def __init__(self, inplanes, planes, stride, dilation, downsample, norm):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+    self.bn1 = norm(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, stride, dilation, dilation, bias=False)
+    self.bn2 = norm(planes)
+    self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+    self.bn3 = norm(planes * 4)
+    self.downsample = downsample
+
+  def forward(self, x):
+    out = F.relu(self.bn1(self.conv1(x)))
+    out = F.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    residual = x if self.downsample is None else self.downsample(x)
+    return F.relu(out + residual)
+
+
+LAYOUTS = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+}
+
+
+class ResNet(nn.Module):
+  """ResNet with stem 'deep' (official / MIT), 'v1c' (mmcv) or 'classic' (torchvision).
+
+  ``dilation_style``: 'official' (layer3 dilation 2, layer4 4, every block),
+  'contract' (mmseg: the first block of a dilated stage uses half), or 'none'
+  (plain strides, output stride 32).
+  """
+
+  def __init__(self, depth, *, stem="deep", width=64, norm="bn", dilation_style="official",
+               fc_classes=0):
+    super().__init__()
+    block, sizes = LAYOUTS[depth]
+    norm_layer = _norm(norm)
+    self.stem_kind = stem
+    if stem == "deep":
+      self.conv1 = nn.Conv2d(3, width, 3, 2, 1, bias=False)
+      self.bn1 = norm_layer(width)
+      self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+      self.bn2 = norm_layer(width)
+      self.conv3 = nn.Conv2d(width, width * 2, 3, 1, 1, bias=False)
+      self.bn3 = norm_layer(width * 2)
+      self.maxpool = nn.MaxPool2d(3, 2, 1, ceil_mode=True)
+      self.inplanes = width * 2
+    elif stem == "v1c":
+      half = width // 2
+      self.stem = nn.Sequential(
+          nn.Conv2d(3, half, 3, 2, 1, bias=False), norm_layer(half), nn.ReLU(),
+          nn.Conv2d(half, half, 3, 1, 1, bias=False), norm_layer(half), nn.ReLU(),
+          nn.Conv2d(half, width, 3, 1, 1, bias=False), norm_layer(width), nn.ReLU(),
+      )
+      self.maxpool = nn.MaxPool2d(3, 2, 1)
+      self.inplanes = width
+    else:
+      self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+      self.bn1 = norm_layer(width)
+      self.maxpool = nn.MaxPool2d(3, 2, 1)
+      self.inplanes = width
+    if dilation_style == "none":
+      strides, dilations = (1, 2, 2, 2), (1, 1, 1, 1)
+    else:
+      strides, dilations = (1, 2, 1, 1), (1, 1, 2, 4)
+    for index, (size, stride, dilation) in enumerate(zip(sizes, strides, dilations), start=1):
+      per_block = [dilation] * size
+      if dilation_style == "contract" and dilation > 1:
+        per_block[0] = dilation // 2
+      setattr(self, f"layer{index}",
+              self._make_layer(block, width * 2 ** (index - 1), stride, per_block, norm_layer))
+    if fc_classes:
+      self.fc = nn.Linear(self.inplanes, fc_classes)
+
+  def _make_layer(self, block, planes, stride, dilations, norm_layer):
+    downsample = None
+    if stride != 1 or self.inplanes != planes * block.expansion:
+      downsample = nn.Sequential(
+          nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+          norm_layer(planes * block.expansion),
+      )
+    layers = [block(self.inplanes, planes, stride, dilations[0], downsample, norm_layer)]
+    self.inplanes = planes * block.expansion
+    for dilation in dilations[1:]:
+      layers.append(block(self.inplanes, planes, 1, dilation, None, norm_layer))
+    return nn.Sequential(*layers)
+
+  def forward(self, x):
+    if self.stem_kind == "deep":
+      x = F.relu(self.bn1(self.conv1(x)))
+      x = F.relu(self.bn2(self.conv2(x)))
+      x = F.relu(self.bn3(self.conv3(x)))
+    elif self.stem_kind == "v1c":
+      x = self.stem(x)
+    else:
+      x = F.relu(self.bn1(self.conv1(x)))
+    x = self.maxpool(x)
+    outs = []
+    for index in range(1, 5):
+      x = getattr(self, f"layer{index}")(x)
+      outs.append(x)
+    return outs
+
+
+class CrissCrossAttention(nn.Module):
+  """The official pure-PyTorch CCA (batched matmuls over columns and rows)."""
+
+  def __init__(self, in_dim, gamma_module=False):
+    super().__init__()
+    self.query_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
+    self.key_conv = nn.Conv2d(in_dim, in_dim // 8, 1)
+    self.value_conv = nn.Conv2d(in_dim, in_dim, 1)
+    if gamma_module:  # mmcv: gamma = Scale(0.), a 0-d parameter at 'gamma.scale'.
+      self.gamma = nn.Module()
+      self.gamma.scale = nn.Parameter(torch.tensor(0.0))
+    else:
+      self.gamma = nn.Parameter(torch.zeros(1))
+
+  def _gamma(self):
+    return self.gamma.scale if isinstance(self.gamma, nn.Module) else self.gamma
+
+  def forward(self, x):
+    b, _, h, w = x.shape
+    q, k, v = self.query_conv(x), self.key_conv(x), self.value_conv(x)
+    q_h = q.permute(0, 3, 1, 2).reshape(b * w, -1, h).permute(0, 2, 1)
+    q_w = q.permute(0, 2, 1, 3).reshape(b * h, -1, w).permute(0, 2, 1)
+    k_h = k.permute(0, 3, 1, 2).reshape(b * w, -1, h)
+    k_w = k.permute(0, 2, 1, 3).reshape(b * h, -1, w)
+    v_h = v.permute(0, 3, 1, 2).reshape(b * w, -1, h)
+    v_w = v.permute(0, 2, 1, 3).reshape(b * h, -1, w)
+    diagonal = torch.eye(h, dtype=torch.bool).unsqueeze(0)
+    energy_h = torch.bmm(q_h, k_h).masked_fill(diagonal, float("-inf"))
+    energy_h = energy_h.view(b, w, h, h).permute(0, 2, 1, 3)
+    energy_w = torch.bmm(q_w, k_w).view(b, h, w, w)
+    attention = F.softmax(torch.cat([energy_h, energy_w], 3), dim=3)
+    att_h = attention[..., :h].permute(0, 2, 1, 3).reshape(b * w, h, h)
+    att_w = attention[..., h:].reshape(b * h, w, w)
+    out_h = torch.bmm(v_h, att_h.permute(0, 2, 1)).view(b, w, -1, h).permute(0, 2, 3, 1)
+    out_w = torch.bmm(v_w, att_w.permute(0, 2, 1)).view(b, h, -1, w).permute(0, 2, 1, 3)
+    return self._gamma() * (out_h + out_w) + x
+
+
+class RCCAModule(nn.Module):
+  """Official RCCA head: conva, R x CCA, convb, bottleneck on cat([x, convb]), classifier."""
+
+  def __init__(self, in_channels, out_channels, num_classes):
+    super().__init__()
+    inter = in_channels // 4
+    self.conva = nn.Sequential(nn.Conv2d(in_channels, inter, 3, padding=1, bias=False),
+                               InPlaceABN(inter))
+    self.cca = CrissCrossAttention(inter)
+    self.convb = nn.Sequential(nn.Conv2d(inter, inter, 3, padding=1, bias=False),
+                               InPlaceABN(inter))
+    self.bottleneck = nn.Sequential(
+        nn.Conv2d(in_channels + inter, out_channels, 3, padding=1, bias=False),
+        InPlaceABN(out_channels), nn.Dropout2d(0.1),
+        nn.Conv2d(out_channels, num_classes, 1, bias=True),
+    )
+
+  def forward(self, x, recurrence):
+    output = self.conva(x)
+    for _ in range(recurrence):
+      output = self.cca(output)
+    output = self.convb(output)
+    return self.bottleneck(torch.cat([x, output], 1))
+
+
+class OfficialCCNet(nn.Module):
+  """speedinghzl/CCNet's ResNet + RCCA head + DSN head (state dict keys as released)."""
+
+  def __init__(self, depth=101, num_classes=19, recurrence=2, width=64, out_channels=512,
+               dsn_channels=512):
+    super().__init__()
+    self.backbone = ResNet(depth, stem="deep", width=width, norm="abn")
+    self.recurrence = recurrence
+    features = self.backbone.inplanes
+    self.head = RCCAModule(features, out_channels, num_classes)
+    self.dsn = nn.Sequential(
+        nn.Conv2d(features // 2, dsn_channels, 3, padding=1),
+        InPlaceABN(dsn_channels), nn.Dropout2d(0.1),
+        nn.Conv2d(dsn_channels, num_classes, 1, bias=True),
+    )
+
+  def state_dict_like_release(self):
+    """Backbone names at the top level, as in the official ResNet class."""
+    return {(k[len("backbone."):] if k.startswith("backbone.") else k): v
+            for k, v in self.state_dict().items()}
+
+  def forward(self, x):
+    _, _, stage3, stage4 = self.backbone(x)
+    return self.head(stage4, self.recurrence), self.dsn(stage3)
+
+
+class ConvModule(nn.Module):
+  """mmcv ConvModule: conv (no bias when normed) -> BN -> ReLU."""
+
+  def __init__(self, cin, cout, kernel):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)
+    self.bn = nn.BatchNorm2d(cout)
+
+  def forward(self, x):
+    return F.relu(self.bn(self.conv(x)))
+
+
+class CCHead(nn.Module):
+  def __init__(self, in_channels, channels, num_classes, recurrence):
+    super().__init__()
+    self.recurrence = recurrence
+    self.convs = nn.Sequential(ConvModule(in_channels, channels, 3),
+                               ConvModule(channels, channels, 3))
+    self.cca = CrissCrossAttention(channels, gamma_module=True)
+    self.conv_cat = ConvModule(in_channels + channels, channels, 3)
+    self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+  def forward(self, x):
+    output = self.convs[0](x)
+    for _ in range(self.recurrence):
+      output = self.cca(output)
+    output = self.convs[1](output)
+    output = self.conv_cat(torch.cat([x, output], 1))
+    return self.conv_seg(output)
+
+
+class FCNHead(nn.Module):
+  def __init__(self, in_channels, channels, num_classes):
+    super().__init__()
+    self.convs = nn.Sequential(ConvModule(in_channels, channels, 3))
+    self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+  def forward(self, x):
+    return self.conv_seg(self.convs(x))
+
+
+class MMSegCCNet(nn.Module):
+  """mmseg EncoderDecoder: ResNetV1c-D8 backbone, CCHead, FCN auxiliary head."""
+
+  def __init__(self, depth=101, num_classes=19, recurrence=2, width=64, channels=512,
+               aux_channels=256):
+    super().__init__()
+    self.backbone = ResNet(depth, stem="v1c", width=width, dilation_style="contract")
+    features = self.backbone.inplanes
+    self.decode_head = CCHead(features, channels, num_classes, recurrence)
+    self.auxiliary_head = FCNHead(features // 2, aux_channels, num_classes)
+
+  def forward(self, x):
+    _, _, stage3, stage4 = self.backbone(x)
+    return self.decode_head(stage4), self.auxiliary_head(stage3)
+
+
+def randomise_(module: nn.Module, seed: int) -> nn.Module:
+  """Random weights everywhere: He-scaled convolutions, random norm affine and statistics,
+  InPlaceABN weights of both signs, and attention gamma far from its zero init.
+
+  Running statistics are those of a random batch, then perturbed, so activations
+  stay O(1) through the depth and a 1e-4 tolerance on the outputs is meaningful.
+  """
+  generator = torch.Generator().manual_seed(seed)
+
+  def uniform(shape, low, high):
+    return torch.rand(shape, generator=generator) * (high - low) + low
+
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, (nn.Conv2d, nn.Linear)):
+        fan_in = m.weight[0].numel()
+        m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * (2 / fan_in) ** 0.5)
+        if m.bias is not None:
+          m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.1)
+      elif isinstance(m, (nn.BatchNorm2d, InPlaceABN)):
+        c = m.weight.shape[0]
+        weight = uniform((c,), 0.5, 1.5)
+        if isinstance(m, InPlaceABN):
+          weight = weight * (torch.randint(0, 2, (c,), generator=generator) * 2 - 1)
+        m.weight.copy_(weight)
+        m.bias.copy_(torch.randn(c, generator=generator) * 0.1)
+    for m in module.modules():
+      if isinstance(m, CrissCrossAttention):
+        gamma = m._gamma()  # pylint: disable=protected-access
+        gamma.copy_(uniform(gamma.shape, 0.5, 1.5))
+        # Energies of a few units: attention neither uniform nor one-hot.
+        damping = 0.6 / m.query_conv.out_channels
+        m.query_conv.weight.mul_(damping)
+        m.key_conv.weight.mul_(damping)
+    norms = [m for m in module.modules() if isinstance(m, (nn.BatchNorm2d, InPlaceABN))]
+    module.eval()
+    for m in norms:
+      if isinstance(m, InPlaceABN):
+        m.calibrate = True
+      else:
+        m.momentum = None  # Cumulative average: one batch sets the statistics.
+        m.reset_running_stats()
+        m.train()
+    module(torch.randn((2, 3, 64, 64), generator=generator))
+    for m in norms:
+      m.calibrate = False
+      c = m.running_mean.shape[0]
+      std = m.running_var.sqrt()
+      m.running_mean.add_(torch.randn(c, generator=generator) * 0.2 * std)
+      m.running_var.mul_(uniform((c,), 0.7, 1.3)).add_(1e-3)
+  return module.eval()
