@@ -10,6 +10,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ccnet_jax.data.config import data_config
+from ccnet_jax.evaluation.config import base_eval_config
 from ccnet_jax.models.registry import model_config
 
 
@@ -52,14 +53,6 @@ def base_config(*, model: str, dataset: str) -> ml_collections.ConfigDict:
       "init_part": "backbone",  # 'backbone' (ImageNet weights) or 'all' (a full model).
       "num_summary_images": 4,
   })
-  config.eval = ml_collections.ConfigDict({
-      "mode": "sliding",
-      "crop_size": config.data.crop_size,
-      "overlap": 1 / 3,
-      "scales": (1.0,),
-      "flip": False,
-      "align_corners": True,
-      "batch_size": 1,
-      "num_images_to_save": 8,
-  })
+  config.eval = base_eval_config()  # Official: 769 sliding windows, 1/3 overlap.
+  config.eval.crop_size = config.data.crop_size
   return config

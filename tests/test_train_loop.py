@@ -25,7 +25,7 @@ def tiny_config(**train):
   config.data.crop_size = (33, 33)
   config.eval.update(mode="whole", num_images_to_save=1)
   config.train.update(
-      total_steps=6, global_batch_size=4, log_every=1, checkpoint_every=3, eval_every=0
+      total_steps=6, global_batch_size=8, log_every=1, checkpoint_every=3, eval_every=0
   )
   config.train.update(train)
   return config
@@ -103,7 +103,7 @@ TINY_FLAGS = [
     "--config.data.synthetic.image_size=33,33",
     "--config.data.crop_size=33,33",
     "--config.eval.mode=whole",
-    "--config.train.global_batch_size=2",
+    "--config.train.global_batch_size=8",
     "--config.train.log_every=1",
     "--config.train.eval_every=0",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from ccnet_jax.data.labels import dataset_info
 from ccnet_jax.evaluation import format_results_table
 from ccnet_jax.models.export import load_model
 from ccnet_jax.models.registry import build_model
@@ -16,7 +17,7 @@ from ccnet_jax.train.checkpointing import RunCheckpoints
 from ccnet_jax.train.mesh import make_mesh
 from ccnet_jax.train.optim import make_optimizer
 from ccnet_jax.train.state import create_train_state, merge_model
-from ccnet_jax.train.trainer import run_evaluation
+from ccnet_jax.train.trainer import ModelEvaluation
 
 
 def _from_checkpoint(config: ml_collections.ConfigDict, workdir: str):
@@ -60,12 +61,11 @@ def evaluate_from_workdir(
   workdir = os.path.abspath(workdir)
   model, description = load_named_model(config, workdir, which)
   out_dir = os.path.join(workdir, "eval")
-  metrics = run_evaluation(model, config, make_mesh(), out_dir=out_dir)
+  metrics = ModelEvaluation(config, model, make_mesh())(model, out_dir=out_dir)
   if jax.process_index() == 0:
-    class_names = metrics.get("class_names")
     print(f"Evaluated the {description} on {config.data.name}/{config.data.eval_split}:")
-    print(format_results_table(metrics, class_names))
+    print(format_results_table(metrics, dataset_info(config.data.name).class_names))
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-      json.dump({k: v for k, v in metrics.items() if k != "images"}, f, indent=1, default=float)
+      json.dump(metrics, f, indent=1, default=float)
   return metrics

@@ -16,9 +16,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
+from PIL import Image
 
-from ccnet_jax.data import dataset_info, make_eval_loader, make_train_loader
-from ccnet_jax.evaluation import evaluate, format_results_table
+from ccnet_jax.data.labels import dataset_info
+from ccnet_jax.data.pipeline import make_eval_loader, make_train_loader
+from ccnet_jax.evaluation import Evaluator, format_results_table, model_predict_fn
 from ccnet_jax.models.export import load_state_into, save_model
 from ccnet_jax.models.registry import build_model
 from ccnet_jax.train.checkpointing import RunCheckpoints
@@ -28,6 +31,17 @@ from ccnet_jax.train.preemption import StopRequest
 from ccnet_jax.train.state import create_train_state, merge_model
 from ccnet_jax.train.step import make_train_step
 from ccnet_jax.train.summaries import MetricWriter, ProgressLine
+
+
+def _overlay_images(directory: str, limit: int) -> dict[str, np.ndarray]:
+  """The first ``limit`` prediction overlays the evaluator wrote, for TensorBoard."""
+  if not os.path.isdir(directory):
+    return {}
+  names = sorted(n for n in os.listdir(directory) if n.endswith("_overlay.png"))[:limit]
+  return {
+      f"eval/{name[:-len('_overlay.png')]}": np.asarray(Image.open(os.path.join(directory, name)))
+      for name in names
+  }
 
 
 class TrainingDiverged(RuntimeError):
@@ -67,18 +81,29 @@ def _best_record(workdir: str) -> dict[str, Any]:
   return {"step": None, "miou": -1.0}
 
 
-def run_evaluation(model, config, mesh, *, out_dir: str | None) -> dict[str, Any]:
-  """mIoU and friends of ``model`` (eval mode) on the configured evaluation split."""
-  loader = make_eval_loader(config.data, batch_size=config.eval.batch_size)
-  return evaluate(
-      model,
-      loader,
-      eval_config=config.eval,
-      dataset_info=dataset_info(config.data.name),
-      mesh=mesh,
-      out_dir=out_dir,
-      data_config=config.data,
-  )
+class ModelEvaluation:
+  """Evaluates models of one architecture on the configured split, compiling once."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model: nnx.Module, mesh):
+    self.config = config
+    self.info = dataset_info(config.data.name)
+    predict_fn, _ = model_predict_fn(model)
+    self.evaluator = Evaluator(
+        predict_fn, eval_config=config.eval, num_classes=self.info.num_classes, mesh=mesh,
+        ignore_label=self.info.ignore_label,
+    )
+
+  def __call__(self, model: nnx.Module, *, out_dir: str | None) -> dict[str, Any]:
+    """mIoU, per-class IoU, accuracies of ``model`` (eval mode); PNGs to ``out_dir``."""
+    per_process = max(self.config.eval.batch_size // jax.process_count(), 1)
+    _, state = nnx.split(model)
+    return self.evaluator.evaluate(
+        state,
+        make_eval_loader(self.config.data, batch_size=per_process),
+        out_dir=out_dir,
+        palette=self.info.palette,
+        normalization=self.config.data,
+    )
 
 
 def train_and_evaluate(
@@ -119,6 +144,7 @@ def train_and_evaluate(
   writer = MetricWriter(workdir)
   progress = ProgressLine(total_steps, config.train.global_batch_size)
   best = _best_record(workdir)
+  evaluation = ModelEvaluation(config, merge_model(graphdef, state, train=False), mesh)
   metrics: dict[str, Any] = {}
 
   def save(step):
@@ -128,20 +154,29 @@ def train_and_evaluate(
     nonlocal best
     model = merge_model(graphdef, state, train=False)
     out_dir = os.path.join(workdir, "predictions", f"step_{step}")
-    results = run_evaluation(model, config, mesh, out_dir=out_dir)
+    results = evaluation(model, out_dir=out_dir)
     writer.write_scalars(
         step, {"eval/miou": results["miou"], "eval/pixel_accuracy": results["pixel_accuracy"]}
     )
-    if results.get("images"):
-      writer.write_images(step, results["images"])
+    writer.write_images(step, _overlay_images(out_dir, config.train.num_summary_images))
     if results["miou"] > best["miou"]:
       best = {"step": step, "miou": float(results["miou"])}
-      best_dir = os.path.join(workdir, "best")
-      save_model(best_dir, model, config.model, preprocessing=preprocessing(config.data))
-      if jax.process_index() == 0:
-        with open(os.path.join(best_dir, "metrics.json"), "w", encoding="utf-8") as f:
-          json.dump(best, f)
+      export("best", extra={"metrics.json": best})
     return results
+
+  def export(name, extra=None):
+    """Writes the current model as a model directory WORKDIR/name (process 0 only)."""
+    if jax.process_index() != 0:
+      return
+    # Replicated arrays: process 0's own copy is the whole value.
+    local = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state)
+    directory = save_model(
+        os.path.join(workdir, name), merge_model(graphdef, local, train=False), config.model,
+        preprocessing=preprocessing(config.data),
+    )
+    for filename, content in (extra or {}).items():
+      with open(os.path.join(directory, filename), "w", encoding="utf-8") as f:
+        json.dump(content, f)
 
   try:
     with StopRequest() as stop:
@@ -173,9 +208,7 @@ def train_and_evaluate(
           return {"step": step, "stopped": "stop_after_steps"}
 
     metrics = evaluate_now(total_steps)
-    final_model = merge_model(graphdef, state, train=False)
-    save_model(os.path.join(workdir, "model"), final_model, config.model,
-               preprocessing=preprocessing(config.data))
+    export("model")
     if jax.process_index() == 0:
       print(format_results_table(metrics, dataset_info(config.data.name).class_names))
     return {"step": step, **metrics}
