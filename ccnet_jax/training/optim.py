@@ -51,7 +51,7 @@ def make_schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> 
 
   def schedule(step):
     t = jnp.minimum(jnp.asarray(step, jnp.float32), total_steps)
-    lr = base * (1.0 - t / total_steps) ** power
+    lr = base * ((total_steps - t) / total_steps) ** power
     if warmup_steps:
       warmup = 1.0 - (1.0 - jnp.minimum(t / warmup_steps, 1.0)) * (1.0 - ratio)
       lr = lr * warmup
