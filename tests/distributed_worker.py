@@ -1,6 +1,7 @@
 """A tiny CCNet training run, shared by the train-step tests and their multi-process check.
 
-Run as ``python -m tests.distributed_worker --process_id=I --num_processes=N --port=P``:
+Run as ``python -m tests.distributed_worker --process_id=I --num_processes=N --port=P
+--weights=FILE``:
 each process joins ``jax.distributed`` on localhost, feeds its slice of one
 fixed global batch through ``global_batch``, trains a few steps and prints the
 per-step losses and a parameter checksum as one JSON line.
@@ -12,6 +13,7 @@ import argparse
 import functools
 import json
 import os
+import pickle
 
 import numpy as np
 
@@ -46,31 +48,58 @@ def fixed_batch(seed: int = 0) -> dict[str, np.ndarray]:
   }
 
 
-@functools.lru_cache(maxsize=None)
-def _float32_model_state():
-  """The initial weights; built once per process (eager initialisation is slow on CPU)."""
-  from flax import nnx
-
-  from ccnet_jax import models
-
-  return nnx.state(models.build_model(tiny_model_config(), seed=0))
+# Tests only compile tiny programs: skip XLA's slow backend optimisations.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 @functools.lru_cache(maxsize=None)
-def build(dtype: str = "float32", total_steps: int = 10):
-  """(model_def, tx, schedule, host_state): identical in every process (fixed seeds).
+def initial_weights() -> dict:
+  """Float32 params and BN statistics of the fixed initial model (numpy pure dicts).
 
-  Every dtype gets the same float32 initial weights: the model is traced
-  abstractly in ``dtype`` and the weights poured in.
+  Initialisation is compiled as one program (eager initialisation is slow on a
+  busy CPU); the multi-process workers receive the result from the test.
   """
   import jax
   from flax import nnx
 
-  from ccnet_jax import models, training
-  from ccnet_jax.training import optim
+  from ccnet_jax import models
+
+  def init():
+    model = models.build_model(tiny_model_config(), seed=0)
+    return {
+        "params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+        "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
+    }
+
+  return jax.device_get(jax.jit(init).lower().compile(FAST_COMPILE)())
+
+
+def _model_with(weights: dict, dtype: str):
+  """The model traced abstractly in ``dtype``, with ``weights`` poured in."""
+  from flax import nnx
+
+  from ccnet_jax import models
 
   model = nnx.eval_shape(lambda: models.build_model(tiny_model_config(dtype), seed=0))
-  nnx.update(model, _float32_model_state())
+  for kind, name in ((nnx.Param, "params"), (nnx.BatchStat, "batch_stats")):
+    state = nnx.state(model, kind)
+    nnx.replace_by_pure_dict(state, weights[name])
+    nnx.update(model, state)
+  nnx.reseed(model, default=0)  # concrete dropout streams (rekeyed every step anyway)
+  return model
+
+
+def build(dtype: str = "float32", weights: dict | None = None, total_steps: int = 10):
+  """(model_def, tx, schedule, host_state): identical in every process.
+
+  Every dtype starts from the same float32 weights (``initial_weights()`` by default).
+  """
+  import jax
+
+  from ccnet_jax import training
+  from ccnet_jax.training import optim
+
+  model = _model_with(initial_weights() if weights is None else weights, dtype)
   tx, schedule = optim.make_optimizer(optim.default_optim_config(), total_steps)
   model_def, state = training.create_train_state(model, tx, seed=0)
   return model_def, tx, schedule, jax.device_get(state)
@@ -82,13 +111,13 @@ def params_checksum(params) -> float:
   return float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(params)))
 
 
-def train(mesh, local_batch, steps: int):
+def train(mesh, local_batch, steps: int, weights: dict):
   """Per-step losses and the final parameter checksum of ``steps`` steps on ``mesh``."""
   import jax
 
   from ccnet_jax import training
 
-  model_def, tx, schedule, host_state = build()
+  model_def, tx, schedule, host_state = build(weights=weights)
   train_step = training.make_train_step(model_def, tx, schedule, loss_config(), mesh)
   state = training.replicate(host_state, mesh)
   batch = training.global_batch(local_batch, mesh)
@@ -106,6 +135,7 @@ def main():
   parser.add_argument("--num_processes", type=int, required=True)
   parser.add_argument("--port", type=int, required=True)
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--weights", required=True, help="pickle of initial_weights()")
   args = parser.parse_args()
 
   import jax
@@ -122,7 +152,9 @@ def main():
   per_process = BATCH // args.num_processes
   rows = slice(args.process_id * per_process, (args.process_id + 1) * per_process)
   local_batch = {name: value[rows] for name, value in fixed_batch().items()}
-  losses, checksum = train(mesh, local_batch, args.steps)
+  with open(args.weights, "rb") as f:
+    weights = pickle.load(f)
+  losses, checksum = train(mesh, local_batch, args.steps, weights)
   print(json.dumps({
       "process_id": args.process_id,
       "global_devices": jax.device_count(),

@@ -5,6 +5,7 @@ Reference for sharding: the same step on a 1-device mesh with the whole batch.
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -32,9 +33,14 @@ class _Run:
   def __init__(self, devices, dtype="float32"):
     self.model_def, self.tx, self.schedule, self.initial = worker.build(dtype)
     self.mesh = training.make_mesh(devices)
-    self.step = training.make_train_step(
+    train_step = training.make_train_step(
         self.model_def, self.tx, self.schedule, worker.loss_config(), self.mesh
     )
+    # Compiled ahead of time with the same shardings; only backend optimisation is cut.
+    self.step = train_step.lower(
+        training.replicate(self.initial, self.mesh),
+        training.global_batch(worker.fixed_batch(), self.mesh),
+    ).compile(worker.FAST_COMPILE)
 
   def run(self, steps, batch=None, state=None):
     """Host copies of the state after each step, and the metrics of each step."""
@@ -145,15 +151,20 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one(reference):
+def test_two_processes_train_like_one(reference, tmp_path):
   port = _free_port()
+  weights = tmp_path / "weights.pkl"
+  weights.write_bytes(pickle.dumps(worker.initial_weights()))
+  # Two host devices per process: a 4-device mesh over 2 processes. The lower
+  # backend optimisation level only shortens compilation.
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+                       "--xla_backend_optimization_level=0",
              PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
   processes = [
       subprocess.Popen(
           [sys.executable, "-m", "tests.distributed_worker", f"--process_id={i}",
-           "--num_processes=2", f"--port={port}", "--steps=3"],
+           "--num_processes=2", f"--port={port}", "--steps=3", f"--weights={weights}"],
           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       )
       for i in range(2)
