@@ -18,6 +18,7 @@ import pytest
 from flax import nnx
 
 from ccnet_jax import training
+from ccnet_jax.models import layers
 from tests import distributed_worker as worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +144,24 @@ def test_bfloat16_step_keeps_float32_params_and_statistics(reference):
   assert metrics[0]["finite"] == 1.0
   np.testing.assert_allclose(metrics[0]["loss"], reference[1][0]["loss"], rtol=0.05)
   np.testing.assert_allclose(metrics[0]["grad_norm"], reference[1][0]["grad_norm"], rtol=0.1)
+  # flax's BatchNorm reduces bfloat16 activations in float32: the running statistics
+  # of the first BN layer track the float32 run to bfloat16 input precision.
+  bn1 = states[0].batch_stats["backbone"]["stem"]["bn1"]
+  bn1_float32 = reference[0][0].batch_stats["backbone"]["stem"]["bn1"]
+  np.testing.assert_allclose(bn1["mean"], bn1_float32["mean"], rtol=2e-2, atol=1e-3)
+  np.testing.assert_allclose(bn1["var"], bn1_float32["var"], rtol=2e-2, atol=1e-3)
+
+
+def test_bfloat16_batch_norm_reduces_in_float32():
+  """The model's BN layer on bfloat16 input: statistics equal float64 ones of that input."""
+  norm = layers.batch_norm(3, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(3.0, 1.0, size=(4, 32, 32, 3)), jnp.bfloat16)
+  y = norm(x)
+  assert y.dtype == jnp.bfloat16 and norm.mean[...].dtype == jnp.float32
+  x64 = np.asarray(x, np.float64)
+  # momentum 0.9 from mean 0 / var 1; flax keeps the biased batch variance.
+  np.testing.assert_allclose(norm.mean[...], 0.1 * x64.mean(axis=(0, 1, 2)), rtol=1e-5)
+  np.testing.assert_allclose(norm.var[...], 0.9 + 0.1 * x64.var(axis=(0, 1, 2)), rtol=1e-5)
 
 
 def _free_port():

@@ -47,7 +47,8 @@ def make_schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> 
     raise ValueError(
         f"optim.warmup_steps={warmup_steps} must be in [0, total_steps={total_steps})."
     )
-  base, power, ratio = optim_config.learning_rate, optim_config.power, optim_config.warmup_start_ratio
+  base, power = optim_config.learning_rate, optim_config.power
+  ratio = optim_config.warmup_start_ratio
 
   def schedule(step):
     t = jnp.minimum(jnp.asarray(step, jnp.float32), total_steps)
