@@ -70,7 +70,7 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
 def _several_processes() -> bool:
   """Whether the environment describes a multi-process job."""
   counts = (
-      os.environ.get("JAX_NUM_PROCESSES"),  # explicit (with JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID)
+      os.environ.get("JAX_NUM_PROCESSES"),  # with JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID
       os.environ.get("SLURM_NTASKS") if "SLURM_JOB_ID" in os.environ else None,
       os.environ.get("OMPI_COMM_WORLD_SIZE"),  # mpirun (Open MPI)
   )

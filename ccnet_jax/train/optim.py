@@ -47,11 +47,12 @@ def make_schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> 
     raise ValueError(
         f"optim.warmup_steps={warmup_steps} must be in [0, total_steps={total_steps})."
     )
-  base, power, ratio = optim_config.learning_rate, optim_config.power, optim_config.warmup_start_ratio
+  base, power = optim_config.learning_rate, optim_config.power
+  ratio = optim_config.warmup_start_ratio
 
   def schedule(step):
     t = jnp.minimum(jnp.asarray(step, jnp.float32), total_steps)
-    lr = base * (1.0 - t / total_steps) ** power
+    lr = base * ((total_steps - t) / total_steps) ** power
     if warmup_steps:
       warmup = 1.0 - (1.0 - jnp.minimum(t / warmup_steps, 1.0)) * (1.0 - ratio)
       lr = lr * warmup

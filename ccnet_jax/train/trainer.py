@@ -25,7 +25,7 @@ from ccnet_jax.evaluation import Evaluator, format_results_table, model_predict_
 from ccnet_jax.models.export import load_state_into, save_model
 from ccnet_jax.models.registry import build_model
 from ccnet_jax.train.checkpointing import RunCheckpoints
-from ccnet_jax.train.mesh import global_batch, initialize_distributed, make_mesh, replicated
+from ccnet_jax.train.mesh import global_batch, initialize_distributed, make_mesh, replicate
 from ccnet_jax.train.optim import make_optimizer
 from ccnet_jax.train.preemption import StopRequest
 from ccnet_jax.train.state import create_train_state, merge_model
@@ -125,7 +125,7 @@ def train_and_evaluate(
     load_state_into(model, config.train.init_from, part=config.train.init_part)
   tx, schedule = make_optimizer(config.optim, total_steps)
   graphdef, state = create_train_state(model, tx, seed=config.train.seed)
-  state = jax.device_put(state, replicated(mesh))
+  state = replicate(state, mesh)
   loader = make_train_loader(
       config.data, global_batch_size=config.train.global_batch_size, seed=config.train.seed
   )

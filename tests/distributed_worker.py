@@ -1,0 +1,169 @@
+"""A tiny CCNet training run, shared by the train-step tests and their multi-process check.
+
+Run as ``python -m tests.distributed_worker --process_id=I --num_processes=N --port=P
+--weights=FILE``:
+each process joins ``jax.distributed`` on localhost, feeds its slice of one
+fixed global batch through ``global_batch``, trains a few steps and prints the
+per-step losses and a parameter checksum as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pickle
+
+import numpy as np
+
+BATCH, SIZE, CLASSES, IGNORE = 8, 33, 5, 255
+
+
+def tiny_model_config(dtype: str = "float32"):
+  from ccnet_jax import models
+
+  config = models.model_config("ccnet_r101_official", num_classes=CLASSES, dtype=dtype)
+  config.backbone.update(depth=18, base_width=8, output_stride=8)
+  config.head.update(channels=16, out_channels=16)
+  config.aux.channels = 16
+  return config
+
+
+def loss_config():
+  from ccnet_jax.train import losses
+
+  config = losses.default_loss_config()
+  config.ohem_min_kept = 2000  # below the batch's valid pixels: OHEM really mines
+  return config
+
+
+def fixed_batch(seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, CLASSES, size=(BATCH, SIZE, SIZE)).astype(np.int32)
+  labels[rng.random(labels.shape) < 0.1] = IGNORE
+  return {
+      "image": rng.normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32),
+      "label": labels,
+  }
+
+
+# Tests only compile tiny programs: skip XLA's slow backend optimisations.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+@functools.lru_cache(maxsize=None)
+def initial_weights() -> dict:
+  """Float32 params and BN statistics of the fixed initial model (numpy pure dicts).
+
+  Initialisation is compiled as one program (eager initialisation is slow on a
+  busy CPU); the multi-process workers receive the result from the test.
+  """
+  import jax
+  from flax import nnx
+
+  from ccnet_jax import models
+
+  def init():
+    model = models.build_model(tiny_model_config(), seed=0)
+    return {
+        "params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+        "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
+    }
+
+  return jax.device_get(jax.jit(init).lower().compile(FAST_COMPILE)())
+
+
+def _model_with(weights: dict, dtype: str):
+  """The model traced abstractly in ``dtype``, with ``weights`` poured in."""
+  from flax import nnx
+
+  from ccnet_jax import models
+
+  model = nnx.eval_shape(lambda: models.build_model(tiny_model_config(dtype), seed=0))
+  for kind, name in ((nnx.Param, "params"), (nnx.BatchStat, "batch_stats")):
+    state = nnx.state(model, kind)
+    nnx.replace_by_pure_dict(state, weights[name])
+    nnx.update(model, state)
+  nnx.reseed(model, default=0)  # concrete dropout streams (rekeyed every step anyway)
+  return model
+
+
+def build(dtype: str = "float32", weights: dict | None = None, total_steps: int = 10):
+  """(model_def, tx, schedule, host_state): identical in every process.
+
+  Every dtype starts from the same float32 weights (``initial_weights()`` by default).
+  """
+  import jax
+
+  from ccnet_jax import train
+  from ccnet_jax.train import optim
+
+  model = _model_with(initial_weights() if weights is None else weights, dtype)
+  tx, schedule = optim.make_optimizer(optim.default_optim_config(), total_steps)
+  model_def, state = train.create_train_state(model, tx, seed=0)
+  return model_def, tx, schedule, jax.device_get(state)
+
+
+def params_checksum(params) -> float:
+  import jax
+
+  return float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(params)))
+
+
+def train(mesh, local_batch, steps: int, weights: dict):
+  """Per-step losses and the final parameter checksum of ``steps`` steps on ``mesh``."""
+  import jax
+
+  from ccnet_jax import train
+
+  model_def, tx, schedule, host_state = build(weights=weights)
+  train_step = train.make_train_step(model_def, tx, schedule, loss_config(), mesh)
+  state = train.replicate(host_state, mesh)
+  batch = train.global_batch(local_batch, mesh)
+  losses = []
+  for _ in range(steps):
+    state, metrics = train_step(state, batch)
+    losses.append(float(metrics["loss"]))
+  params = jax.device_get(jax.tree.map(lambda x: x.addressable_data(0), state.params))
+  return losses, params_checksum(params)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--process_id", type=int, required=True)
+  parser.add_argument("--num_processes", type=int, required=True)
+  parser.add_argument("--port", type=int, required=True)
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--weights", required=True, help="pickle of initial_weights()")
+  args = parser.parse_args()
+
+  import jax
+
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+      coordinator_address=f"localhost:{args.port}",
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+  )
+  from ccnet_jax import train
+
+  mesh = train.make_mesh()
+  per_process = BATCH // args.num_processes
+  rows = slice(args.process_id * per_process, (args.process_id + 1) * per_process)
+  local_batch = {name: value[rows] for name, value in fixed_batch().items()}
+  with open(args.weights, "rb") as f:
+    weights = pickle.load(f)
+  losses, checksum = train(mesh, local_batch, args.steps, weights)
+  print(json.dumps({
+      "process_id": args.process_id,
+      "global_devices": jax.device_count(),
+      "losses": losses,
+      "checksum": checksum,
+  }), flush=True)
+  jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  main()

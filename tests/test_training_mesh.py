@@ -1,0 +1,80 @@
+"""The mesh helpers on the 8 host devices of the test process, and distributed start-up."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from ccnet_jax import train
+from ccnet_jax.train import mesh as mesh_lib
+
+
+def test_make_mesh_defaults_to_every_device_on_the_data_axis():
+  mesh = train.make_mesh()
+  assert mesh.axis_names == ("data",)
+  assert list(mesh.devices.flat) == jax.devices()
+  assert train.make_mesh(jax.devices()[:1]).size == 1
+
+
+def test_global_batch_shards_the_leading_axis():
+  mesh = train.make_mesh()
+  local = {"image": np.arange(16 * 2 * 3, dtype=np.float32).reshape(16, 2, 3),
+           "label": np.arange(16, dtype=np.int32)}
+  batch = train.global_batch(local, mesh)
+  for name, value in local.items():
+    assert batch[name].sharding.spec == P("data")
+    np.testing.assert_array_equal(batch[name], value)
+    shards = sorted(batch[name].addressable_shards, key=lambda s: s.index[0].start)
+    assert [s.data.shape[0] for s in shards] == [2] * 8
+    np.testing.assert_array_equal(shards[3].data, value[6:8])
+
+
+def test_global_batch_rejects_a_batch_that_does_not_divide():
+  with pytest.raises(ValueError, match=r"batch\['label'\].*multiple of this process's 8"):
+    train.global_batch({"label": np.zeros((6, 2), np.int32)}, train.make_mesh())
+
+
+def test_replicate_puts_a_copy_on_every_device():
+  mesh = train.make_mesh()
+  tree = train.replicate({"w": np.arange(5.0)}, mesh)
+  assert tree["w"].sharding.is_fully_replicated
+  assert len(tree["w"].addressable_shards) == 8
+  np.testing.assert_array_equal(tree["w"], np.arange(5.0))
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({}, False),
+        ({"JAX_NUM_PROCESSES": "1"}, False),
+        ({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"}, False),
+        ({"SLURM_NTASKS": "4"}, False),  # not inside a SLURM job
+        ({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "4"}, True),
+        ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
+        ({"TPU_WORKER_HOSTNAMES": "host-a,host-b"}, True),
+        ({"TPU_WORKER_HOSTNAMES": "host-a"}, False),
+    ],
+)
+def test_several_processes_is_read_from_the_environment(monkeypatch, env, expected):
+  for name in ("JAX_NUM_PROCESSES", "SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+               "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  assert mesh_lib._several_processes() is expected
+
+
+def test_initialize_distributed_is_a_no_op_for_one_process(monkeypatch):
+  monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+  monkeypatch.delenv("OMPI_COMM_WORLD_SIZE", raising=False)
+  monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
+  monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+  assert train.initialize_distributed() is False
+
+
+def test_initialize_distributed_names_missing_variables(monkeypatch):
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+  with pytest.raises(ValueError, match="JAX_PROCESS_ID"):
+    train.initialize_distributed()

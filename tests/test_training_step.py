@@ -1,0 +1,206 @@
+"""The sharded train step: sync BN across 8 devices and 2 processes, bfloat16, state round trip.
+
+Reference for sharding: the same step on a 1-device mesh with the whole batch.
+"""
+
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ccnet_jax import train
+from ccnet_jax.models import layers
+from tests import distributed_worker as worker
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _host(tree):
+  return jax.device_get(tree)
+
+
+class _Run:
+  """A compiled step on a mesh, started from the fixed initial state."""
+
+  def __init__(self, devices, dtype="float32"):
+    self.model_def, self.tx, self.schedule, self.initial = worker.build(dtype)
+    self.mesh = train.make_mesh(devices)
+    train_step = train.make_train_step(
+        self.model_def, self.tx, self.schedule, worker.loss_config(), self.mesh
+    )
+    # Compiled ahead of time with the same shardings; only backend optimisation is cut.
+    self.step = train_step.lower(
+        train.replicate(self.initial, self.mesh),
+        train.global_batch(worker.fixed_batch(), self.mesh),
+    ).compile(worker.FAST_COMPILE)
+
+  def run(self, steps, batch=None, state=None):
+    """Host copies of the state after each step, and the metrics of each step."""
+    state = train.replicate(self.initial if state is None else state, self.mesh)
+    batch = train.global_batch(worker.fixed_batch() if batch is None else batch, self.mesh)
+    states, metrics = [], []
+    for _ in range(steps):
+      state, step_metrics = self.step(state, batch)
+      states.append(_host(state))
+      metrics.append({k: float(v) for k, v in step_metrics.items()})
+    return states, metrics
+
+
+@pytest.fixture(scope="module")
+def one_device():
+  return _Run(jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def reference(one_device):
+  """Three steps on one device with the whole batch."""
+  return one_device.run(3)
+
+
+def test_step_trains_and_reports_metrics(one_device, reference):
+  states, metrics = reference
+  assert [int(s.step) for s in states] == [1, 2, 3]
+  assert set(metrics[0]) == {"loss", "main", "aux", "lr", "grad_norm", "finite"}
+  np.testing.assert_allclose(metrics[0]["loss"], metrics[0]["main"] + 0.4 * metrics[0]["aux"],
+                             rtol=1e-6)
+  expected_lr = [0.01 * (1 - i / 10) ** 0.9 for i in range(3)]
+  np.testing.assert_allclose([m["lr"] for m in metrics], expected_lr, rtol=1e-6)
+  assert all(m["finite"] == 1.0 for m in metrics)
+  assert metrics[2]["loss"] < metrics[0]["loss"]  # the same batch three times: it fits
+  # BN running statistics moved from their initial values (mean 0, var 1).
+  initial_stats = jax.tree.leaves(one_device.initial.batch_stats)
+  assert any(not np.allclose(a, b) for a, b in zip(initial_stats,
+                                                   jax.tree.leaves(states[0].batch_stats)))
+
+
+def test_sync_batch_norm_eight_devices_equal_one_device(reference):
+  eight = _Run(jax.devices()[:8])
+  assert len(eight.mesh.devices.flat) == 8
+  states, metrics = eight.run(1)
+  (state_1,), (metrics_1,) = reference[0][:1], reference[1][:1]
+  np.testing.assert_allclose(metrics[0]["loss"], metrics_1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(metrics[0]["grad_norm"], metrics_1["grad_norm"], rtol=1e-5)
+  chex.assert_trees_all_close(states[0].params, state_1.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(states[0].batch_stats, state_1.batch_stats, rtol=1e-5, atol=1e-6)
+
+
+def test_statistics_are_global_not_per_device(one_device, reference):
+  """The first BN layer's running mean moved by 0.1 x the whole batch's mean, not one image's."""
+  # The running mean after one step is 0.9 * 0 + 0.1 * batch mean: compare the first
+  # BN layer's update with numpy statistics of its input over the whole batch.
+  model = train.merge_model(one_device.model_def, one_device.initial, train=True)
+  images = jnp.asarray(worker.fixed_batch()["image"])
+  conv_out = np.asarray(model.backbone.stem.conv1(images), np.float64)
+  whole = conv_out.mean(axis=(0, 1, 2))
+  per_image = conv_out[:1].mean(axis=(0, 1, 2))
+  updated = reference[0][0].batch_stats["backbone"]["stem"]["bn1"]["mean"]
+  np.testing.assert_allclose(updated, 0.1 * whole, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(updated, 0.1 * per_image, rtol=1e-3, atol=1e-5)
+
+
+def test_same_state_and_batch_give_the_same_step(one_device, reference):
+  """Dropout keys come from (rng, step): a resumed step redraws the same masks."""
+  states, metrics = one_device.run(1, state=reference[0][0])
+  assert metrics[0]["loss"] == pytest.approx(reference[1][1]["loss"], rel=1e-6)
+  chex.assert_trees_all_close(states[0].params, reference[0][1].params, rtol=1e-6, atol=1e-7)
+
+
+def test_non_finite_loss_is_flagged(one_device):
+  batch = worker.fixed_batch()
+  batch["image"][0, 0, 0, 0] = np.nan
+  _, metrics = one_device.run(1, batch=batch)
+  assert metrics[0]["finite"] == 0.0
+
+
+def test_merge_model_carries_the_state_and_the_mode(one_device, reference):
+  state = reference[0][0]
+  for train in (True, False):
+    model = train.merge_model(one_device.model_def, state, train=train)
+    chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(model, nnx.Param)), state.params)
+    chex.assert_trees_all_equal(
+        nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), state.batch_stats
+    )
+    norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)]
+    dropouts = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Dropout)]
+    assert len(norms) > 20 and len(dropouts) == 2
+    assert {m.use_running_average for m in norms} == {not train}
+    assert {m.deterministic for m in dropouts} == {not train}
+
+
+def test_bfloat16_step_keeps_float32_params_and_statistics(reference):
+  bf16 = _Run(jax.devices()[:1], dtype="bfloat16")
+  states, metrics = bf16.run(1)
+  dtypes = {x.dtype for x in jax.tree.leaves((states[0].params, states[0].batch_stats))}
+  assert dtypes == {np.dtype(np.float32)}
+  assert metrics[0]["finite"] == 1.0
+  np.testing.assert_allclose(metrics[0]["loss"], reference[1][0]["loss"], rtol=0.05)
+  np.testing.assert_allclose(metrics[0]["grad_norm"], reference[1][0]["grad_norm"], rtol=0.1)
+  # flax's BatchNorm reduces bfloat16 activations in float32: the running statistics
+  # of the first BN layer track the float32 run to bfloat16 input precision.
+  bn1 = states[0].batch_stats["backbone"]["stem"]["bn1"]
+  bn1_float32 = reference[0][0].batch_stats["backbone"]["stem"]["bn1"]
+  np.testing.assert_allclose(bn1["mean"], bn1_float32["mean"], rtol=2e-2, atol=1e-3)
+  np.testing.assert_allclose(bn1["var"], bn1_float32["var"], rtol=2e-2, atol=1e-3)
+
+
+def test_bfloat16_batch_norm_reduces_in_float32():
+  """The model's BN layer on bfloat16 input: statistics equal float64 ones of that input."""
+  norm = layers.batch_norm(3, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(3.0, 1.0, size=(4, 32, 32, 3)), jnp.bfloat16)
+  y = norm(x)
+  assert y.dtype == jnp.bfloat16 and norm.mean[...].dtype == jnp.float32
+  x64 = np.asarray(x, np.float64)
+  # momentum 0.9 from mean 0 / var 1; flax keeps the biased batch variance.
+  np.testing.assert_allclose(norm.mean[...], 0.1 * x64.mean(axis=(0, 1, 2)), rtol=1e-5)
+  np.testing.assert_allclose(norm.var[...], 0.9 + 0.1 * x64.var(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(reference, tmp_path):
+  port = _free_port()
+  weights = tmp_path / "weights.pkl"
+  weights.write_bytes(pickle.dumps(worker.initial_weights()))
+  # Two host devices per process: a 4-device mesh over 2 processes. The lower
+  # backend optimisation level only shortens compilation.
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+                       "--xla_backend_optimization_level=0",
+             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+  processes = [
+      subprocess.Popen(
+          [sys.executable, "-m", "tests.distributed_worker", f"--process_id={i}",
+           "--num_processes=2", f"--port={port}", "--steps=3", f"--weights={weights}"],
+          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      )
+      for i in range(2)
+  ]
+  outputs = []
+  try:
+    for process in processes:
+      stdout, stderr = process.communicate(timeout=120)
+      assert process.returncode == 0, stderr[-3000:]
+      outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  assert [o["global_devices"] for o in outputs] == [4, 4]
+  expected_losses = [m["loss"] for m in reference[1]]
+  expected_checksum = worker.params_checksum(reference[0][2].params)
+  for output in outputs:
+    np.testing.assert_allclose(output["losses"], expected_losses, rtol=1e-5)
+    np.testing.assert_allclose(output["checksum"], expected_checksum, rtol=1e-6)
