@@ -143,3 +143,28 @@ def test_eval_transform_keeps_full_size():
   np.testing.assert_allclose(out["image"], (image - np.float32(config.mean)) / np.float32(config.std),
                              rtol=1e-5)
   assert out["name"] == "a"
+
+
+@pytest.mark.parametrize("name,crop", [("cityscapes", (24, 40)), ("ade20k", (50, 20)),
+                                       ("synthetic", (16, 16))])
+def test_train_transform_equals_the_composition_of_the_steps(name, crop):
+  """The windowed fast path against the plain chain: scale, normalise, pad, crop, flip."""
+  config = data_config(name)
+  config.crop_size = crop
+  image = np.random.default_rng(0).integers(0, 256, (30, 36, 3)).astype(np.uint8)
+  label = np.random.default_rng(1).choice([0, 4, 9, 255], (30, 36)).astype(np.uint8)
+  for seed in range(12):
+    rng = np.random.default_rng(seed)
+    want_image, want_label = image, label
+    if (config.scale_min, config.scale_max) != (1.0, 1.0):
+      want_image, want_label = transforms.random_scale(
+          image, label, rng, scale_min=config.scale_min, scale_max=config.scale_max,
+          scale_step=config.scale_step)
+    want_image = transforms.normalize(want_image, config.mean, config.std, config.channel_order)
+    want_image, want_label = transforms.pad_to(want_image, want_label, crop)
+    want_image, want_label = transforms.random_crop(want_image, want_label, crop, rng)
+    want_image, want_label = transforms.random_flip(want_image, want_label, rng)
+    got = transforms.train_transform({"image": image, "label": label, "name": "x"}, config,
+                                     np.random.default_rng(seed))
+    np.testing.assert_allclose(got["image"], want_image, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got["label"], want_label)

@@ -26,9 +26,16 @@ def sample_scale(rng: np.random.Generator, scale_min: float, scale_max: float,
   return float(rng.uniform(scale_min, scale_max))
 
 
-def _source_coordinates(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Half-pixel-centre bilinear taps (OpenCV INTER_LINEAR, torch align_corners=False)."""
-  coord = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+Window = tuple[int, int, int, int]  # (top, left, height, width) inside the resized image
+
+
+def _source_coordinates(out_size: int, in_size: int, start: int = 0,
+                        count: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Half-pixel-centre bilinear taps (OpenCV INTER_LINEAR, torch align_corners=False) of
+  output positions ``start .. start + count``."""
+  count = out_size - start if count is None else count
+  positions = np.arange(start, start + count, dtype=np.float64)
+  coord = (positions + 0.5) * (in_size / out_size) - 0.5
   coord = np.maximum(coord, 0.0)
   low = np.minimum(np.floor(coord).astype(np.int64), in_size - 1)
   high = np.minimum(low + 1, in_size - 1)
@@ -36,31 +43,46 @@ def _source_coordinates(out_size: int, in_size: int) -> tuple[np.ndarray, np.nda
   return low, high, frac
 
 
-def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of an (H, W, C) image to ``size`` = (h, w); returns float32."""
-  height, width = size
-  image = image.astype(np.float32)
-  y0, y1, fy = _source_coordinates(height, image.shape[0])
-  x0, x1, fx = _source_coordinates(width, image.shape[1])
-  rows = image[y0] * (1.0 - fy)[:, None, None] + image[y1] * fy[:, None, None]
+def resize_bilinear(image: np.ndarray, size: tuple[int, int],
+                    window: Window | None = None) -> np.ndarray:
+  """Bilinear resize of an (H, W, C) image to ``size`` = (h, w); returns float32.
+
+  With ``window`` only that part of the resized image is computed, which is what a random
+  crop of a large rescaled image needs.
+  """
+  top, left, height, width = window or (0, 0, size[0], size[1])
+  y0, y1, fy = _source_coordinates(size[0], image.shape[0], top, height)
+  x0, x1, fx = _source_coordinates(size[1], image.shape[1], left, width)
+  if height == 0 or width == 0:
+    return np.zeros((height, width, image.shape[2]), np.float32)
+  # Only the source columns the window reads take part in the vertical pass.
+  first, last = int(x0[0]), int(x1[-1]) + 1
+  source = image[:, first:last]
+  x0, x1 = x0 - first, x1 - first
+  upper, lower = source[y0].astype(np.float32), source[y1].astype(np.float32)
+  rows = upper * (1.0 - fy)[:, None, None] + lower * fy[:, None, None]
   return rows[:, x0] * (1.0 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
 
 
-def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_nearest(label: np.ndarray, size: tuple[int, int],
+                   window: Window | None = None) -> np.ndarray:
   """Nearest-neighbour resize of an (H, W) label map (OpenCV INTER_NEAREST, torch 'nearest')."""
-  height, width = size
+  top, left, height, width = window or (0, 0, size[0], size[1])
   in_h, in_w = label.shape
-  rows = np.minimum((np.arange(height) * (in_h / height)).astype(np.int64), in_h - 1)
-  cols = np.minimum((np.arange(width) * (in_w / width)).astype(np.int64), in_w - 1)
+  rows = np.minimum((np.arange(top, top + height) * (in_h / size[0])).astype(np.int64), in_h - 1)
+  cols = np.minimum((np.arange(left, left + width) * (in_w / size[1])).astype(np.int64), in_w - 1)
   return label[rows[:, None], cols[None, :]]
+
+
+def scaled_size(shape: Sequence[int], scale: float) -> tuple[int, int]:
+  return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
 
 
 def random_scale(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *,
                  scale_min: float, scale_max: float,
                  scale_step: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
   """Rescales image (bilinear, float32 out) and label (nearest) by one random factor."""
-  scale = sample_scale(rng, scale_min, scale_max, scale_step)
-  size = (max(1, int(round(image.shape[0] * scale))), max(1, int(round(image.shape[1] * scale))))
+  size = scaled_size(image.shape, sample_scale(rng, scale_min, scale_max, scale_step))
   return resize_bilinear(image, size), resize_nearest(label, size)
 
 
@@ -113,14 +135,29 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
 
 def train_transform(example: dict, config: ml_collections.ConfigDict,
                     rng: np.random.Generator) -> dict:
-  """Scale, normalise, pad, crop, flip: {'image': float32 (h, w, 3), 'label': int32 (h, w)}."""
+  """Scale, normalise, pad, crop, flip: {'image': float32 (h, w, 3), 'label': int32 (h, w)}.
+
+  The same result (and the same random draws) as :func:`random_scale`, :func:`normalize`,
+  :func:`pad_to`, :func:`random_crop` and :func:`random_flip` in turn, but only the pixels of
+  the crop are resampled: a 1024x2048 image scaled by 1.6 is never built whole.
+  """
   image, label = example["image"], example["label"]
+  crop_h, crop_w = (int(n) for n in config.crop_size)
+  size = image.shape[:2]
   if (config.scale_min, config.scale_max) != (1.0, 1.0):
-    image, label = random_scale(image, label, rng, scale_min=config.scale_min,
-                                scale_max=config.scale_max, scale_step=config.scale_step)
+    size = scaled_size(size, sample_scale(rng, config.scale_min, config.scale_max,
+                                          config.scale_step))
+  top = int(rng.integers(max(size[0], crop_h) - crop_h + 1))
+  left = int(rng.integers(max(size[1], crop_w) - crop_w + 1))
+  window = (top, left, max(0, min(crop_h, size[0] - top)), max(0, min(crop_w, size[1] - left)))
+  if size == image.shape[:2]:
+    image = image[top:top + window[2], left:left + window[3]]
+    label = label[top:top + window[2], left:left + window[3]]
+  else:
+    image = resize_bilinear(image, size, window)
+    label = resize_nearest(label, size, window)
   image = normalize(image, config.mean, config.std, config.channel_order)
-  image, label = pad_to(image, label, config.crop_size, ignore_label=config.ignore_label)
-  image, label = random_crop(image, label, config.crop_size, rng)
+  image, label = pad_to(image, label, (crop_h, crop_w), ignore_label=config.ignore_label)
   if config.flip:
     image, label = random_flip(image, label, rng)
   return {"image": np.ascontiguousarray(image, np.float32),
