@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from ccnet_jax.evaluation.run import evaluate_from_workdir
 from ccnet_jax.train import trainer
 from configs import synthetic
 
@@ -43,14 +44,20 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
   first = trainer.train_and_evaluate(config, str(tmp_path / "split"), stop_after_steps=3)
   assert first["stopped"] == "stop_after_steps"
   assert read_losses(tmp_path / "split").keys() == {1, 2, 3}
-  trainer.train_and_evaluate(config, str(tmp_path / "split"))
+  finished = trainer.train_and_evaluate(config, str(tmp_path / "split"))
 
   whole, split = read_losses(tmp_path / "whole"), read_losses(tmp_path / "split")
   assert sorted(whole) == sorted(split) == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose(
       [split[s] for s in range(1, 7)], [whole[s] for s in range(1, 7)], rtol=1e-6
   )
-  assert os.path.isdir(tmp_path / "split" / "model")
+
+  # eval.py's models: the newest checkpoint and the exported final model are the same
+  # network, and the training run's own final evaluation saw the same numbers.
+  latest = evaluate_from_workdir(config, str(tmp_path / "split"), "latest")
+  final = evaluate_from_workdir(config, str(tmp_path / "split"), "final")
+  assert latest["confusion"] == final["confusion"] == finished["confusion"]
+  assert os.path.exists(tmp_path / "split" / "eval" / "metrics.json")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

@@ -35,11 +35,13 @@ def _from_checkpoint(config: ml_collections.ConfigDict, workdir: str):
     state, _, step = checkpoints.restore(state)
   finally:
     checkpoints.close()
-  return merge_model(graphdef, state, train=False), f"checkpoint of step {step}"
+  return merge_model(graphdef, state, train=False), f"checkpoint of step {step}", None
 
 
 def load_named_model(config: ml_collections.ConfigDict, workdir: str, which: str):
-  """(model in eval mode, description) for --model: latest, best, final or a directory."""
+  """(model in eval mode, description, preprocessing) for --model: latest, best, final or a
+  directory. ``preprocessing`` is the normalisation a model directory records (None for a
+  training checkpoint, whose config is the run's)."""
   if which == "latest":
     return _from_checkpoint(config, workdir)
   directory = {"best": os.path.join(workdir, "best"), "final": os.path.join(workdir, "model")}.get(
@@ -50,8 +52,13 @@ def load_named_model(config: ml_collections.ConfigDict, workdir: str, which: str
         f"--model={which}: {directory} is not a model directory (one written by training as"
         " WORKDIR/best or WORKDIR/model, or by python -m ccnet_jax.convert)."
     )
-  model, _ = load_model(directory)
-  return model, directory
+  model, info = load_model(directory)
+  if info["model"].num_classes != config.model.num_classes:
+    raise ValueError(
+        f"--model={which}: {directory} predicts {info['model'].num_classes} classes but"
+        f" {config.data.name} has {config.model.num_classes}; evaluate it with a matching config."
+    )
+  return model, directory, info["preprocessing"]
 
 
 def evaluate_from_workdir(
@@ -59,7 +66,15 @@ def evaluate_from_workdir(
 ) -> dict[str, Any]:
   """Evaluates the named model; prints the table, writes metrics.json and PNGs to WORKDIR/eval."""
   workdir = os.path.abspath(workdir)
-  model, description = load_named_model(config, workdir, which)
+  model, description, preprocessing = load_named_model(config, workdir, which)
+  if preprocessing is not None:
+    # A converted model expects its own input normalisation (official CCNet: BGR, mean only).
+    config = config.copy_and_resolve_references()
+    config.data.update(
+        channel_order=preprocessing["channel_order"],
+        mean=tuple(preprocessing["mean"]),
+        std=tuple(preprocessing["std"]),
+    )
   out_dir = os.path.join(workdir, "eval")
   metrics = ModelEvaluation(config, model, make_mesh())(model, out_dir=out_dir)
   if jax.process_index() == 0:

@@ -25,7 +25,9 @@ from ccnet_jax.evaluation import Evaluator, format_results_table, model_predict_
 from ccnet_jax.models.export import load_state_into, save_model
 from ccnet_jax.models.registry import build_model
 from ccnet_jax.train.checkpointing import RunCheckpoints
-from ccnet_jax.train.mesh import global_batch, initialize_distributed, make_mesh, replicate
+from ccnet_jax.train.mesh import (
+    global_batch, initialize_distributed, make_mesh, replicate, replicated,
+)
 from ccnet_jax.train.optim import make_optimizer
 from ccnet_jax.train.preemption import StopRequest
 from ccnet_jax.train.state import create_train_state, merge_model
@@ -87,6 +89,7 @@ class ModelEvaluation:
   def __init__(self, config: ml_collections.ConfigDict, model: nnx.Module, mesh):
     self.config = config
     self.info = dataset_info(config.data.name)
+    self.mesh = mesh
     predict_fn, _ = model_predict_fn(model)
     self.evaluator = Evaluator(
         predict_fn, eval_config=config.eval, num_classes=self.info.num_classes, mesh=mesh,
@@ -96,7 +99,8 @@ class ModelEvaluation:
   def __call__(self, model: nnx.Module, *, out_dir: str | None) -> dict[str, Any]:
     """mIoU, per-class IoU, accuracies of ``model`` (eval mode); PNGs to ``out_dir``."""
     per_process = max(self.config.eval.batch_size // jax.process_count(), 1)
-    _, state = nnx.split(model)
+    # Every array on every device of the mesh: a loaded model sits on one device only.
+    state = jax.device_put(nnx.split(model)[1], replicated(self.mesh))
     return self.evaluator.evaluate(
         state,
         make_eval_loader(self.config.data, batch_size=per_process),
