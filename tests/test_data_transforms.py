@@ -140,8 +140,8 @@ def test_eval_transform_keeps_full_size():
   label = np.ones((17, 23), np.uint8)
   out = transforms.eval_transform({"image": image, "label": label, "name": "a"}, config)
   assert out["image"].shape == (17, 23, 3) and out["label"].dtype == np.int32
-  np.testing.assert_allclose(out["image"], (image - np.float32(config.mean)) / np.float32(config.std),
-                             rtol=1e-5)
+  expected = (image - np.float32(config.mean)) / np.float32(config.std)
+  np.testing.assert_allclose(out["image"], expected, rtol=1e-5)
   assert out["name"] == "a"
 
 

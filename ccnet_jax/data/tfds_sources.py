@@ -48,7 +48,8 @@ def prepared_builder(name: str, *, data_dir: str | None, manual_dir: str | None,
   builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
     file_format = builder.info.file_format
-    if file_format is not None and str(getattr(file_format, "value", file_format)) != "array_record":
+    file_format = str(getattr(file_format, "value", file_format))
+    if file_format not in ("None", "array_record"):
       raise ValueError(
           f"TFDS {name} in {builder.data_dir} was prepared as {file_format}, which has no random "
           f"access; prepare it again with file_format='array_record' (delete that folder and "
@@ -106,7 +107,9 @@ class ADE20KTFDS:
 
   def __init__(self, split: str, *, data_dir: str | None = None,
                manual_dir: str | None = None):
-    from ccnet_jax.data import ade20k_tfds_builder  # pylint: disable=g-import-not-at-top,unused-import
+    # Importing the module registers the builder with TFDS.
+    from ccnet_jax.data import ade20k_tfds_builder  # pylint: disable=g-import-not-at-top
+    del ade20k_tfds_builder
     self.split = _tfds_split(split, "ADE20K")
     if self.split == "test":
       raise ValueError("ADEChallengeData2016 has no labelled 'test' split; use 'training' or "
