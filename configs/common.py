@@ -30,6 +30,7 @@ def base_config(*, model: str, dataset: str) -> ml_collections.ConfigDict:
       "ignore_label": 255,
   })
   config.optim = ml_collections.ConfigDict({
+      "name": "sgd",  # Or 'adamw'.
       "learning_rate": 1e-2,
       "power": 0.9,
       "momentum": 0.9,

@@ -67,7 +67,7 @@ def test_round_trip_restores_every_array_config_and_preprocessing(saved):
     np.testing.assert_array_equal(restored[name], original[name], err_msg=name)
   assert info["model"].to_dict() == config.to_dict()
   assert info["preprocessing"] == {
-      "channel_order": "BGR", "mean": (104.0, 116.7, 122.7), "std": (1.0, 1.0, 1.0)
+      "channel_order": "bgr", "mean": (104.0, 116.7, 122.7), "std": (1.0, 1.0, 1.0)
   }
   x = np.random.default_rng(0).normal(size=(1, 33, 41, 3)).astype(np.float32)
   assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(nnx.state(loaded)))

@@ -23,7 +23,7 @@ from ccnet_jax.models.resnet import DEPTHS, ResNet
 
 # Official CCNet (speedinghzl/CCNet, dataset/datasets.py): BGR, mean subtraction only.
 OFFICIAL_PREPROCESSING = {
-    "channel_order": "BGR",
+    "channel_order": "bgr",
     "mean": (104.00698793, 116.66876762, 122.67891434),
     "std": (1.0, 1.0, 1.0),
 }

@@ -34,12 +34,12 @@ from ccnet_jax.models.resnet import ResNet
 
 FORMAT = "ccnet_jax.model/1"
 PARTS = ("all", "backbone")
-CHANNEL_ORDERS = ("RGB", "BGR")
+CHANNEL_ORDERS = ("rgb", "bgr")
 
 # ImageNet statistics on the 0-255 scale, in RGB order: what torchvision, mmseg
 # and models trained here from those backbones expect.
 IMAGENET_PREPROCESSING = {
-    "channel_order": "RGB",
+    "channel_order": "rgb",
     "mean": (123.675, 116.28, 103.53),
     "std": (58.395, 57.12, 57.375),
 }
@@ -52,10 +52,10 @@ def check_preprocessing(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
   missing = {"channel_order", "mean", "std"} - set(preprocessing)
   if missing:
     raise ValueError(
-        f"preprocessing lacks {sorted(missing)}; give channel_order ('RGB' or 'BGR'),"
+        f"preprocessing lacks {sorted(missing)}; give channel_order ('rgb' or 'bgr'),"
         " mean and std (three values each, 0-255 scale)."
     )
-  order = str(preprocessing["channel_order"]).upper()
+  order = str(preprocessing["channel_order"]).lower()
   if order not in CHANNEL_ORDERS:
     raise ValueError(
         f"preprocessing.channel_order={preprocessing['channel_order']!r} is not one of"

@@ -2,7 +2,9 @@
 
 The official recipe: lr 0.01, ``lr * (1 - step / total_steps) ** 0.9``, momentum
 0.9, weight decay 5e-4 on every parameter, added to the gradient before the
-momentum as ``torch.optim.SGD(weight_decay=...)`` does.
+momentum as ``torch.optim.SGD(weight_decay=...)`` does. ``optim.name='adamw'``
+swaps in AdamW (decoupled decay) under the same schedule: short runs from scratch,
+such as the synthetic demo, learn far faster with it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ WEIGHT_DECAY_ON = ("all", "kernels")
 def default_optim_config() -> ml_collections.ConfigDict:
   """The official CCNet optimiser for Cityscapes."""
   return ml_collections.ConfigDict({
+      "name": "sgd",
       "learning_rate": 0.01,
       "power": 0.9,
       "momentum": 0.9,
@@ -99,9 +102,15 @@ def make_optimizer(
       )
     parts.append(optax.clip_by_global_norm(optim_config.clip_grad_norm))
   mask = weight_decay_mask(optim_config.weight_decay_on)
-  if optim_config.weight_decay:
-    parts.append(optax.add_decayed_weights(optim_config.weight_decay, mask=mask))
-  parts.append(
-      optax.sgd(schedule, momentum=optim_config.momentum or None, nesterov=optim_config.nesterov)
-  )
+  name = optim_config.get("name", "sgd")
+  if name == "sgd":
+    if optim_config.weight_decay:
+      parts.append(optax.add_decayed_weights(optim_config.weight_decay, mask=mask))
+    parts.append(
+        optax.sgd(schedule, momentum=optim_config.momentum or None, nesterov=optim_config.nesterov)
+    )
+  elif name == "adamw":
+    parts.append(optax.adamw(schedule, weight_decay=optim_config.weight_decay, mask=mask))
+  else:
+    raise ValueError(f"optim.name={name!r} is not one of ('sgd', 'adamw').")
   return optax.chain(*parts), schedule
