@@ -1,0 +1,317 @@
+"""Criss-cross attention as two fused axial attentions that share one log-sum-exp.
+
+The H + W - 1 energies of a pixel split into its row (W keys) and its column
+(H keys, the pixel itself masked). Each branch is an ordinary attention over
+short sequences: the B * H rows of length W and the B * W columns of length H.
+One kernel, ``axial_attention_fwd``, serves both: a grid step holds a whole
+sequence (H, W <= a few hundred), so the softmax needs no online rescaling. It
+returns the branch output normalised by its own softmax and the branch's
+log-sum-exp; the joint softmax is recovered exactly by
+
+  lse = logaddexp(lse_row, lse_col)
+  out = exp(lse_row - lse) * o_row + exp(lse_col - lse) * o_col.
+
+The backward pass is flash-attention style (``jax.custom_vjp``): the residuals
+are q, k, v, the output and the joint lse, and ``axial_attention_bwd``
+recomputes each branch's probabilities from them. Neither pass writes the
+(B, H, W, H + W) energies or weights to memory.
+
+Layout. Each grid step reads one sequence as a (L, C) block whose last two dims
+are the full (padded) array dims, which both Triton and Mosaic accept. Sequence
+and channel lengths are padded to a power of two >= 16 -- Triton needs
+power-of-two blocks and dots of at least 16 -- which is also a multiple of 8
+sublanes on TPU; padded keys are masked with -inf and padded channels are zero.
+Value channels are processed in slices of 128 (the TPU lane width) so the
+(L, C) accumulators stay small for C = 512.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from ccnet_jax.ops.criss_cross import _check_inputs
+
+Array = jax.Array
+
+_MIN_BLOCK = 16
+_CHANNEL_SLICE = 128
+
+
+def _padded(n: int) -> int:
+  """The power of two >= max(n, 16): a block length every backend accepts."""
+  return max(_MIN_BLOCK, 1 << (n - 1).bit_length())
+
+
+def _pad_to(x: Array, axis: int, size: int) -> Array:
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths)
+
+
+def _channel_slices(channels: int) -> list[slice]:
+  width = _CHANNEL_SLICE if channels % _CHANNEL_SLICE == 0 else channels
+  return [slice(c, c + width) for c in range(0, channels, width)]
+
+
+def _dot(a: Array, b: Array, contract: tuple[int, int]) -> Array:
+  """2-D product contracting a's axis contract[0] with b's axis contract[1], in float32."""
+  dims = (((contract[0],), (contract[1],)), ((), ()))
+  return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+def _masked_energies(q: Array, k: Array, length: int, mask_diagonal: bool) -> Array:
+  """s[i, j] = <q_i, k_j> in float32, -inf for padded keys and (optionally) j == i."""
+  s = _dot(q, k, (1, 1))
+  query = jax.lax.broadcasted_iota(jnp.int32, s.shape, 0)
+  key = jax.lax.broadcasted_iota(jnp.int32, s.shape, 1)
+  invalid = key >= length
+  if mask_diagonal:
+    invalid = invalid | (key == query)
+  return jnp.where(invalid, -jnp.inf, s)
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, length, mask_diagonal):
+  s = _masked_energies(q_ref[...], k_ref[...], length, mask_diagonal)
+  m = jnp.max(s, axis=1, keepdims=True)
+  m = jnp.where(m == -jnp.inf, 0.0, m)  # A fully masked row (a 1-pixel column) gives p = 0.
+  p = jnp.exp(s - m)
+  total = jnp.sum(p, axis=1, keepdims=True)
+  inverse = jnp.where(total > 0, 1.0 / total, 0.0)
+  p = (p * inverse).astype(v_ref.dtype)
+  for channels in _channel_slices(v_ref.shape[-1]):
+    o_ref[:, channels] = _dot(p, v_ref[:, channels], (1, 0)).astype(o_ref.dtype)
+  lse_ref[...] = (m + jnp.log(total))[:, 0]  # -inf where every key is masked.
+
+
+def _bwd_kernel(
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dk_ref, dv_ref, *, length,
+    mask_diagonal,
+):
+  q, k = q_ref[...], k_ref[...]
+  s = _masked_energies(q, k, length, mask_diagonal)
+  p = jnp.exp(s - lse_ref[...][:, None])  # This branch's share of the joint softmax.
+  dp = jnp.zeros(s.shape, jnp.float32)
+  for channels in _channel_slices(v_ref.shape[-1]):
+    do = do_ref[:, channels].astype(jnp.float32)
+    dv_ref[:, channels] = _dot(p, do, (0, 0)).astype(dv_ref.dtype)
+    dp = dp + _dot(do, v_ref[:, channels].astype(jnp.float32), (1, 1))
+  ds = p * (dp - delta_ref[...][:, None])
+  dq_ref[...] = _dot(ds, k.astype(jnp.float32), (1, 0)).astype(dq_ref.dtype)
+  dk_ref[...] = _dot(ds, q.astype(jnp.float32), (0, 0)).astype(dk_ref.dtype)
+
+
+def _sequence_spec(length: int, channels: int) -> pl.BlockSpec:
+  return pl.BlockSpec((None, length, channels), lambda i: (i, 0, 0))
+
+
+def _vector_spec(length: int) -> pl.BlockSpec:
+  return pl.BlockSpec((None, length), lambda i: (i, 0))
+
+
+def axial_attention_fwd(
+    q: Array, k: Array, v: Array, *, length: int, mask_diagonal: bool, interpret: bool
+) -> tuple[Array, Array]:
+  """Softmax attention within each of N padded sequences.
+
+  Args:
+    q, k: (N, L, C') with L and C' padded as the kernels need (see module doc).
+    v: (N, L, C).
+    length: the number of real (unpadded) keys; keys at positions >= length are masked.
+    mask_diagonal: also mask key i for query i.
+    interpret: run the kernel in the Pallas interpreter.
+
+  Returns:
+    ``(out, lse)``: (N, L, C) float32, normalised within the sequence, and the
+    (N, L) float32 log-sum-exp of the energies (-inf for a fully masked row).
+  """
+  n, seq, key_channels = q.shape
+  channels = v.shape[-1]
+  kernel = functools.partial(_fwd_kernel, length=length, mask_diagonal=mask_diagonal)
+  return pl.pallas_call(
+      kernel,
+      grid=(n,),
+      in_specs=[
+          _sequence_spec(seq, key_channels),
+          _sequence_spec(seq, key_channels),
+          _sequence_spec(seq, channels),
+      ],
+      out_specs=[_sequence_spec(seq, channels), _vector_spec(seq)],
+      out_shape=[
+          jax.ShapeDtypeStruct((n, seq, channels), jnp.float32),
+          jax.ShapeDtypeStruct((n, seq), jnp.float32),
+      ],
+      interpret=interpret,
+      name="axial_attention_fwd",
+  )(q, k, v)
+
+
+def axial_attention_bwd(
+    q: Array, k: Array, v: Array, d_out: Array, lse: Array, delta: Array, *, length: int,
+    mask_diagonal: bool, interpret: bool,
+) -> tuple[Array, Array, Array]:
+  """One branch's float32 (dq, dk, dv), given the joint lse and delta = sum(d_out * out, -1).
+
+  Shapes as in :func:`axial_attention_fwd`; ``d_out`` is (N, L, C), ``lse`` and
+  ``delta`` are (N, L) and finite on every row (padded query rows included).
+  """
+  n, seq, key_channels = q.shape
+  channels = v.shape[-1]
+  kernel = functools.partial(_bwd_kernel, length=length, mask_diagonal=mask_diagonal)
+  return pl.pallas_call(
+      kernel,
+      grid=(n,),
+      in_specs=[
+          _sequence_spec(seq, key_channels),
+          _sequence_spec(seq, key_channels),
+          _sequence_spec(seq, channels),
+          _sequence_spec(seq, channels),
+          _vector_spec(seq),
+          _vector_spec(seq),
+      ],
+      out_specs=[
+          _sequence_spec(seq, key_channels),
+          _sequence_spec(seq, key_channels),
+          _sequence_spec(seq, channels),
+      ],
+      out_shape=[
+          jax.ShapeDtypeStruct((n, seq, key_channels), jnp.float32),
+          jax.ShapeDtypeStruct((n, seq, key_channels), jnp.float32),
+          jax.ShapeDtypeStruct((n, seq, channels), jnp.float32),
+      ],
+      interpret=interpret,
+      name="axial_attention_bwd",
+  )(q, k, v, d_out, lse, delta)
+
+
+# Layout changes between NHWC maps and padded sequences. Rows: (B*H, W, C).
+# Columns: (B*W, H, C). Channels are padded for q and k (zeros leave dot
+# products unchanged) and for v (the padded outputs are dropped).
+
+
+def _to_rows(x: Array, seq: int, channels: int) -> Array:
+  b, h, w, c = x.shape
+  x = _pad_to(_pad_to(x.reshape(b * h, w, c), 1, seq), 2, channels)
+  return x
+
+
+def _to_columns(x: Array, seq: int, channels: int) -> Array:
+  b, h, w, c = x.shape
+  x = jnp.swapaxes(x, 1, 2).reshape(b * w, h, c)
+  return _pad_to(_pad_to(x, 1, seq), 2, channels)
+
+
+def _from_rows(x: Array, shape: tuple[int, ...]) -> Array:
+  b, h, w = shape[:3]
+  return x[:, :w, : shape[3]].reshape(b, h, w, shape[3])
+
+
+def _from_columns(x: Array, shape: tuple[int, ...]) -> Array:
+  b, h, w = shape[:3]
+  return jnp.swapaxes(x[:, :h, : shape[3]].reshape(b, w, h, shape[3]), 1, 2)
+
+
+def _rows_vec(x: Array, seq: int) -> Array:
+  b, h, w = x.shape
+  return _pad_to(x.reshape(b * h, w), 1, seq)
+
+
+def _columns_vec(x: Array, seq: int) -> Array:
+  b, h, w = x.shape
+  return _pad_to(jnp.swapaxes(x, 1, 2).reshape(b * w, h), 1, seq)
+
+
+def _vec_from_rows(x: Array, shape: tuple[int, ...]) -> Array:
+  b, h, w = shape[:3]
+  return x[:, :w].reshape(b, h, w)
+
+
+def _vec_from_columns(x: Array, shape: tuple[int, ...]) -> Array:
+  b, h, w = shape[:3]
+  return jnp.swapaxes(x[:, :h].reshape(b, w, h), 1, 2)
+
+
+def _forward(q, k, v, interpret):
+  b, h, w, key_channels = q.shape
+  channels = v.shape[-1]
+  kc, vc = _padded(key_channels), _padded(channels)
+  shape = (b, h, w, channels)
+  row_seq, col_seq = _padded(w), _padded(h)
+  o_row, lse_row = axial_attention_fwd(
+      _to_rows(q, row_seq, kc), _to_rows(k, row_seq, kc), _to_rows(v, row_seq, vc),
+      length=w, mask_diagonal=False, interpret=interpret,
+  )
+  o_col, lse_col = axial_attention_fwd(
+      _to_columns(q, col_seq, kc), _to_columns(k, col_seq, kc), _to_columns(v, col_seq, vc),
+      length=h, mask_diagonal=True, interpret=interpret,
+  )
+  lse_row, lse_col = _vec_from_rows(lse_row, shape), _vec_from_columns(lse_col, shape)
+  lse = jnp.logaddexp(lse_row, lse_col)  # The row always has a key, so lse is finite.
+  out = (
+      jnp.exp(lse_row - lse)[..., None] * _from_rows(o_row, shape)
+      + jnp.exp(lse_col - lse)[..., None] * _from_columns(o_col, shape)
+  )
+  return out.astype(v.dtype), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _criss_cross(q, k, v, interpret):
+  return _forward(q, k, v, interpret)[0]
+
+
+def _criss_cross_fwd(q, k, v, interpret):
+  out, lse = _forward(q, k, v, interpret)
+  return out, (q, k, v, out, lse)
+
+
+def _criss_cross_bwd(interpret, residuals, d_out):
+  q, k, v, out, lse = residuals
+  b, h, w, key_channels = q.shape
+  channels = v.shape[-1]
+  kc, vc = _padded(key_channels), _padded(channels)
+  row_seq, col_seq = _padded(w), _padded(h)
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+  dq_row, dk_row, dv_row = axial_attention_bwd(
+      _to_rows(q, row_seq, kc), _to_rows(k, row_seq, kc), _to_rows(v, row_seq, vc),
+      _to_rows(d_out, row_seq, vc), _rows_vec(lse, row_seq), _rows_vec(delta, row_seq),
+      length=w, mask_diagonal=False, interpret=interpret,
+  )
+  dq_col, dk_col, dv_col = axial_attention_bwd(
+      _to_columns(q, col_seq, kc), _to_columns(k, col_seq, kc),
+      _to_columns(v, col_seq, vc), _to_columns(d_out, col_seq, vc),
+      _columns_vec(lse, col_seq), _columns_vec(delta, col_seq),
+      length=h, mask_diagonal=True, interpret=interpret,
+  )
+  key_shape = (b, h, w, key_channels)
+  dq = _from_rows(dq_row, key_shape) + _from_columns(dq_col, key_shape)
+  dk = _from_rows(dk_row, key_shape) + _from_columns(dk_col, key_shape)
+  dv = _from_rows(dv_row, v.shape) + _from_columns(dv_col, v.shape)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_criss_cross.defvjp(_criss_cross_fwd, _criss_cross_bwd)
+
+
+def criss_cross_attention_pallas(
+    q: Array, k: Array, v: Array, *, interpret: bool | None = None
+) -> Array:
+  """Criss-cross attention with the semantics of ``ops.criss_cross_attention``.
+
+  Args:
+    q: queries (B, H, W, C').
+    k: keys (B, H, W, C').
+    v: values (B, H, W, C).
+    interpret: run the kernels in the Pallas interpreter; None means on CPU only.
+
+  Returns:
+    The context (B, H, W, C) in v's dtype; energies and softmax in float32.
+  """
+  _check_inputs(q, k, v)
+  if interpret is None:
+    interpret = jax.default_backend() == "cpu"
+  return _criss_cross(q, k, v, bool(interpret))
