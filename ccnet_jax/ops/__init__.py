@@ -7,7 +7,7 @@ from typing import Callable
 import jax
 
 from ccnet_jax.ops.criss_cross import criss_cross_attention
-from ccnet_jax.ops.criss_cross import criss_cross_attention_recompute
+from ccnet_jax.ops.criss_cross_recompute import criss_cross_attention_recompute
 from ccnet_jax.ops.non_local import non_local_attention
 from ccnet_jax.ops.pallas import criss_cross_attention_pallas
 

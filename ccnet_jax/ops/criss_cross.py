@@ -92,17 +92,3 @@ def criss_cross_attention(
     return context, jnp.concatenate([a_col, a_row], axis=-1)
   return context
 
-
-def criss_cross_attention_recompute(q: Array, k: Array, v: Array) -> Array:
-  """:func:`criss_cross_attention` whose backward pass recomputes the energies.
-
-  Only q, k and v are kept for the backward pass, not the (B, H, W, H + W)
-  energies and weights: a second forward pass costs little next to holding
-  them for every recurrence of the head during training.
-  """
-  return _recompute_in_backward(q, k, v)
-
-
-_recompute_in_backward = jax.checkpoint(
-    criss_cross_attention, policy=jax.checkpoint_policies.nothing_saveable
-)
