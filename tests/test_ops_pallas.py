@@ -171,3 +171,27 @@ class InsideModelsTest(parameterized.TestCase):
     # Step 1 is a forward pass (equal to 1e-6); later steps inherit the ~2e-5
     # relative float32 differences of the gradients (see the head test).
     np.testing.assert_allclose(got, expected, rtol=5e-5)
+
+
+class LoweringTest(parameterized.TestCase):
+  """The kernels lower for the accelerators without one: Triton IR and Mosaic MLIR are built.
+
+  This runs the Pallas lowering rules of each backend (block-shape checks, the
+  ops the kernels use); the Triton and Mosaic compilers themselves only run on
+  the device.
+  """
+
+  @parameterized.product(platform=("cuda", "tpu"), dtype=(jnp.float32, jnp.bfloat16))
+  def test_forward_and_backward_lower(self, platform, dtype):
+    q = jax.ShapeDtypeStruct((1, 97, 33, 64), dtype)
+    v = jax.ShapeDtypeStruct((1, 97, 33, 512), dtype)
+
+    def forward_backward(q, k, v):
+      attend = lambda q, k, v: criss_cross_attention_pallas(q, k, v, interpret=False)
+      out, vjp = jax.vjp(attend, q, k, v)
+      return out, vjp(out)
+
+    lowered = jax.jit(forward_backward).trace(q, q, v).lower(lowering_platforms=(platform,))
+    target = "__gpu$xla.gpu.triton" if platform == "cuda" else "tpu_custom_call"
+    # Two forward and two backward kernels.
+    self.assertEqual(lowered.as_text().count(f"stablehlo.custom_call @{target}"), 4)

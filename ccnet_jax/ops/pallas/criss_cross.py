@@ -32,6 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 from ccnet_jax.ops.criss_cross import _check_inputs
 
@@ -86,7 +87,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, length, mask_diagonal):
   p = (p * inverse).astype(v_ref.dtype)
   for channels in _channel_slices(v_ref.shape[-1]):
     o_ref[:, channels] = _dot(p, v_ref[:, channels], (1, 0)).astype(o_ref.dtype)
-  lse_ref[...] = (m + jnp.log(total))[:, 0]  # -inf where every key is masked.
+  lse_ref[...] = m + jnp.log(total)  # -inf where every key is masked.
 
 
 def _bwd_kernel(
@@ -95,13 +96,13 @@ def _bwd_kernel(
 ):
   q, k = q_ref[...], k_ref[...]
   s = _masked_energies(q, k, length, mask_diagonal)
-  p = jnp.exp(s - lse_ref[...][:, None])  # This branch's share of the joint softmax.
+  p = jnp.exp(s - lse_ref[...])  # This branch's share of the joint softmax.
   dp = jnp.zeros(s.shape, jnp.float32)
   for channels in _channel_slices(v_ref.shape[-1]):
     do = do_ref[:, channels].astype(jnp.float32)
     dv_ref[:, channels] = _dot(p, do, (0, 0)).astype(dv_ref.dtype)
     dp = dp + _dot(do, v_ref[:, channels].astype(jnp.float32), (1, 1))
-  ds = p * (dp - delta_ref[...][:, None])
+  ds = p * (dp - delta_ref[...])
   dq_ref[...] = _dot(ds, k.astype(jnp.float32), (1, 0)).astype(dq_ref.dtype)
   dk_ref[...] = _dot(ds, q.astype(jnp.float32), (0, 0)).astype(dk_ref.dtype)
 
@@ -111,7 +112,23 @@ def _sequence_spec(length: int, channels: int) -> pl.BlockSpec:
 
 
 def _vector_spec(length: int) -> pl.BlockSpec:
-  return pl.BlockSpec((None, length), lambda i: (i, 0))
+  # (L, 1) rather than (L,): TPU blocks need their last two dims whole or tiled.
+  return pl.BlockSpec((None, length, 1), lambda i: (i, 0, 0))
+
+
+def _call(kernel, *args, interpret: bool, **pallas_kwargs):
+  """pallas_call lowered with Triton on GPU and Mosaic on TPU.
+
+  On GPU the default would be Mosaic GPU, which stages whole blocks in shared
+  memory; (L, C) = (256, 512) float32 blocks exceed it. The compiler parameters
+  must match the platform, so the choice is made at lowering time.
+  """
+  if interpret:
+    return pl.pallas_call(kernel, interpret=True, **pallas_kwargs)(*args)
+  triton = pl_triton.CompilerParams(num_warps=4, num_stages=1)
+  on_gpu = lambda *a: pl.pallas_call(kernel, compiler_params=triton, **pallas_kwargs)(*a)
+  default = lambda *a: pl.pallas_call(kernel, **pallas_kwargs)(*a)
+  return jax.lax.platform_dependent(*args, cuda=on_gpu, rocm=on_gpu, default=default)
 
 
 def axial_attention_fwd(
@@ -128,13 +145,13 @@ def axial_attention_fwd(
 
   Returns:
     ``(out, lse)``: (N, L, C) float32, normalised within the sequence, and the
-    (N, L) float32 log-sum-exp of the energies (-inf for a fully masked row).
+    (N, L, 1) float32 log-sum-exp of the energies (-inf for a fully masked row).
   """
   n, seq, key_channels = q.shape
   channels = v.shape[-1]
   kernel = functools.partial(_fwd_kernel, length=length, mask_diagonal=mask_diagonal)
-  return pl.pallas_call(
-      kernel,
+  return _call(
+      kernel, q, k, v, interpret=interpret,
       grid=(n,),
       in_specs=[
           _sequence_spec(seq, key_channels),
@@ -144,11 +161,10 @@ def axial_attention_fwd(
       out_specs=[_sequence_spec(seq, channels), _vector_spec(seq)],
       out_shape=[
           jax.ShapeDtypeStruct((n, seq, channels), jnp.float32),
-          jax.ShapeDtypeStruct((n, seq), jnp.float32),
+          jax.ShapeDtypeStruct((n, seq, 1), jnp.float32),
       ],
-      interpret=interpret,
       name="axial_attention_fwd",
-  )(q, k, v)
+  )
 
 
 def axial_attention_bwd(
@@ -158,13 +174,13 @@ def axial_attention_bwd(
   """One branch's float32 (dq, dk, dv), given the joint lse and delta = sum(d_out * out, -1).
 
   Shapes as in :func:`axial_attention_fwd`; ``d_out`` is (N, L, C), ``lse`` and
-  ``delta`` are (N, L) and finite on every row (padded query rows included).
+  ``delta`` are (N, L, 1) and finite on every row (padded query rows included).
   """
   n, seq, key_channels = q.shape
   channels = v.shape[-1]
   kernel = functools.partial(_bwd_kernel, length=length, mask_diagonal=mask_diagonal)
-  return pl.pallas_call(
-      kernel,
+  return _call(
+      kernel, q, k, v, d_out, lse, delta, interpret=interpret,
       grid=(n,),
       in_specs=[
           _sequence_spec(seq, key_channels),
@@ -184,9 +200,8 @@ def axial_attention_bwd(
           jax.ShapeDtypeStruct((n, seq, key_channels), jnp.float32),
           jax.ShapeDtypeStruct((n, seq, channels), jnp.float32),
       ],
-      interpret=interpret,
       name="axial_attention_bwd",
-  )(q, k, v, d_out, lse, delta)
+  )
 
 
 # Layout changes between NHWC maps and padded sequences. Rows: (B*H, W, C).
@@ -218,22 +233,22 @@ def _from_columns(x: Array, shape: tuple[int, ...]) -> Array:
 
 def _rows_vec(x: Array, seq: int) -> Array:
   b, h, w = x.shape
-  return _pad_to(x.reshape(b * h, w), 1, seq)
+  return _pad_to(x.reshape(b * h, w, 1), 1, seq)
 
 
 def _columns_vec(x: Array, seq: int) -> Array:
   b, h, w = x.shape
-  return _pad_to(jnp.swapaxes(x, 1, 2).reshape(b * w, h), 1, seq)
+  return _pad_to(jnp.swapaxes(x, 1, 2).reshape(b * w, h, 1), 1, seq)
 
 
 def _vec_from_rows(x: Array, shape: tuple[int, ...]) -> Array:
   b, h, w = shape[:3]
-  return x[:, :w].reshape(b, h, w)
+  return x[:, :w, 0].reshape(b, h, w)
 
 
 def _vec_from_columns(x: Array, shape: tuple[int, ...]) -> Array:
   b, h, w = shape[:3]
-  return jnp.swapaxes(x[:, :h].reshape(b, w, h), 1, 2)
+  return jnp.swapaxes(x[:, :h, 0].reshape(b, w, h), 1, 2)
 
 
 def _forward(q, k, v, interpret):
