@@ -74,7 +74,7 @@ def test_rcca_training_step_memory_against_non_local():
   """RCCA (R=2) training at 97x97x512: extra memory over the head without attention.
 
   Measured (CPU XLA analysis): non-local 1195 MB; einsum 195 MB, einsum_recompute
-  191 MB, pallas in the interpreter 328 MB. The paper's 1/20 is out of reach for
+  184 MB, pallas in the interpreter 328 MB. The paper's 1/20 is out of reach for
   any criss-cross op in this head: with the op replaced by an elementwise product
   of q, k and v, the head still adds 97 MB (1/12 of non-local) -- the value conv,
   gamma * context and the two recurrences' outputs, kept for their gradients.

@@ -4,7 +4,10 @@ The einsum path keeps the (B, H, W, H + W) energies and weights of every
 recurrence for the backward pass. Here the residuals are q, k, v, the output
 (which the module keeps anyway for gamma's gradient) and the (B, H, W) joint
 log-sum-exp; the backward recomputes the energies once and derives the weights
-as exp(e - lse), as flash attention does, without a second forward pass.
+as exp(e - lse), as flash attention does, without a second forward pass. At
+97 x 97 x 512 the value-sized (B, H, W, C) buffers outweigh the attention-sized
+ones (H + W = 194 < C), so the training-step saving is modest (see
+benchmarks/cca_kernels.py).
 """
 
 from __future__ import annotations
@@ -15,11 +18,6 @@ import jax.numpy as jnp
 from ccnet_jax.ops.criss_cross import _check_inputs, criss_cross_energies
 
 Array = jax.Array
-
-
-def _weights(q: Array, k: Array, lse: Array) -> tuple[Array, Array]:
-  e_col, e_row = criss_cross_energies(q, k)
-  return jnp.exp(e_col - lse[..., None]), jnp.exp(e_row - lse[..., None])
 
 
 def _aggregate(a_col: Array, a_row: Array, v: Array) -> Array:
@@ -52,23 +50,40 @@ def _criss_cross_fwd(q, k, v):
   return out, (q, k, v, out, lse)
 
 
+def _axial_bwd(q, k, v, g, lse, delta, mask_diagonal):
+  """One branch's float32 (dq, dk, dv) with its sequences along axis 2.
+
+  Rows are already laid out so; the column branch runs on transposed maps, which
+  keeps the batch dims of every product leading (no per-product transposes).
+  """
+  f32 = jnp.float32
+  e = jnp.einsum("bhwc,bhuc->bhwu", q, k, preferred_element_type=f32)
+  if mask_diagonal:
+    e = jnp.where(jnp.eye(q.shape[2], dtype=bool), -jnp.inf, e)
+  a = jnp.exp(e - lse[..., None])  # This branch's share of the joint softmax.
+  dv = jnp.einsum("bhwu,bhwc->bhuc", a, g, preferred_element_type=f32)
+  # d(energy) = a * (d(weight) - sum over both branches of a * d(weight)) and
+  # that sum is <d_out, out> = delta.
+  ds = a * (jnp.einsum("bhwc,bhuc->bhwu", g, v.astype(f32)) - delta[..., None])
+  dq = jnp.einsum("bhwu,bhuc->bhwc", ds, k.astype(f32))
+  dk = jnp.einsum("bhwu,bhwc->bhuc", ds, q.astype(f32))
+  return dq, dk, dv
+
+
 def _criss_cross_bwd(residuals, d_out):
   q, k, v, out, lse = residuals
-  a_col, a_row = _weights(q, k, lse)
   g = d_out.astype(jnp.float32)
-  f32 = jnp.float32
-  dv = jnp.einsum("bhwg,bhwc->bgwc", a_col, g, preferred_element_type=f32) + jnp.einsum(
-      "bhwu,bhwc->bhuc", a_row, g, preferred_element_type=f32
+  delta = jnp.sum(g * out.astype(jnp.float32), axis=-1)
+  dq, dk, dv = _axial_bwd(q, k, v, g, lse, delta, mask_diagonal=False)
+  t = lambda x: jnp.swapaxes(x, 1, 2)
+  dq_col, dk_col, dv_col = _axial_bwd(
+      t(q), t(k), t(v), t(g), t(lse), t(delta), mask_diagonal=True
   )
-  # d(energy) = a * (d(weight) - sum(a * d(weight))); the sum equals <d_out, out>.
-  delta = jnp.sum(g * out.astype(f32), axis=-1, keepdims=True)
-  vf = v.astype(f32)
-  ds_col = a_col * (jnp.einsum("bhwc,bgwc->bhwg", g, vf) - delta)
-  ds_row = a_row * (jnp.einsum("bhwc,bhuc->bhwu", g, vf) - delta)
-  qf, kf = q.astype(f32), k.astype(f32)
-  dq = jnp.einsum("bhwg,bgwc->bhwc", ds_col, kf) + jnp.einsum("bhwu,bhuc->bhwc", ds_row, kf)
-  dk = jnp.einsum("bhwg,bhwc->bgwc", ds_col, qf) + jnp.einsum("bhwu,bhwc->bhuc", ds_row, qf)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+  return (
+      (dq + t(dq_col)).astype(q.dtype),
+      (dk + t(dk_col)).astype(k.dtype),
+      (dv + t(dv_col)).astype(v.dtype),
+  )
 
 
 _criss_cross.defvjp(_criss_cross_fwd, _criss_cross_bwd)
