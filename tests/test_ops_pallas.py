@@ -79,6 +79,19 @@ class KernelMatchesEinsumTest(parameterized.TestCase):
           g.astype(jnp.float32), e, atol=BFLOAT16_RTOL_OF_MAX * scale, err_msg=name
       )
 
+  @parameterized.parameters((1, 97, 97, 8), (2, 33, 65, 8), (2, 1, 21, 8), (2, 21, 1, 8))
+  def test_power_of_two_padded_layout_float32(self, *shape):
+    """The GPU layout (sequences and channels padded, padded keys masked) in the interpreter."""
+    q, k, v, d_out = _qkv(shape, 20)
+    padded = lambda q, k, v: criss_cross_attention_pallas(q, k, v, pad_to_power_of_two=True)
+    out, vjp = jax.jit(lambda *a: jax.vjp(padded, *a))(q, k, v)
+    got = (out,) + jax.jit(vjp)(d_out)
+    expected = _forward_and_grads("einsum", q, k, v, d_out)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    for name, g, e in zip(("out", "dq", "dk", "dv"), got, expected):
+      atol = FLOAT32_GRAD_RTOL_OF_MAX * max(1.0, float(jnp.abs(e).max()))
+      np.testing.assert_allclose(g, e, rtol=1e-5, atol=atol, err_msg=name)
+
   def test_pallas_matches_explicit_gather_reference(self):
     q, k, v, _ = _qkv((2, 4, 7, 3), 5, seed=2)
     out = jax.jit(criss_cross_attention_pallas)(q, k, v)
@@ -187,7 +200,9 @@ class LoweringTest(parameterized.TestCase):
     v = jax.ShapeDtypeStruct((1, 97, 33, 512), dtype)
 
     def forward_backward(q, k, v):
-      attend = lambda q, k, v: criss_cross_attention_pallas(q, k, v, interpret=False)
+      attend = lambda q, k, v: criss_cross_attention_pallas(
+          q, k, v, interpret=False, pad_to_power_of_two=platform == "cuda"
+      )
       out, vjp = jax.vjp(attend, q, k, v)
       return out, vjp(out)
 

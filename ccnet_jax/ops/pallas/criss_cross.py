@@ -16,18 +16,22 @@ are q, k, v, the output and the joint lse, and ``axial_attention_bwd``
 recomputes each branch's probabilities from them. Neither pass writes the
 (B, H, W, H + W) energies or weights to memory.
 
-Layout. Each grid step reads one sequence as a (L, C) block whose last two dims
-are the full (padded) array dims, which both Triton and Mosaic accept. Sequence
-and channel lengths are padded to a power of two >= 16 -- Triton needs
-power-of-two blocks and dots of at least 16 -- which is also a multiple of 8
-sublanes on TPU; padded keys are masked with -inf and padded channels are zero.
-Value channels are processed in slices of 128 (the TPU lane width) so the
-(L, C) accumulators stay small for C = 512.
+Layout. Rows are (B*H, W, C) views of the NHWC maps, columns (B*W, H, C)
+transposed copies. Each grid step reads one sequence as an (L, C) block equal
+to the full trailing array dims, which Mosaic (TPU) accepts for any L and C. On
+GPU the kernels are Triton kernels, which need power-of-two blocks and dots of
+at least 16: there sequences and channels are padded in memory to powers of two
+>= 16 (97 -> 128), padded keys masked with -inf and padded channels zero. The
+interpreter runs either layout (``pad_to_power_of_two``). Value channels are
+processed in slices of 128 (the TPU lane width) so the accumulators stay small
+for C = 512. The lowering for both accelerators is tested on CPU; compiling
+and running them needs the devices.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +46,9 @@ _MIN_BLOCK = 16
 _CHANNEL_SLICE = 128
 
 
-def _padded(n: int) -> int:
-  """The power of two >= max(n, 16): a block length every backend accepts."""
-  return max(_MIN_BLOCK, 1 << (n - 1).bit_length())
+def _padded(n: int, pad: bool) -> int:
+  """With ``pad``, the power of two >= max(n, 16) that Triton needs; else n."""
+  return max(_MIN_BLOCK, 1 << (n - 1).bit_length()) if pad else n
 
 
 def _pad_to(x: Array, axis: int, size: int) -> Array:
@@ -251,12 +255,18 @@ def _vec_from_columns(x: Array, shape: tuple[int, ...]) -> Array:
   return jnp.swapaxes(x[:, :h, 0].reshape(b, w, h), 1, 2)
 
 
-def _forward(q, k, v, interpret):
+class _Options(NamedTuple):
+  interpret: bool
+  pad: bool
+
+
+def _forward(q, k, v, options):
+  interpret, pad = options
   b, h, w, key_channels = q.shape
   channels = v.shape[-1]
-  kc, vc = _padded(key_channels), _padded(channels)
+  kc, vc = _padded(key_channels, pad), _padded(channels, pad)
   shape = (b, h, w, channels)
-  row_seq, col_seq = _padded(w), _padded(h)
+  row_seq, col_seq = _padded(w, pad), _padded(h, pad)
   o_row, lse_row = axial_attention_fwd(
       _to_rows(q, row_seq, kc), _to_rows(k, row_seq, kc), _to_rows(v, row_seq, vc),
       length=w, mask_diagonal=False, interpret=interpret,
@@ -275,21 +285,22 @@ def _forward(q, k, v, interpret):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _criss_cross(q, k, v, interpret):
-  return _forward(q, k, v, interpret)[0]
+def _criss_cross(q, k, v, options):
+  return _forward(q, k, v, options)[0]
 
 
-def _criss_cross_fwd(q, k, v, interpret):
-  out, lse = _forward(q, k, v, interpret)
+def _criss_cross_fwd(q, k, v, options):
+  out, lse = _forward(q, k, v, options)
   return out, (q, k, v, out, lse)
 
 
-def _criss_cross_bwd(interpret, residuals, d_out):
+def _criss_cross_bwd(options, residuals, d_out):
+  interpret, pad = options
   q, k, v, out, lse = residuals
   b, h, w, key_channels = q.shape
   channels = v.shape[-1]
-  kc, vc = _padded(key_channels), _padded(channels)
-  row_seq, col_seq = _padded(w), _padded(h)
+  kc, vc = _padded(key_channels, pad), _padded(channels, pad)
+  row_seq, col_seq = _padded(w, pad), _padded(h, pad)
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
   dq_row, dk_row, dv_row = axial_attention_bwd(
       _to_rows(q, row_seq, kc), _to_rows(k, row_seq, kc), _to_rows(v, row_seq, vc),
@@ -313,7 +324,12 @@ _criss_cross.defvjp(_criss_cross_fwd, _criss_cross_bwd)
 
 
 def criss_cross_attention_pallas(
-    q: Array, k: Array, v: Array, *, interpret: bool | None = None
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    interpret: bool | None = None,
+    pad_to_power_of_two: bool | None = None,
 ) -> Array:
   """Criss-cross attention with the semantics of ``ops.criss_cross_attention``.
 
@@ -322,6 +338,9 @@ def criss_cross_attention_pallas(
     k: keys (B, H, W, C').
     v: values (B, H, W, C).
     interpret: run the kernels in the Pallas interpreter; None means on CPU only.
+    pad_to_power_of_two: pad sequences and channels to powers of two >= 16 in
+      memory, as Triton requires; None means on GPU only. Mosaic (TPU) and the
+      interpreter take whole unpadded (L, C) blocks, which saves the copies.
 
   Returns:
     The context (B, H, W, C) in v's dtype; energies and softmax in float32.
@@ -329,4 +348,6 @@ def criss_cross_attention_pallas(
   _check_inputs(q, k, v)
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
-  return _criss_cross(q, k, v, bool(interpret))
+  if pad_to_power_of_two is None:
+    pad_to_power_of_two = jax.default_backend() == "gpu"
+  return _criss_cross(q, k, v, _Options(bool(interpret), bool(pad_to_power_of_two)))
