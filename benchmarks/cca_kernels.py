@@ -17,6 +17,7 @@ backward) and 'pallas' (fused kernels) on one B x S x S map:
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from unittest import mock
@@ -112,10 +113,50 @@ def _opaque_kernel_call(kernel, *args, interpret, out_shape, **pallas_kwargs):
   return jax.pure_callback(zeros, out_shape, *args)
 
 
-def memory_table(size: int, batch: int) -> str:
+def memory_increments(size: int, batch: int) -> dict[str, float]:
+  """MB that a training step of the RCCA head (R=2) needs over the head without attention.
+
+  Keys: 'non_local', each implementation, and on CPU 'pallas_opaque' and
+  'pallas_opaque_padded': the Pallas path with its kernels as opaque calls, in
+  the unpadded (TPU) and the power-of-two padded (GPU) layouts.
+  """
   baseline = attention_cost.head_cost("none", 0, size, batch, training=True)
-  non_local = attention_cost.head_cost("non_local", 1, size, batch, training=True) - baseline
+
+  def extra(attention, recurrence, impl="einsum"):
+    cost = attention_cost.head_cost(
+        attention, recurrence, size, batch, training=True, cca_impl=impl
+    )
+    return (cost - baseline).memory_mb
+
+  result = {"non_local": extra("non_local", 1)}
+  result.update({impl: extra("criss_cross", 2, impl) for impl in IMPLEMENTATIONS})
+  if jax.default_backend() not in ("gpu", "tpu"):
+    with mock.patch.object(pallas_criss_cross, "_call", _opaque_kernel_call):
+      result["pallas_opaque"] = extra("criss_cross", 2, "pallas")
+      padded = functools.partial(
+          pallas_criss_cross.criss_cross_attention_pallas, pad_to_power_of_two=True
+      )
+      with mock.patch.dict(ops._IMPLEMENTATIONS, {"pallas": padded}):
+        result["pallas_opaque_padded"] = extra("criss_cross", 2, "pallas")
+  return result
+
+
+_LABELS = {
+    "non_local": "non-local",
+    "einsum": "criss-cross R=2, einsum",
+    "einsum_recompute": "criss-cross R=2, einsum_recompute",
+    "pallas": "criss-cross R=2, pallas",
+    "pallas_opaque": "criss-cross R=2, pallas, kernels opaque (HBM outside them), TPU layout",
+    "pallas_opaque_padded": (
+        "criss-cross R=2, pallas, kernels opaque (HBM outside them), GPU padded layout"
+    ),
+}
+
+
+def memory_table(size: int, batch: int) -> str:
   backend = jax.default_backend()
+  increments = memory_increments(size, batch)
+  non_local = increments["non_local"]
   lines = [
       f"Training-step memory over the head without attention: RCCA head R=2,"
       f" {attention_cost.IN_FEATURES} -> 512 channels, {size}x{size}, batch {batch},"
@@ -123,26 +164,12 @@ def memory_table(size: int, batch: int) -> str:
       "",
       "| attention | extra memory MB | non-local / this |",
       "|---|---:|---:|",
-      f"| non-local | {non_local.memory_mb:.0f} | 1.0 |",
   ]
-  for impl in IMPLEMENTATIONS:
-    extra = attention_cost.head_cost(
-        "criss_cross", 2, size, batch, training=True, cca_impl=impl
-    ) - baseline
-    note = " (interpreter)" if impl == "pallas" and backend not in ("gpu", "tpu") else ""
-    lines.append(
-        f"| criss-cross R=2, {impl}{note} | {extra.memory_mb:.0f}"
-        f" | {non_local.memory_mb / extra.memory_mb:.1f} |"
-    )
-  if backend not in ("gpu", "tpu"):
-    with mock.patch.object(pallas_criss_cross, "_call", _opaque_kernel_call):
-      extra = attention_cost.head_cost(
-          "criss_cross", 2, size, batch, training=True, cca_impl="pallas"
-      ) - baseline
-    lines.append(
-        f"| criss-cross R=2, pallas (kernels as opaque calls: HBM outside them)"
-        f" | {extra.memory_mb:.0f} | {non_local.memory_mb / extra.memory_mb:.1f} |"
-    )
+  for name, mb in increments.items():
+    label = _LABELS[name]
+    if name == "pallas" and backend not in ("gpu", "tpu"):
+      label += " (interpreter: its grid loop and buffers)"
+    lines.append(f"| {label} | {mb:.0f} | {non_local / mb:.1f} |")
   return "\n".join(lines)
 
 
