@@ -91,4 +91,3 @@ def criss_cross_attention(
   if return_attention:
     return context, jnp.concatenate([a_col, a_row], axis=-1)
   return context
-
