@@ -92,6 +92,18 @@ class KernelMatchesEinsumTest(parameterized.TestCase):
       atol = FLOAT32_GRAD_RTOL_OF_MAX * max(1.0, float(jnp.abs(e).max()))
       np.testing.assert_allclose(g, e, rtol=1e-5, atol=atol, err_msg=name)
 
+  @parameterized.parameters(False, True)
+  def test_value_channels_in_several_slices(self, pad):
+    """C = 256 runs through the kernels' 128-channel slices (C = 512 at real sizes)."""
+    q, k, v, d_out = _qkv((1, 9, 12, 16), 256, seed=3)
+    attend = lambda q, k, v: criss_cross_attention_pallas(q, k, v, pad_to_power_of_two=pad)
+    out, vjp = jax.jit(lambda *a: jax.vjp(attend, *a))(q, k, v)
+    got = (out,) + jax.jit(vjp)(d_out)
+    expected = _forward_and_grads("einsum", q, k, v, d_out)
+    for name, g, e in zip(("out", "dq", "dk", "dv"), got, expected):
+      atol = FLOAT32_GRAD_RTOL_OF_MAX * max(1.0, float(jnp.abs(e).max()))
+      np.testing.assert_allclose(g, e, rtol=1e-5, atol=atol, err_msg=name)
+
   def test_pallas_matches_explicit_gather_reference(self):
     q, k, v, _ = _qkv((2, 4, 7, 3), 5, seed=2)
     out = jax.jit(criss_cross_attention_pallas)(q, k, v)
