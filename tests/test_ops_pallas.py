@@ -131,12 +131,13 @@ class InsideModelsTest(parameterized.TestCase):
     x = jax.random.normal(jax.random.key(0), (2, 9, 11, 32))
     cotangent = jax.random.normal(jax.random.key(1), (2, 9, 11, 5))
 
+    head = RCCAHead(
+        32, 5, recurrence=2, channels=16, out_channels=16, dropout=0.0, rngs=nnx.Rngs(0)
+    )
+    _set_gamma(head, 0.7)
+
     def run(impl):
-      head = RCCAHead(
-          32, 5, recurrence=2, channels=16, out_channels=16, dropout=0.0, cca_impl=impl,
-          rngs=nnx.Rngs(0),
-      )
-      _set_gamma(head, 0.7)
+      head.attention.impl = impl
       graphdef, params, rest = nnx.split(head, nnx.Param, ...)
 
       @jax.jit
@@ -165,13 +166,16 @@ class InsideModelsTest(parameterized.TestCase):
     images = jax.random.normal(jax.random.key(0), (2, 33, 33, 3))
     labels = jax.random.randint(jax.random.key(1), (2, 5, 5), 0, 5)
 
+    config = models.model_config("ccnet_r101_official", num_classes=5)
+    config.backbone.update(depth=18, base_width=8)
+    config.head.update(channels=16, out_channels=16, dropout=0.0)
+    config.aux.enabled = False
+    model = models.build_model(config)
+    _set_gamma(model.head, 0.5)
+
     def losses(impl):
-      config = models.model_config("ccnet_r101_official", num_classes=5, cca_impl=impl)
-      config.backbone.update(depth=18, base_width=8)
-      config.head.update(channels=16, out_channels=16, dropout=0.0)
-      config.aux.enabled = False
-      model = models.build_model(config)
-      _set_gamma(model.head, 0.5)
+      # The same initial parameters, only the implementation differs.
+      model.head.attention.impl = impl
       graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
       @jax.jit
