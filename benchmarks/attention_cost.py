@@ -30,15 +30,20 @@ NUM_CLASSES = 19
 PAPER = {"non_local": (108.0, 1411.0), "criss_cross R=2": (16.5, 127.0)}
 
 
-def _head(attention: str, recurrence: int) -> RCCAHead:
+def _head(attention: str, recurrence: int, cca_impl: str = "einsum") -> RCCAHead:
+  extra = {"cca_impl": cca_impl} if attention == "criss_cross" else {}
   return RCCAHead(
-      IN_FEATURES, NUM_CLASSES, attention=attention, recurrence=recurrence, rngs=nnx.Rngs(0)
+      IN_FEATURES, NUM_CLASSES, attention=attention, recurrence=recurrence, rngs=nnx.Rngs(0),
+      **extra,
   )
 
 
-def head_cost(attention: str, recurrence: int, size: int, batch: int, training: bool) -> Cost:
+def head_cost(
+    attention: str, recurrence: int, size: int, batch: int, training: bool,
+    cca_impl: str = "einsum",
+) -> Cost:
   """Cost of one inference pass, or of one SGD step, of the head on a size x size map."""
-  head = nnx.eval_shape(lambda: _head(attention, recurrence))
+  head = nnx.eval_shape(lambda: _head(attention, recurrence, cca_impl))
   graphdef, params, rest = nnx.split(head, nnx.Param, ...)
   features = jax.ShapeDtypeStruct((batch, size, size, IN_FEATURES), jnp.float32)
   labels = jax.ShapeDtypeStruct((batch, size, size), jnp.int32)

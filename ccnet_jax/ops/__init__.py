@@ -7,11 +7,17 @@ from typing import Callable
 import jax
 
 from ccnet_jax.ops.criss_cross import criss_cross_attention
+from ccnet_jax.ops.criss_cross_recompute import criss_cross_attention_recompute
 from ccnet_jax.ops.non_local import non_local_attention
+from ccnet_jax.ops.pallas import criss_cross_attention_pallas
 
 CrissCrossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
-_IMPLEMENTATIONS: dict[str, CrissCrossFn] = {"einsum": criss_cross_attention}
+_IMPLEMENTATIONS: dict[str, CrissCrossFn] = {
+    "einsum": criss_cross_attention,
+    "einsum_recompute": criss_cross_attention_recompute,
+    "pallas": criss_cross_attention_pallas,
+}
 
 
 def criss_cross_implementations() -> tuple[str, ...]:
@@ -40,6 +46,8 @@ def get_criss_cross(impl: str) -> CrissCrossFn:
 
 __all__ = [
     "criss_cross_attention",
+    "criss_cross_attention_recompute",
+    "criss_cross_attention_pallas",
     "non_local_attention",
     "get_criss_cross",
     "criss_cross_implementations",

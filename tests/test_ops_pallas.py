@@ -1,0 +1,234 @@
+"""The Pallas kernel and the recomputing einsum path against the einsum reference.
+
+On CPU the kernels run in the Pallas interpreter: these tests check what the
+kernels compute, not how fast.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl.testing import parameterized
+from flax import nnx
+
+from ccnet_jax import models, ops
+from ccnet_jax.models import RCCAHead
+from ccnet_jax.ops.pallas import criss_cross_attention_pallas
+from tests import reference
+
+IMPLEMENTATIONS = ("pallas", "einsum_recompute")
+
+# float32: outputs agree to 1e-5. Gradients are compared at the scale of the
+# largest entry: the kernel's backward recomputes exp(s - lse) for energies s up
+# to ~20, whose float32 rounding (~20 * 2^-24 relative) accumulates over H + W
+# terms; measured against a float64 einsum at 97x97 its error is 2.5e-6 of the
+# largest gradient (the float32 einsum's is 7e-7).
+FLOAT32_GRAD_RTOL_OF_MAX = 5e-6
+
+# bfloat16 inputs and outputs carry 8 bits of mantissa (relative rounding 2^-8
+# ~ 0.4%). The implementations round at different points (the kernel rounds each
+# branch's normalised weights, the einsum the joint ones), so two bfloat16 results
+# may differ by a few ulps at the scale of the largest entry.
+BFLOAT16_RTOL_OF_MAX = 4e-2
+
+
+def _qkv(shape, value_channels, seed=0, dtype=jnp.float32):
+  keys = jax.random.split(jax.random.key(seed), 4)
+  q = 1.5 * jax.random.normal(keys[0], shape)
+  k = 1.5 * jax.random.normal(keys[1], shape)
+  v = jax.random.normal(keys[2], shape[:3] + (value_channels,))
+  d_out = jax.random.normal(keys[3], v.shape)
+  return q.astype(dtype), k.astype(dtype), v.astype(dtype), d_out.astype(dtype)
+
+
+@jax.jit(static_argnums=0)
+def _forward_and_grads(impl, q, k, v, d_out):
+  out, vjp = jax.vjp(ops.get_criss_cross(impl), q, k, v)
+  return (out,) + vjp(d_out)
+
+
+class KernelMatchesEinsumTest(parameterized.TestCase):
+
+  @parameterized.product(
+      impl=IMPLEMENTATIONS,
+      shape=[(1, 97, 97, 8), (2, 33, 65, 8), (2, 1, 21, 8), (2, 21, 1, 8), (1, 1, 1, 8)],
+  )
+  def test_forward_and_input_grads_float32(self, impl, shape):
+    q, k, v, d_out = _qkv(shape, 16)
+    got = _forward_and_grads(impl, q, k, v, d_out)
+    expected = _forward_and_grads("einsum", q, k, v, d_out)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    for name, g, e in zip(("out", "dq", "dk", "dv"), got, expected):
+      chex.assert_shape(g, e.shape)
+      chex.assert_type(g, jnp.float32)
+      atol = FLOAT32_GRAD_RTOL_OF_MAX * max(1.0, float(jnp.abs(e).max()))
+      np.testing.assert_allclose(g, e, rtol=1e-5, atol=atol, err_msg=name)
+
+  @parameterized.parameters(*IMPLEMENTATIONS)
+  def test_forward_and_input_grads_bfloat16(self, impl):
+    q, k, v, d_out = _qkv((2, 17, 33, 8), 16, seed=1, dtype=jnp.bfloat16)
+    got = _forward_and_grads(impl, q, k, v, d_out)
+    # The float32 einsum on the same (rounded) inputs is the reference.
+    expected = _forward_and_grads("einsum", *(x.astype(jnp.float32) for x in (q, k, v, d_out)))
+    for name, g, e in zip(("out", "dq", "dk", "dv"), got, expected):
+      chex.assert_type(g, jnp.bfloat16)
+      scale = float(jnp.abs(e).max())
+      np.testing.assert_allclose(
+          g.astype(jnp.float32), e, atol=BFLOAT16_RTOL_OF_MAX * scale, err_msg=name
+      )
+
+  def test_power_of_two_padded_layout_with_a_masked_column_branch(self):
+    """The GPU layout (padded sequences and channels, padded keys masked) in the interpreter.
+
+    With W = 1 every row is one pixel; H = 40 -> 64 makes two blocks of 32 queries
+    and 24 padded keys per column.
+    """
+    q, k, v, d_out = _qkv((2, 40, 1, 8), 20)
+    padded = lambda q, k, v: criss_cross_attention_pallas(q, k, v, pad_to_power_of_two=True)
+    out, vjp = jax.jit(lambda *a: jax.vjp(padded, *a))(q, k, v)
+    got = (out,) + jax.jit(vjp)(d_out)
+    expected = _forward_and_grads("einsum", q, k, v, d_out)
+    for name, g, e in zip(("out", "dq", "dk", "dv"), got, expected):
+      atol = FLOAT32_GRAD_RTOL_OF_MAX * max(1.0, float(jnp.abs(e).max()))
+      np.testing.assert_allclose(g, e, rtol=1e-5, atol=atol, err_msg=name)
+
+  def test_padded_layout_and_value_slices_against_explicit_gather(self):
+    """C = 256 runs through the kernels' 128-channel slices (C = 512 at real sizes).
+
+    Padded as on GPU (40 x 33 -> 64 x 64: two blocks of 32 queries per
+    sequence; C' 8 -> 16); the output is checked against the float64 numpy
+    loops, the gradients against the einsum path.
+    """
+    q, k, v, d_out = _qkv((1, 40, 33, 8), 256, seed=3)
+    attend = lambda q, k, v: criss_cross_attention_pallas(q, k, v, pad_to_power_of_two=True)
+    out, vjp = jax.jit(lambda *a: jax.vjp(attend, *a))(q, k, v)
+    np.testing.assert_allclose(out, reference.criss_cross_attention(q, k, v), atol=1e-5)
+    expected = _forward_and_grads("einsum", q, k, v, d_out)
+    for name, g, e in zip(("dq", "dk", "dv"), jax.jit(vjp)(d_out), expected[1:]):
+      atol = FLOAT32_GRAD_RTOL_OF_MAX * max(1.0, float(jnp.abs(e).max()))
+      np.testing.assert_allclose(g, e, rtol=1e-5, atol=atol, err_msg=name)
+
+  def test_registered_and_auto_stays_einsum_on_cpu(self):
+    self.assertIs(ops.get_criss_cross("pallas"), criss_cross_attention_pallas)
+    self.assertIs(ops.get_criss_cross("einsum_recompute"), ops.criss_cross_attention_recompute)
+    self.assertIs(ops.get_criss_cross("auto"), ops.criss_cross_attention)
+
+  def test_bad_shapes_are_reported(self):
+    q = jnp.zeros((1, 4, 4, 2))
+    with self.assertRaisesRegex(ValueError, "v must share"):
+      criss_cross_attention_pallas(q, q, jnp.zeros((1, 4, 5, 3)))
+
+
+def _set_gamma(module, value):
+  # gamma starts at 0, which would hide the attention from outputs and grads.
+  module.attention.gamma.value = jnp.full((1,), value, jnp.float32)
+
+
+class InsideModelsTest(parameterized.TestCase):
+
+  def test_rcca_head_outputs_and_parameter_grads(self):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 11, 32))
+    cotangent = jax.random.normal(jax.random.key(1), (2, 9, 11, 5))
+
+    head = RCCAHead(
+        32, 5, recurrence=2, channels=16, out_channels=16, dropout=0.0, rngs=nnx.Rngs(0)
+    )
+    _set_gamma(head, 0.7)
+
+    def run(impl):
+      head.attention.impl = impl
+      graphdef, params, rest = nnx.split(head, nnx.Param, ...)
+
+      @jax.jit
+      def forward_and_grads(params, rest, x):
+        def loss(params):
+          out = nnx.merge(graphdef, params, rest, copy=True)(x)
+          return jnp.sum(out * cotangent), out
+
+        return jax.grad(loss, has_aux=True)(params)
+
+      return forward_and_grads(params, rest, x)
+
+    grads, out = run("pallas")
+    expected_grads, expected_out = run("einsum")
+    np.testing.assert_allclose(out, expected_out, rtol=1e-5, atol=1e-5)
+    # The attention's own parameters must receive gradient, or this test shows nothing.
+    self.assertGreater(float(jnp.abs(expected_grads["attention"]["query"]["kernel"][...]).max()), 0)
+    # Against a float64 evaluation, both float32 implementations err by ~2e-5 of
+    # the largest parameter gradient (BatchNorm and the 3x3 convs accumulate it;
+    # the key bias's true gradient is 0 by the softmax's shift invariance, so it
+    # is rounding alone). A wrong mask or branch would err by O(1) of it.
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(expected_grads))
+    chex.assert_trees_all_close(grads, expected_grads, rtol=0, atol=3e-5 * scale)
+
+  def test_tiny_ccnet_sgd_losses(self):
+    images = jax.random.normal(jax.random.key(0), (2, 33, 33, 3))
+    labels = jax.random.randint(jax.random.key(1), (2, 5, 5), 0, 5)
+
+    config = models.model_config("ccnet_r101_official", num_classes=5)
+    config.backbone.update(depth=18, base_width=8)
+    config.head.update(channels=16, out_channels=16, dropout=0.0)
+    config.aux.enabled = False
+    model = models.build_model(config)
+    _set_gamma(model.head, 0.5)
+
+    def losses(impl):
+      # The same initial parameters, only the implementation differs.
+      model.head.attention.impl = impl
+      graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+      @jax.jit
+      def step(params, rest):
+        def loss_fn(params):
+          model = nnx.merge(graphdef, params, rest, copy=True)
+          logits, _ = model(images)
+          loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+          return loss, nnx.state(model, nnx.Not(nnx.Param))
+
+        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return jax.tree.map(lambda p, g: p - 0.05 * g, params, grads), rest, loss
+
+      result = []
+      for _ in range(3):
+        params, rest, loss = step(params, rest)
+        result.append(float(loss))
+      return np.array(result)
+
+    got, expected = losses("pallas"), losses("einsum")
+    self.assertFalse(np.allclose(expected[0], expected[1:], rtol=1e-3))  # It trains.
+    # Step 1's loss is a forward pass. Later steps inherit the float32 rounding
+    # of the gradients, which this tiny network (BatchNorm over 2 x 5 x 5 maps)
+    # amplifies ~10x a step: einsum_recompute, the same maths as einsum in
+    # another order, differs from it by 4e-6 at step 2 and 1.6e-4 at step 3.
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], expected[1], rtol=3e-5)
+    np.testing.assert_allclose(got[2], expected[2], rtol=1e-3)
+
+
+class LoweringTest(parameterized.TestCase):
+  """The kernels lower for the accelerators without one: Triton IR and Mosaic MLIR are built.
+
+  This runs the Pallas lowering rules of each backend (block-shape checks, the
+  ops the kernels use); the Triton and Mosaic compilers themselves only run on
+  the device.
+  """
+
+  @parameterized.product(platform=("cuda", "tpu"), dtype=(jnp.float32, jnp.bfloat16))
+  def test_forward_and_backward_lower(self, platform, dtype):
+    q = jax.ShapeDtypeStruct((1, 97, 33, 64), dtype)
+    v = jax.ShapeDtypeStruct((1, 97, 33, 512), dtype)
+
+    def forward_backward(q, k, v):
+      attend = lambda q, k, v: criss_cross_attention_pallas(
+          q, k, v, interpret=False, pad_to_power_of_two=platform == "cuda"
+      )
+      out, vjp = jax.vjp(attend, q, k, v)
+      return out, vjp(out)
+
+    lowered = jax.jit(forward_backward).trace(q, q, v).lower(lowering_platforms=(platform,))
+    target = "__gpu$xla.gpu.triton" if platform == "cuda" else "tpu_custom_call"
+    # Per branch: the forward kernel and the backward kernel; on GPU (blocks of
+    # 32 queries) the backward is split into a dq kernel and a dk/dv kernel.
+    expected = 6 if platform == "cuda" else 4
+    self.assertEqual(lowered.as_text().count(f"stablehlo.custom_call @{target}"), expected)
