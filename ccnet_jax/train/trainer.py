@@ -123,6 +123,10 @@ def train_and_evaluate(
   mesh = make_mesh()
   check_config(config, mesh.size)
   total_steps = config.train.total_steps
+  # The data first: a missing dataset is reported before any compilation.
+  loader = make_train_loader(
+      config.data, global_batch_size=config.train.global_batch_size, seed=config.train.seed
+  )
 
   model = build_model(config.model, seed=config.train.seed)
   if config.train.init_from:
@@ -130,9 +134,6 @@ def train_and_evaluate(
   tx, schedule = make_optimizer(config.optim, total_steps)
   graphdef, state = create_train_state(model, tx, seed=config.train.seed)
   state = replicate(state, mesh)
-  loader = make_train_loader(
-      config.data, global_batch_size=config.train.global_batch_size, seed=config.train.seed
-  )
 
   checkpoints = RunCheckpoints(
       os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
