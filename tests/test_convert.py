@@ -64,7 +64,7 @@ def _official(depth=18, recurrence=2, seed=0, num_classes=5):
 
 @pytest.mark.parametrize(
     "depth,recurrence,size",
-    [(18, 1, (97, 97)), (18, 2, (96, 128)), (18, 2, (97, 97)), (50, 2, (65, 48))],
+    [(18, 1, (97, 97)), (18, 2, (96, 128)), (50, 2, (65, 48))],
 )
 def test_official_ccnet_matches_pytorch(tmp_path, depth, recurrence, size):
   net = _official(depth, recurrence)

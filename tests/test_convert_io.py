@@ -89,3 +89,13 @@ def test_safetensors_npz_and_bad_files(tmp_path):
   (tmp_path / "w.h5").write_bytes(b"")
   with pytest.raises(ValueError, match="unknown checkpoint suffix"):
     io.read_state_dict(tmp_path / "w.h5")
+
+
+def test_torch_free_reader_reads_a_module_state_dict(tmp_path):
+  """nn.Module.state_dict() carries a _metadata attribute set while unpickling."""
+  module = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+  torch.save(module.state_dict(), tmp_path / "module.pth")
+  state = io.read_state_dict(tmp_path / "module.pth", use_torch=False)
+  assert list(state) == list(module.state_dict())
+  for name, tensor in module.state_dict().items():
+    np.testing.assert_array_equal(state[name], tensor.numpy(), err_msg=name)
