@@ -64,7 +64,7 @@ def _official(depth=18, recurrence=2, seed=0, num_classes=5):
 
 @pytest.mark.parametrize(
     "depth,recurrence,size",
-    [(18, 1, (97, 97)), (18, 2, (96, 128)), (18, 2, (97, 97)), (50, 2, (65, 48))],
+    [(18, 1, (97, 97)), (18, 2, (96, 128)), (50, 2, (65, 48))],
 )
 def test_official_ccnet_matches_pytorch(tmp_path, depth, recurrence, size):
   net = _official(depth, recurrence)
@@ -104,9 +104,12 @@ def test_mmseg_ccnet_matches_pytorch(tmp_path, recurrence, size):
                                  aux_channels=8),
       seed=recurrence,
   )
+  state = dict(net.state_dict())
+  if recurrence == 2:  # Older mmcv: gamma a (1,) parameter, not a Scale module.
+    state["decode_head.cca.gamma"] = state.pop("decode_head.cca.gamma.scale").reshape(1)
   checkpoint = {
       "meta": {"config": f"model = dict(decode_head=dict(type='CCHead', recurrence={recurrence}))"},
-      "state_dict": net.state_dict(),
+      "state_dict": state,
   }
   state_dict, meta = convert.read_checkpoint(_save(tmp_path, checkpoint))
   assert meta["config"].endswith(f"recurrence={recurrence}))")
@@ -227,3 +230,36 @@ def test_reference_outputs_are_order_one():
   net = _official(50, 2)
   logits, aux = _torch_forward(net, _images(65, 48))
   assert 0.1 < np.abs(logits).max() < 100 and 0.1 < np.abs(aux).max() < 100
+
+
+@pytest.mark.parametrize("release", ["official", "mmseg"])
+def test_full_size_resnet101_releases_map_every_name_and_shape(release):
+  """The released ResNet-101 layouts, names and shapes only (no weights are allocated)."""
+  with torch.device("meta"):
+    if release == "official":
+      net = torch_reference.OfficialCCNet(101, num_classes=19)
+      shapes = {k: tuple(v.shape) for k, v in net.state_dict_like_release().items()}
+    else:
+      net = torch_reference.MMSegCCNet(101, num_classes=19)
+      shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+  state = {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
+  if release == "official":
+    config = convert.official_config(state, num_classes=19)
+    assert config.to_dict() == convert.official_config(state).to_dict()
+    expected = "ccnet_r101_official"
+  else:
+    config = convert.mmseg_config(state)
+    expected = "ccnet_r101_d8_mmseg"
+  from ccnet_jax.models import model_config  # pylint: disable=g-import-not-at-top
+
+  # The inferred config is the registry's preset for that release (whose head
+  # width is implicit: 2048 // 4).
+  preset = model_config(expected)
+  preset.head.channels = 512
+  assert config.to_dict() == preset.to_dict()
+  model = export.empty_module(lambda: build_model(config))
+  arrays = convert.convert_arrays(state, model, release)
+  want = export.flatten(export.model_arrays(model))
+  assert sorted(arrays) == sorted(want)
+  for name, value in arrays.items():
+    assert value.shape == want[name].shape, name

@@ -125,7 +125,10 @@ def read_torch_zip(path: str | os.PathLike) -> Any:
     unpickler = _RestrictedUnpickler(
         io.BytesIO(archive.read(pickles[0])), archive, root, byteorder, path
     )
-    return unpickler.load()
+    try:
+      return unpickler.load()
+    except pickle.UnpicklingError as e:
+      raise ValueError(str(e)) from e
 
 
 def _read_with_torch(path: str) -> Any:

@@ -76,7 +76,9 @@ class Format:
   head_rules: Rules  # Empty for backbone-only (ImageNet) formats.
   head_prefixes: tuple[str, ...]  # PyTorch names of what is not backbone.
   inplace_abn: bool = False  # Norm weights are InPlaceABN's (scale = |w| + eps).
-  gamma_leaf: str = ""  # Sub-name of the attention gamma ('' or '.scale').
+  # Names of the attention gamma under the attention module, first found wins
+  # (newer mmcv stores it as a Scale module, 'gamma.scale'; older as 'gamma').
+  gamma_leaves: tuple[str, ...] = ("gamma",)
 
   @property
   def whole_model(self) -> bool:
@@ -89,7 +91,7 @@ FORMATS: dict[str, Format] = {
     ),
     "mmseg": Format(
         "v1c", "backbone.", _V1C_STEM, _MMSEG_HEAD, ("decode_head.", "auxiliary_head."),
-        gamma_leaf=".scale",
+        gamma_leaves=("gamma.scale", "gamma"),
     ),
     "mit": Format("deep", "", _DEEP_STEM, (), ("fc.",)),
     "torchvision": Format("classic", "", _DEEP_STEM, (), ("fc.",)),
@@ -129,20 +131,19 @@ def _module_name(path: str, fmt: Format) -> str:
   raise ValueError(f"No PyTorch name for our module {path!r} in this checkpoint format.")
 
 
-def _source(name: str, fmt: Format) -> tuple[str, str]:
-  """Our array name -> (PyTorch name, kind of layout change)."""
+def _sources(name: str, fmt: Format) -> tuple[tuple[str, ...], str]:
+  """Our array name -> (candidate PyTorch names, kind of layout change)."""
   path, leaf = name.rsplit("/", 1)
   module = _module_name(path, fmt)
   if leaf == "kernel":
-    return f"{module}.weight", "conv"
+    return (f"{module}.weight",), "conv"
   if leaf == "gamma":
-    return f"{module}.gamma{fmt.gamma_leaf}", "gamma"
+    return tuple(f"{module}.{g}" for g in fmt.gamma_leaves), "gamma"
   if leaf in _NORM_LEAVES:
-    return f"{module}.{_NORM_LEAVES[leaf]}", "abn_scale" if (
-        leaf == "scale" and fmt.inplace_abn
-    ) else "copy"
+    kind = "abn_scale" if leaf == "scale" and fmt.inplace_abn else "copy"
+    return (f"{module}.{_NORM_LEAVES[leaf]}",), kind
   if leaf == "bias":
-    return f"{module}.bias", "copy"
+    return (f"{module}.bias",), "copy"
   raise ValueError(f"No PyTorch name for our array {name!r}.")
 
 
@@ -187,9 +188,10 @@ def convert_arrays(
   ours = export.flatten(export.model_arrays(module))
   arrays, used, missing = {}, set(), []
   for name in ours:
-    source, kind = _source(prefix + name, fmt)
-    if source not in state_dict:
-      missing.append(f"{name} <- {source}")
+    candidates, kind = _sources(prefix + name, fmt)
+    source = next((c for c in candidates if c in state_dict), None)
+    if source is None:
+      missing.append(f"{name} <- {' or '.join(candidates)}")
       continue
     arrays[name] = _convert(state_dict[source], kind, source)
     used.add(source)
