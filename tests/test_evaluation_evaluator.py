@@ -141,3 +141,6 @@ def test_evaluator_takes_new_weights_without_recompiling_and_rejects_empty_data(
     evaluator.evaluate(weights, [])
   with pytest.raises(ValueError, match="palette"):
     evaluator.evaluate(weights, _batches([4], shape=(16, 24)), out_dir="/tmp/unused")
+  eval_config.mode = "tiles"
+  with pytest.raises(ValueError, match="eval.mode"):
+    Evaluator(predict_fn, eval_config=eval_config, num_classes=NUM_CLASSES, mesh=mesh)

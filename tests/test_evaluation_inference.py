@@ -137,12 +137,36 @@ def test_bad_settings_name_the_field():
 
 @functools.lru_cache(maxsize=1)
 def tiny_ccnet(num_classes=5):
-  """A random ResNet-18-width-8 CCNet, built once per process (building dominates run time)."""
+  """A ResNet-18-width-8 CCNet with random numpy weights, built once per process.
+
+  The structure comes from nnx.eval_shape and the weights from numpy (He-scaled
+  normals, BatchNorm statistics 0 / 1, attention gamma nonzero so attention matters):
+  initialising for real compiles one XLA program per parameter shape, which dominates
+  a CPU test's run time.
+  """
   config = models.model_config("ccnet_r101_official", num_classes=num_classes)
   config.backbone.update(depth=18, base_width=8)
   config.head.update(channels=16, out_channels=16, recurrence=1)
   config.aux.enabled = False
-  return models.build_model(config)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: models.build_model(config)))
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # dropout keys
+      return jax.random.key(0) if leaf.shape == () else jax.random.split(
+          jax.random.key(0), leaf.shape)
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):  # key counters
+      return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
+    if "var" in name or "scale" in name:
+      return jnp.asarray(np.ones(leaf.shape, leaf.dtype))
+    if "mean" in name:
+      return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
+    fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
+    return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+  state = jax.tree_util.tree_map_with_path(fill, abstract)
+  return nnx.merge(graphdef, state)
 
 
 def test_ccnet_sliding_on_one_crop_equals_whole_image():

@@ -106,3 +106,26 @@ def test_bad_shapes_are_reported():
     confusion_matrix(np.zeros((2, 3, 3), np.int32), np.zeros((2, 3, 4), np.int32), 3)
   with pytest.raises(ValueError, match="square"):
     metrics_from_confusion(np.zeros((3, 4)))
+
+
+def test_iou_matches_cityscapes_scripts():
+  cs_eval = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+  from cityscapesscripts.helpers.labels import trainId2label
+  rng = np.random.default_rng(4)
+  labels = rng.integers(0, 19, size=(2, 16, 24)).astype(np.int32)
+  labels[rng.random(labels.shape) < 0.15] = 255
+  labels[labels == 16] = 15  # 'train' never in the ground truth
+  predictions = rng.integers(0, 19, size=labels.shape).astype(np.int32)
+  predictions[predictions == 16] = 14  # nor predicted: NaN in both
+  metrics = metrics_from_confusion(np.asarray(confusion_matrix(predictions, labels, 19)))
+
+  # cityscapesscripts works on label ids; ignored ground truth is 'unlabeled' (id 0).
+  to_id = np.array([trainId2label[t].id for t in range(19)] + [0] * 237)
+  cs_matrix = cs_eval.generateMatrix(cs_eval.args)
+  np.add.at(cs_matrix, (to_id[labels].ravel(), to_id[predictions].ravel()), 1)
+  expected = {t: cs_eval.getIouScoreForLabel(trainId2label[t].id, cs_matrix, cs_eval.args)
+              for t in range(19)}
+  np.testing.assert_allclose(metrics["iou"], [expected[t] for t in range(19)], rtol=1e-12)
+  np.testing.assert_allclose(metrics["miou"], cs_eval.getScoreAverage(expected, cs_eval.args),
+                             rtol=1e-12)
+  assert math.isnan(metrics["iou"][16]) and 0 < metrics["miou"] < 1

@@ -21,7 +21,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ccnet_jax.evaluation.inference import predict_logits
+from ccnet_jax.evaluation.inference import MODES, predict_logits
 from ccnet_jax.evaluation.metrics import confusion_matrix, metrics_from_confusion
 from ccnet_jax.evaluation.visualize import denormalize, save_predictions
 
@@ -65,7 +65,9 @@ class Evaluator:
       mesh: jax.sharding.Mesh,
       ignore_label: int = 255,
   ):
-    """Args:
+    """Compiles nothing yet; the first :meth:`evaluate` traces the step.
+
+    Args:
       predict_fn: ``(state, images) -> logits`` at the network's output stride.
       eval_config: mode, crop_size, overlap, scales, flip, align_corners, batch_size,
         num_images_to_save (see :func:`ccnet_jax.evaluation.config.base_eval_config`).
@@ -75,6 +77,10 @@ class Evaluator:
     """
     if DATA_AXIS not in mesh.axis_names:
       raise ValueError(f"The evaluation mesh needs a {DATA_AXIS!r} axis, got {mesh.axis_names}.")
+    if int(eval_config.batch_size) < 1:
+      raise ValueError(f"eval.batch_size={eval_config.batch_size!r} must be a positive integer.")
+    if eval_config.mode not in MODES:
+      raise ValueError(f"eval.mode={eval_config.mode!r} must be one of {MODES}.")
     self.eval_config = eval_config
     self.num_classes = num_classes
     self.ignore_label = ignore_label
