@@ -58,6 +58,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
   final = evaluate_from_workdir(config, str(tmp_path / "split"), "final")
   assert latest["confusion"] == final["confusion"] == finished["confusion"]
   assert os.path.exists(tmp_path / "split" / "eval" / "metrics.json")
+  # What the run leaves for the user: TensorBoard events and prediction PNGs.
+  assert any(n.startswith("events.") for n in os.listdir(tmp_path / "split" / "tensorboard"))
+  pngs = os.listdir(tmp_path / "split" / "predictions" / "step_6")
+  assert any(n.endswith("_overlay.png") for n in pngs) and any(n.endswith("_pred.png") for n in pngs)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
