@@ -10,7 +10,7 @@ a model directory written by ``python -m ccnet_jax.convert``. Metrics are printe
 written to ``WORKDIR/eval/metrics.json`` with prediction PNGs beside them.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ccnet_jax.cli import run_user_command
@@ -25,6 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # Progress and results are printed; keep logs quiet.
   run_user_command(lambda: evaluate_from_workdir(_CONFIG.value, _WORKDIR.value, _MODEL.value))
 
 

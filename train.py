@@ -8,7 +8,7 @@ Any config field can be overridden as ``--config.a.b=value``. Rerunning a comman
 a workdir with checkpoints resumes the run.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ccnet_jax.cli import run_user_command
@@ -22,6 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # Progress and results are printed; keep logs quiet.
   run_user_command(lambda: train_and_evaluate(_CONFIG.value, _WORKDIR.value))
 
 
