@@ -105,9 +105,19 @@ def official_config(
   """The model config of an official CCNet checkpoint (speedinghzl/CCNet)."""
   state_dict = names.strip_prefix(state_dict)
   backbone = _backbone_fields(state_dict, "", None)
-  head, aux, found = _head_fields(state_dict, "official")
-  config = model_config("ccnet_r101_official")
-  config.name = f"ccnet_r{backbone['depth']}_official"
+  return _ccnet_config(
+      "ccnet_r101_official", f"ccnet_r{backbone['depth']}_official", backbone,
+      _head_fields(state_dict, "official"), num_classes=num_classes, recurrence=recurrence,
+  )
+
+
+def _ccnet_config(
+    preset: str, name: str, backbone: dict, heads: tuple, *, num_classes, recurrence: int
+) -> ml_collections.ConfigDict:
+  """``preset`` with the fields read off a checkpoint (backbone, then head, aux, classes)."""
+  head, aux, found = heads
+  config = model_config(preset)
+  config.name = name
   config.num_classes = _check_classes(num_classes, found, "num_classes")
   config.backbone.update(backbone)
   config.head.update(head, recurrence=recurrence)
@@ -149,16 +159,12 @@ def mmseg_config(
   state_dict, found_meta = _unwrap(checkpoint)
   state_dict = names.strip_prefix(state_dict)
   backbone = _backbone_fields(state_dict, "backbone.", depth)
-  head, aux, found = _head_fields(state_dict, "mmseg")
   if recurrence is None:
     recurrence = _meta_recurrence(meta or found_meta) or 2
-  config = model_config("ccnet_r101_d8_mmseg")
-  config.name = f"ccnet_r{backbone['depth']}_d8_mmseg"
-  config.num_classes = _check_classes(num_classes, found, "num_classes")
-  config.backbone.update(backbone)
-  config.head.update(head, recurrence=recurrence)
-  config.aux.update(aux)
-  return config
+  return _ccnet_config(
+      "ccnet_r101_d8_mmseg", f"ccnet_r{backbone['depth']}_d8_mmseg", backbone,
+      _head_fields(state_dict, "mmseg"), num_classes=num_classes, recurrence=recurrence,
+  )
 
 
 def backbone_config(

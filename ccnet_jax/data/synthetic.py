@@ -22,12 +22,9 @@ Scene (``image_size`` = (height, width), 256x64 in the preset), six classes plus
 
 Horizontal flips keep the stripe on top, so the usual flip augmentation stays valid.
 
-Measured on CPU (ResNet-18 backbone with base width 16, output stride 8, head with 32/64
-channels, no aux head, Adam 2e-3, 400 steps of batch 16, 2048 training scenes; accuracy on the
-shape pixels of 64 held-out scenes): at 256x64, criss-cross attention with R=2 labels 89% of the
-shape pixels correctly (IoU 0.81/0.85/0.86) and the same network without attention 24% (IoU
-0.06/0.03/0.26); both learn background, stripe and checker. At 64x64 the dilated backbone alone
-reaches the stripe and both networks get about 90%, so keep the scenes tall.
+At 64x64 the dilated backbone alone reaches the stripe and a network without attention labels
+the shapes as well as one with it, so the scenes are tall. ``benchmarks/recurrence_ablation.py``
+measures the difference that remains at 256x64 (README: R=0 52.4 vs R=2 88.4 mIoU).
 """
 
 from __future__ import annotations
