@@ -96,12 +96,12 @@ def build(dtype: str = "float32", weights: dict | None = None, total_steps: int 
   """
   import jax
 
-  from ccnet_jax import train
+  from ccnet_jax import train as training
   from ccnet_jax.train import optim
 
   model = _model_with(initial_weights() if weights is None else weights, dtype)
   tx, schedule = optim.make_optimizer(optim.default_optim_config(), total_steps)
-  model_def, state = train.create_train_state(model, tx, seed=0)
+  model_def, state = training.create_train_state(model, tx, seed=0)
   return model_def, tx, schedule, jax.device_get(state)
 
 
@@ -115,12 +115,12 @@ def train(mesh, local_batch, steps: int, weights: dict):
   """Per-step losses and the final parameter checksum of ``steps`` steps on ``mesh``."""
   import jax
 
-  from ccnet_jax import train
+  from ccnet_jax import train as training
 
   model_def, tx, schedule, host_state = build(weights=weights)
-  train_step = train.make_train_step(model_def, tx, schedule, loss_config(), mesh)
-  state = train.replicate(host_state, mesh)
-  batch = train.global_batch(local_batch, mesh)
+  train_step = training.make_train_step(model_def, tx, schedule, loss_config(), mesh)
+  state = training.replicate(host_state, mesh)
+  batch = training.global_batch(local_batch, mesh)
   losses = []
   for _ in range(steps):
     state, metrics = train_step(state, batch)
@@ -146,9 +146,9 @@ def main():
       num_processes=args.num_processes,
       process_id=args.process_id,
   )
-  from ccnet_jax import train
+  from ccnet_jax import train as training
 
-  mesh = train.make_mesh()
+  mesh = training.make_mesh()
   per_process = BATCH // args.num_processes
   rows = slice(args.process_id * per_process, (args.process_id + 1) * per_process)
   local_batch = {name: value[rows] for name, value in fixed_batch().items()}

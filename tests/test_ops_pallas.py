@@ -163,8 +163,10 @@ class InsideModelsTest(parameterized.TestCase):
     chex.assert_trees_all_close(grads, expected_grads, rtol=0, atol=3e-5 * scale)
 
   def test_tiny_ccnet_sgd_losses(self):
-    images = jax.random.normal(jax.random.key(0), (2, 33, 33, 3))
-    labels = jax.random.randint(jax.random.key(1), (2, 5, 5), 0, 5)
+    # 9 x 9 maps at the head: BatchNorm statistics over 2 x 9 x 9 values stay well
+    # conditioned, so rounding differences are not amplified step after step.
+    images = jax.random.normal(jax.random.key(0), (2, 65, 65, 3))
+    labels = jax.random.randint(jax.random.key(1), (2, 9, 9), 0, 5)
 
     config = models.model_config("ccnet_r101_official", num_classes=5)
     config.backbone.update(depth=18, base_width=8)
@@ -187,7 +189,7 @@ class InsideModelsTest(parameterized.TestCase):
           return loss, nnx.state(model, nnx.Not(nnx.Param))
 
         (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return jax.tree.map(lambda p, g: p - 0.05 * g, params, grads), rest, loss
+        return jax.tree.map(lambda p, g: p - 0.01 * g, params, grads), rest, loss
 
       result = []
       for _ in range(3):
@@ -198,9 +200,8 @@ class InsideModelsTest(parameterized.TestCase):
     got, expected = losses("pallas"), losses("einsum")
     self.assertFalse(np.allclose(expected[0], expected[1:], rtol=1e-3))  # It trains.
     # Step 1's loss is a forward pass. Later steps inherit the float32 rounding
-    # of the gradients, which this tiny network (BatchNorm over 2 x 5 x 5 maps)
-    # amplifies ~10x a step: einsum_recompute, the same maths as einsum in
-    # another order, differs from it by 4e-6 at step 2 and 1.6e-4 at step 3.
+    # of the gradients, which a tiny network amplifies from step to step; the
+    # tolerances widen accordingly.
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
     np.testing.assert_allclose(got[1], expected[1], rtol=3e-5)
     np.testing.assert_allclose(got[2], expected[2], rtol=1e-3)

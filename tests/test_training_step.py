@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax import train
+from ccnet_jax import train as training
 from ccnet_jax.models import layers
 from tests import distributed_worker as worker
 
@@ -33,20 +33,20 @@ class _Run:
 
   def __init__(self, devices, dtype="float32"):
     self.model_def, self.tx, self.schedule, self.initial = worker.build(dtype)
-    self.mesh = train.make_mesh(devices)
-    train_step = train.make_train_step(
+    self.mesh = training.make_mesh(devices)
+    train_step = training.make_train_step(
         self.model_def, self.tx, self.schedule, worker.loss_config(), self.mesh
     )
     # Compiled ahead of time with the same shardings; only backend optimisation is cut.
     self.step = train_step.lower(
-        train.replicate(self.initial, self.mesh),
-        train.global_batch(worker.fixed_batch(), self.mesh),
+        training.replicate(self.initial, self.mesh),
+        training.global_batch(worker.fixed_batch(), self.mesh),
     ).compile(worker.FAST_COMPILE)
 
   def run(self, steps, batch=None, state=None):
     """Host copies of the state after each step, and the metrics of each step."""
-    state = train.replicate(self.initial if state is None else state, self.mesh)
-    batch = train.global_batch(worker.fixed_batch() if batch is None else batch, self.mesh)
+    state = training.replicate(self.initial if state is None else state, self.mesh)
+    batch = training.global_batch(worker.fixed_batch() if batch is None else batch, self.mesh)
     states, metrics = [], []
     for _ in range(steps):
       state, step_metrics = self.step(state, batch)
@@ -97,7 +97,7 @@ def test_statistics_are_global_not_per_device(one_device, reference):
   """The first BN layer's running mean moved by 0.1 x the whole batch's mean, not one image's."""
   # The running mean after one step is 0.9 * 0 + 0.1 * batch mean: compare the first
   # BN layer's update with numpy statistics of its input over the whole batch.
-  model = train.merge_model(one_device.model_def, one_device.initial, train=True)
+  model = training.merge_model(one_device.model_def, one_device.initial, train=True)
   images = jnp.asarray(worker.fixed_batch()["image"])
   conv_out = np.asarray(model.backbone.stem.conv1(images), np.float64)
   whole = conv_out.mean(axis=(0, 1, 2))
@@ -124,7 +124,7 @@ def test_non_finite_loss_is_flagged(one_device):
 def test_merge_model_carries_the_state_and_the_mode(one_device, reference):
   state = reference[0][0]
   for train in (True, False):
-    model = train.merge_model(one_device.model_def, state, train=train)
+    model = training.merge_model(one_device.model_def, state, train=train)
     chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(model, nnx.Param)), state.params)
     chex.assert_trees_all_equal(
         nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), state.batch_stats
