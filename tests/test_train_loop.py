@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ccnet_jax.evaluation.run import evaluate_from_workdir
+from ccnet_jax.models.export import flatten, model_arrays, read_arrays
 from ccnet_jax.train import trainer
 from configs import synthetic
 
@@ -51,6 +52,18 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
   np.testing.assert_allclose(
       [split[s] for s in range(1, 7)], [whole[s] for s in range(1, 7)], rtol=1e-6
   )
+
+  # train.init_from: a run can start from an exported model, whole or backbone only.
+  exported = read_arrays(tmp_path / "whole" / "model")
+  for part in ("all", "backbone"):
+    start = trainer.initial_model(tiny_config(init_from=str(tmp_path / "whole" / "model"),
+                                              init_part=part, seed=1))
+    arrays = flatten(model_arrays(start))
+    same = {name: np.array_equal(np.asarray(arrays[name]), value)
+            for name, value in exported.items()}
+    loaded = [n for n in same if part == "all" or n.startswith("backbone/")]
+    assert all(same[n] for n in loaded), part
+    assert part == "all" or not same["head/classifier/kernel"]
 
   # eval.py's models: the newest checkpoint and the exported final model are the same
   # network, and the training run's own final evaluation saw the same numbers.

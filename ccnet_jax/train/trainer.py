@@ -110,6 +110,14 @@ class ModelEvaluation:
     )
 
 
+def initial_model(config: ml_collections.ConfigDict) -> nnx.Module:
+  """The model a run starts from: fresh, with ``train.init_from`` loaded when named."""
+  model = build_model(config.model, seed=config.train.seed)
+  if config.train.init_from:
+    load_state_into(model, config.train.init_from, part=config.train.init_part)
+  return model
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, stop_after_steps: int | None = None
 ) -> dict[str, Any]:
@@ -128,9 +136,7 @@ def train_and_evaluate(
       config.data, global_batch_size=config.train.global_batch_size, seed=config.train.seed
   )
 
-  model = build_model(config.model, seed=config.train.seed)
-  if config.train.init_from:
-    load_state_into(model, config.train.init_from, part=config.train.init_part)
+  model = initial_model(config)
   tx, schedule = make_optimizer(config.optim, total_steps)
   graphdef, state = create_train_state(model, tx, seed=config.train.seed)
   state = replicate(state, mesh)
