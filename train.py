@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ccnet_jax.cli import run_user_command
-from ccnet_jax.train.trainer import train_and_evaluate
+from ccnet_jax.training.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and predictions go here.")

@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ccnet_jax.data.labels import dataset_info  # noqa: E402
-from ccnet_jax.train.trainer import train_and_evaluate  # noqa: E402
+from ccnet_jax.training.trainer import train_and_evaluate  # noqa: E402
 from configs import synthetic  # noqa: E402
 
 

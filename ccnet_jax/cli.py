@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Callable
 
-from ccnet_jax.train.trainer import TrainingDiverged
+from ccnet_jax.training.trainer import TrainingDiverged
 
 # Raised for what the user can fix: a missing dataset, a bad config value, a corrupt file.
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, TrainingDiverged)

@@ -31,7 +31,7 @@ def tiny_model_config(dtype: str = "float32"):
 
 
 def loss_config():
-  from ccnet_jax.train import losses
+  from ccnet_jax.training import losses
 
   config = losses.default_loss_config()
   config.ohem_min_kept = 2000  # below the batch's valid pixels: OHEM really mines
@@ -96,8 +96,8 @@ def build(dtype: str = "float32", weights: dict | None = None, total_steps: int 
   """
   import jax
 
-  from ccnet_jax import train as training
-  from ccnet_jax.train import optim
+  from ccnet_jax import training
+  from ccnet_jax.training import optim
 
   model = _model_with(initial_weights() if weights is None else weights, dtype)
   tx, schedule = optim.make_optimizer(optim.default_optim_config(), total_steps)
@@ -115,7 +115,7 @@ def train(mesh, local_batch, steps: int, weights: dict):
   """Per-step losses and the final parameter checksum of ``steps`` steps on ``mesh``."""
   import jax
 
-  from ccnet_jax import train as training
+  from ccnet_jax import training
 
   model_def, tx, schedule, host_state = build(weights=weights)
   train_step = training.make_train_step(model_def, tx, schedule, loss_config(), mesh)
@@ -146,7 +146,7 @@ def main():
       num_processes=args.num_processes,
       process_id=args.process_id,
   )
-  from ccnet_jax import train as training
+  from ccnet_jax import training
 
   mesh = training.make_mesh()
   per_process = BATCH // args.num_processes

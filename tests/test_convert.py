@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from ccnet_jax import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ccnet_jax.convert import __main__ as cli  # pylint: disable=wrong-import-position
-from ccnet_jax.models import build_model, export  # pylint: disable=wrong-import-position
+from ccnet_jax.models import build_model, model_dir  # pylint: disable=wrong-import-position
 from tests import torch_reference  # pylint: disable=wrong-import-position
 
 torch.set_num_threads(1)
@@ -156,10 +156,10 @@ def test_backbone_of_a_whole_model_fills_only_the_backbone():
       {k: v.numpy() for k, v in _official(seed=6).state_dict_like_release().items()},
       num_classes=5,
   )
-  head_before = export.flatten(export.model_arrays(target.head))
+  head_before = model_dir.flatten(model_dir.model_arrays(target.head))
   convert.load_backbone_into(target, state, "official")
-  got = export.flatten(export.model_arrays(target))
-  for name, value in export.flatten(export.model_arrays(model.backbone)).items():
+  got = model_dir.flatten(model_dir.model_arrays(target))
+  for name, value in model_dir.flatten(model_dir.model_arrays(model.backbone)).items():
     np.testing.assert_array_equal(got["backbone/" + name], value)
   for name, value in head_before.items():
     np.testing.assert_array_equal(got["head/" + name], value)
@@ -198,7 +198,7 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
   assert cli.main(["official", str(path), str(out), "--recurrence", "1"]) == 0
   printed = capsys.readouterr().out
   assert '"recurrence": 1' in printed and str(out) in printed
-  model, info = export.load_model(out)
+  model, info = model_dir.load_model(out)
   assert info["preprocessing"] == convert.OFFICIAL_PREPROCESSING
   assert info["model"].head.recurrence == 1 and info["model"].num_classes == 5
   images = _images(41, 40)
@@ -213,10 +213,10 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
   bb_path = _save(tmp_path, backbone_net.state_dict(), "resnet18_v1c.pth")
   assert cli.main(["v1c", str(bb_path), str(tmp_path / "bb")]) == 0
   assert '"part": "backbone"' in capsys.readouterr().out
-  config = export.read_info(tmp_path / "bb")["model"]
+  config = model_dir.read_info(tmp_path / "bb")["model"]
   config.num_classes = 7
-  target = export.empty_module(lambda: build_model(config))
-  export.load_state_into(target, tmp_path / "bb", part="backbone")
+  target = model_dir.empty_module(lambda: build_model(config))
+  model_dir.load_state_into(target, tmp_path / "bb", part="backbone")
   np.testing.assert_allclose(
       np.asarray(target.backbone.stem.conv3.kernel[...]),
       backbone_net.state_dict()["stem.6.weight"].numpy().transpose(2, 3, 1, 0),
@@ -257,9 +257,9 @@ def test_full_size_resnet101_releases_map_every_name_and_shape(release):
   preset = model_config(expected)
   preset.head.channels = 512
   assert config.to_dict() == preset.to_dict()
-  model = export.empty_module(lambda: build_model(config))
+  model = model_dir.empty_module(lambda: build_model(config))
   arrays = convert.convert_arrays(state, model, release)
-  want = export.flatten(export.model_arrays(model))
+  want = model_dir.flatten(model_dir.model_arrays(model))
   assert sorted(arrays) == sorted(want)
   for name, value in arrays.items():
     assert value.shape == want[name].shape, name

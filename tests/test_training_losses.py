@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ccnet_jax.train import losses
+from ccnet_jax.training import losses
 
 torch = pytest.importorskip("torch")
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ccnet_jax import train as training
-from ccnet_jax.train import mesh as mesh_lib
+from ccnet_jax import training
+from ccnet_jax.training import mesh as mesh_lib
 
 
 def test_make_mesh_defaults_to_every_device_on_the_data_axis():

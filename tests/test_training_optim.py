@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from ccnet_jax.train import optim
+from ccnet_jax.training import optim
 
 torch = pytest.importorskip("torch")
 

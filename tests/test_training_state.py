@@ -8,7 +8,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ccnet_jax import train as training
+from ccnet_jax import training
 
 
 class _Toy(nnx.Module):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax import train as training
+from ccnet_jax import training
 from ccnet_jax.models import layers
 from tests import distributed_worker as worker
 

@@ -13,7 +13,7 @@ from ccnet_jax.convert.loaders import (
     mmseg_config,
     official_config,
 )
-from ccnet_jax.convert.names import FORMATS, convert_arrays, convert_state, load_into
+from ccnet_jax.convert.mapping import FORMATS, convert_arrays, convert_state, load_into
 
 __all__ = [
     "BACKBONE_FORMATS",

@@ -1,4 +1,4 @@
-"""Converts a released PyTorch checkpoint into a model directory (``export.save_model``).
+"""Converts a released PyTorch checkpoint into a model directory (``model_dir.save_model``).
 
   python -m ccnet_jax.convert official ccnet_r101_cityscapes.pth models/ccnet_official
   python -m ccnet_jax.convert mmseg ccnet_r101-d8_769x769_80k.pth models/ccnet_mmseg
@@ -18,8 +18,8 @@ from typing import Sequence
 
 from flax import nnx
 
-from ccnet_jax.convert import io, loaders, names
-from ccnet_jax.models import export
+from ccnet_jax.convert import io, loaders, mapping
+from ccnet_jax.models import model_dir
 from ccnet_jax.models.registry import build_model
 from ccnet_jax.models.resnet import ResNet
 
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m ccnet_jax.convert", description=__doc__.split("\n")[0]
   )
-  parser.add_argument("format", choices=sorted(names.FORMATS))
+  parser.add_argument("format", choices=sorted(mapping.FORMATS))
   parser.add_argument("input", help="checkpoint file (.pth, .pt, .safetensors, .npz)")
   parser.add_argument("output", help="model directory to write")
   parser.add_argument("--num-classes", type=int, default=None,
@@ -51,13 +51,13 @@ def convert(format: str, path: str, output: str, *,  # pylint: disable=redefined
     )
     if depth is not None and depth != config.backbone.depth:
       raise ValueError(f"--depth={depth} but the checkpoint is a ResNet-{config.backbone.depth}.")
-    model = export.empty_module(lambda: build_model(config))
+    model = model_dir.empty_module(lambda: build_model(config))
     preprocessing = loaders.OFFICIAL_PREPROCESSING
   elif format == "mmseg":
     config = loaders.mmseg_config(
         state_dict, depth=depth, num_classes=num_classes, recurrence=recurrence, meta=meta
     )
-    model = export.empty_module(lambda: build_model(config))
+    model = model_dir.empty_module(lambda: build_model(config))
     preprocessing = loaders.IMAGENET_PREPROCESSING
   else:
     if num_classes is not None or recurrence is not None:
@@ -65,10 +65,10 @@ def convert(format: str, path: str, output: str, *,  # pylint: disable=redefined
           f"--num-classes and --recurrence do not apply to the backbone-only {format!r} format."
       )
     config = loaders.backbone_config(state_dict, format, depth=depth)
-    model = export.empty_module(lambda: ResNet(**config.backbone.to_dict(), rngs=nnx.Rngs(0)))
+    model = model_dir.empty_module(lambda: ResNet(**config.backbone.to_dict(), rngs=nnx.Rngs(0)))
     preprocessing = loaders.IMAGENET_PREPROCESSING
-  names.load_into(model, state_dict, format)
-  directory = export.save_model(output, model, config, preprocessing=preprocessing)
+  mapping.load_into(model, state_dict, format)
+  directory = model_dir.save_model(output, model, config, preprocessing=preprocessing)
   return {
       "wrote": directory,
       "part": "backbone" if isinstance(model, ResNet) else "all",

@@ -2,7 +2,7 @@
 
 Each loader reads the architecture off the checkpoint (depth from the block
 counts, widths and classes from weight shapes), builds the matching model
-config, and fills the model through ``names.load_into``. The same configs and
+config, and fills the model through ``mapping.load_into``. The same configs and
 the input preprocessing each release expects are what the CLI exports.
 """
 
@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ccnet_jax.convert import names
-from ccnet_jax.models import export
+from ccnet_jax.convert import mapping
+from ccnet_jax.models import model_dir
 from ccnet_jax.models.ccnet import CCNet
 from ccnet_jax.models.registry import build_model, model_config
 from ccnet_jax.models.resnet import DEPTHS, ResNet
@@ -28,7 +28,7 @@ OFFICIAL_PREPROCESSING = {
     "std": (1.0, 1.0, 1.0),
 }
 # mmseg's img_norm_cfg; torchvision, MIT and mmcv ImageNet ResNets use the same.
-IMAGENET_PREPROCESSING = export.IMAGENET_PREPROCESSING
+IMAGENET_PREPROCESSING = model_dir.IMAGENET_PREPROCESSING
 
 BACKBONE_FORMATS = ("mit", "torchvision", "v1c")
 
@@ -103,7 +103,7 @@ def official_config(
     state_dict: Mapping[str, np.ndarray], *, num_classes: int | None = None, recurrence: int = 2
 ) -> ml_collections.ConfigDict:
   """The model config of an official CCNet checkpoint (speedinghzl/CCNet)."""
-  state_dict = names.strip_prefix(state_dict)
+  state_dict = mapping.strip_prefix(state_dict)
   backbone = _backbone_fields(state_dict, "", None)
   return _ccnet_config(
       "ccnet_r101_official", f"ccnet_r{backbone['depth']}_official", backbone,
@@ -157,7 +157,7 @@ def mmseg_config(
   meta, else mmseg's default (2).
   """
   state_dict, found_meta = _unwrap(checkpoint)
-  state_dict = names.strip_prefix(state_dict)
+  state_dict = mapping.strip_prefix(state_dict)
   backbone = _backbone_fields(state_dict, "backbone.", depth)
   if recurrence is None:
     recurrence = _meta_recurrence(meta or found_meta) or 2
@@ -181,7 +181,7 @@ def backbone_config(
   """
   if format not in BACKBONE_FORMATS:
     raise ValueError(f"format={format!r} is not one of {BACKBONE_FORMATS}.")
-  state_dict = names.strip_prefix(state_dict)
+  state_dict = mapping.strip_prefix(state_dict)
   backbone = _backbone_fields(state_dict, "", depth)
   if format == "v1c":
     config = model_config("ccnet_r101_d8_mmseg")
@@ -189,7 +189,7 @@ def backbone_config(
   else:
     config = model_config("ccnet_r101_official")
     config.name = f"ccnet_r{backbone['depth']}_official"
-  config.backbone.update(backbone, stem=names.get_format(format).stem)
+  config.backbone.update(backbone, stem=mapping.get_format(format).stem)
   return config
 
 
@@ -205,8 +205,8 @@ def load_official_ccnet(
   """
   state_dict, _ = _unwrap(state_dict)
   config = official_config(state_dict, num_classes=num_classes, recurrence=recurrence)
-  model = export.empty_module(lambda: build_model(config))
-  names.load_into(model, state_dict, "official")
+  model = model_dir.empty_module(lambda: build_model(config))
+  mapping.load_into(model, state_dict, "official")
   model.eval()
   return model
 
@@ -223,8 +223,8 @@ def load_mmseg_ccnet(
   Inputs are RGB normalised with ``IMAGENET_PREPROCESSING``.
   """
   config = mmseg_config(state_dict, depth=depth, num_classes=num_classes, recurrence=recurrence)
-  model = export.empty_module(lambda: build_model(config))
-  names.load_into(model, _unwrap(state_dict)[0], "mmseg")
+  model = model_dir.empty_module(lambda: build_model(config))
+  mapping.load_into(model, _unwrap(state_dict)[0], "mmseg")
   model.eval()
   return model
 
@@ -239,8 +239,8 @@ def load_backbone(
   config = backbone_config(state_dict, format)
   fields = config.backbone.to_dict()
   fields["output_stride"] = output_stride
-  model = export.empty_module(lambda: ResNet(**fields, rngs=nnx.Rngs(0)))
-  names.load_into(model, state_dict, format)
+  model = model_dir.empty_module(lambda: ResNet(**fields, rngs=nnx.Rngs(0)))
+  mapping.load_into(model, state_dict, format)
   model.eval()
   return model
 
@@ -251,4 +251,4 @@ def load_backbone_into(
     format: str,  # pylint: disable=redefined-builtin
 ) -> None:
   """Fills only ``model.backbone`` from any format (whole-model heads are ignored)."""
-  names.load_into(model.backbone, _unwrap(state_dict)[0], format)
+  mapping.load_into(model.backbone, _unwrap(state_dict)[0], format)

@@ -11,13 +11,13 @@ import ml_collections
 
 from ccnet_jax.data.labels import dataset_info
 from ccnet_jax.evaluation import format_results_table
-from ccnet_jax.models.export import load_model
+from ccnet_jax.models.model_dir import load_model
 from ccnet_jax.models.registry import build_model
-from ccnet_jax.train.checkpointing import RunCheckpoints
-from ccnet_jax.train.mesh import make_mesh
-from ccnet_jax.train.optim import make_optimizer
-from ccnet_jax.train.state import create_train_state, merge_model
-from ccnet_jax.train.trainer import ModelEvaluation
+from ccnet_jax.training.checkpointing import RunCheckpoints
+from ccnet_jax.training.mesh import make_mesh
+from ccnet_jax.training.optim import make_optimizer
+from ccnet_jax.training.state import create_train_state, merge_model
+from ccnet_jax.training.trainer import ModelEvaluation
 
 
 def _from_checkpoint(config: ml_collections.ConfigDict, workdir: str):

@@ -22,17 +22,17 @@ from PIL import Image
 from ccnet_jax.data.labels import dataset_info
 from ccnet_jax.data.pipeline import make_eval_loader, make_train_loader
 from ccnet_jax.evaluation import Evaluator, format_results_table, model_predict_fn
-from ccnet_jax.models.export import load_state_into, save_model
+from ccnet_jax.models.model_dir import load_state_into, save_model
 from ccnet_jax.models.registry import build_model
-from ccnet_jax.train.checkpointing import RunCheckpoints
-from ccnet_jax.train.mesh import (
+from ccnet_jax.training.checkpointing import RunCheckpoints
+from ccnet_jax.training.mesh import (
     global_batch, initialize_distributed, make_mesh, replicate, replicated,
 )
-from ccnet_jax.train.optim import make_optimizer
-from ccnet_jax.train.preemption import StopRequest
-from ccnet_jax.train.state import create_train_state, merge_model
-from ccnet_jax.train.step import make_train_step
-from ccnet_jax.train.summaries import MetricWriter, ProgressLine
+from ccnet_jax.training.optim import make_optimizer
+from ccnet_jax.training.preemption import StopRequest
+from ccnet_jax.training.state import create_train_state, merge_model
+from ccnet_jax.training.step import make_train_step
+from ccnet_jax.training.summaries import MetricWriter, ProgressLine
 
 
 def _overlay_images(directory: str, limit: int) -> dict[str, np.ndarray]:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ccnet_jax.evaluation.run import evaluate_from_workdir
-from ccnet_jax.models.export import flatten, model_arrays, read_arrays
-from ccnet_jax.train import trainer
+from ccnet_jax.models.model_dir import flatten, model_arrays, read_arrays
+from ccnet_jax.training import trainer
 from configs import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from ccnet_jax import models
-from ccnet_jax.models import export
+from ccnet_jax.models import model_dir
 
 
 def tiny_config(depth=18, num_classes=5):
@@ -22,7 +22,7 @@ def tiny_config(depth=18, num_classes=5):
 
 def randomised(config, seed):
   """A model whose every array (gamma and BatchNorm statistics included) is random."""
-  model = export.empty_module(lambda: models.build_model(config, seed=seed))
+  model = model_dir.empty_module(lambda: models.build_model(config, seed=seed))
   state = nnx.state(model, (nnx.Param, nnx.BatchStat))
   leaves, treedef = jax.tree.flatten(state.to_pure_dict())
   rng = np.random.default_rng(seed)
@@ -44,7 +44,7 @@ def forward(model, images):
 
 
 def flat_arrays(module):
-  return {k: np.asarray(v) for k, v in export.flatten(export.model_arrays(module)).items()}
+  return {k: np.asarray(v) for k, v in model_dir.flatten(model_dir.model_arrays(module)).items()}
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +53,14 @@ def saved(tmp_path_factory):
   model = randomised(config, seed=1)
   directory = tmp_path_factory.mktemp("export") / "model"
   preprocessing = {"channel_order": "BGR", "mean": (104.0, 116.7, 122.7), "std": (1, 1, 1)}
-  export.save_model(directory, model, config, preprocessing=preprocessing)
+  model_dir.save_model(directory, model, config, preprocessing=preprocessing)
   return config, model, directory
 
 
 def test_round_trip_restores_every_array_config_and_preprocessing(saved):
   config, model, directory = saved
   assert sorted(os.listdir(directory)) == ["model.json", "params"]
-  loaded, info = export.load_model(directory)
+  loaded, info = model_dir.load_model(directory)
   original, restored = flat_arrays(model), flat_arrays(loaded)
   assert sorted(original) == sorted(restored)
   for name in original:
@@ -79,7 +79,7 @@ def test_load_state_into_backbone_keeps_the_heads(saved):
   config, model, directory = saved
   target = randomised(config, seed=2)
   heads_before = flat_arrays(target.head)
-  export.load_state_into(target, directory, part="backbone")
+  model_dir.load_state_into(target, directory, part="backbone")
   for name, value in flat_arrays(model.backbone).items():
     np.testing.assert_array_equal(flat_arrays(target.backbone)[name], value, err_msg=name)
   for name, value in flat_arrays(target.head).items():
@@ -89,45 +89,45 @@ def test_load_state_into_backbone_keeps_the_heads(saved):
 def test_backbone_only_export_initialises_a_ccnet_but_is_not_a_model(tmp_path):
   config = tiny_config(num_classes=3)
   backbone = randomised(config, seed=3).backbone
-  export.save_model(tmp_path / "bb", backbone, config, preprocessing=None)
-  target = export.empty_module(lambda: models.build_model(tiny_config(num_classes=7)))
-  info = export.load_state_into(target, tmp_path / "bb", part="backbone")
+  model_dir.save_model(tmp_path / "bb", backbone, config, preprocessing=None)
+  target = model_dir.empty_module(lambda: models.build_model(tiny_config(num_classes=7)))
+  info = model_dir.load_state_into(target, tmp_path / "bb", part="backbone")
   assert info["part"] == "backbone"
-  assert info["preprocessing"] == export.IMAGENET_PREPROCESSING
+  assert info["preprocessing"] == model_dir.IMAGENET_PREPROCESSING
   for name, value in flat_arrays(backbone).items():
     np.testing.assert_array_equal(flat_arrays(target.backbone)[name], value, err_msg=name)
   with pytest.raises(ValueError, match="only a backbone"):
-    export.load_model(tmp_path / "bb")
+    model_dir.load_model(tmp_path / "bb")
   with pytest.raises(ValueError, match="only a backbone"):
-    export.load_state_into(target, tmp_path / "bb", part="all")
+    model_dir.load_state_into(target, tmp_path / "bb", part="all")
 
 
 def test_shape_and_name_mismatches_are_listed(saved):
   _, _, directory = saved
-  other_classes = export.empty_module(lambda: models.build_model(tiny_config(num_classes=6)))
+  other_classes = model_dir.empty_module(lambda: models.build_model(tiny_config(num_classes=6)))
   with pytest.raises(ValueError, match=r"head/classifier/kernel: \(1, 1, 16, 5\) vs model"):
-    export.load_state_into(other_classes, directory)
-  deeper = export.empty_module(lambda: models.build_model(tiny_config(depth=34)))
+    model_dir.load_state_into(other_classes, directory)
+  deeper = model_dir.empty_module(lambda: models.build_model(tiny_config(depth=34)))
   with pytest.raises(ValueError, match=r"missing \['backbone/layer1/2/bn1/bias'"):
-    export.load_state_into(deeper, directory, part="backbone")
+    model_dir.load_state_into(deeper, directory, part="backbone")
 
 
 def test_overwrite_replaces_and_bad_inputs_fail_clearly(saved, tmp_path):
   config, model, _ = saved
   directory = tmp_path / "m"
-  export.save_model(directory, model, config, preprocessing=None)
+  model_dir.save_model(directory, model, config, preprocessing=None)
   config2 = tiny_config(num_classes=4)
-  export.save_model(directory, randomised(config2, seed=4), config2, preprocessing=None)
+  model_dir.save_model(directory, randomised(config2, seed=4), config2, preprocessing=None)
   assert sorted(os.listdir(tmp_path)) == ["m"]
   with open(directory / "model.json") as f:
     assert json.load(f)["model"]["num_classes"] == 4
-  assert export.load_model(directory)[1]["model"].num_classes == 4
+  assert model_dir.load_model(directory)[1]["model"].num_classes == 4
   with pytest.raises(FileNotFoundError, match="model.json"):
-    export.load_model(tmp_path / "nothing")
+    model_dir.load_model(tmp_path / "nothing")
   with pytest.raises(ValueError, match="channel_order"):
-    export.save_model(
+    model_dir.save_model(
         tmp_path / "x", model, config,
         preprocessing={"channel_order": "RGBA", "mean": (0, 0, 0), "std": (1, 1, 1)},
     )
   with pytest.raises(ValueError, match="part="):
-    export.load_state_into(model, directory, part="heads")
+    model_dir.load_state_into(model, directory, part="heads")

@@ -17,9 +17,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from ccnet_jax.train.losses import segmentation_loss
-from ccnet_jax.train.mesh import batch_sharding, replicated
-from ccnet_jax.train.state import ModelDef, TrainState
+from ccnet_jax.training.losses import segmentation_loss
+from ccnet_jax.training.mesh import batch_sharding, replicated
+from ccnet_jax.training.state import ModelDef, TrainState
 
 Batch = dict[str, jax.Array]
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]

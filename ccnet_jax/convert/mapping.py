@@ -1,7 +1,7 @@
 """Name and layout mapping from PyTorch state dicts to this project's modules.
 
 Every array of the target module is named ``'backbone/layer3/5/conv2/kernel'``
-style (see ``export.model_arrays``). A format is a list of rules turning such a
+style (see ``model_dir.model_arrays``). A format is a list of rules turning such a
 module path into the PyTorch module name; the leaf decides the PyTorch leaf
 name and the layout change (OIHW -> HWIO kernels, InPlaceABN scales). The
 conversion consumes the state dict and fails, listing names, if any PyTorch
@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ccnet_jax.models import export
+from ccnet_jax.models import model_dir
 from ccnet_jax.models.ccnet import CCNet
 from ccnet_jax.models.resnet import ResNet
 
@@ -185,7 +185,7 @@ def convert_arrays(
   else:
     raise ValueError(f"Cannot load a checkpoint into a {type(module).__name__}.")
 
-  ours = export.flatten(export.model_arrays(module))
+  ours = model_dir.flatten(model_dir.model_arrays(module))
   arrays, used, missing = {}, set(), []
   for name in ours:
     candidates, kind = _sources(prefix + name, fmt)
@@ -216,7 +216,7 @@ def convert_state(
 ) -> dict:
   """Like ``convert_arrays`` but nested like ``nnx.state(module, ...).to_pure_dict()``."""
   flat = convert_arrays(state_dict, module, format)
-  return export.unflatten_like(export.model_arrays(module), flat)
+  return model_dir.unflatten_like(model_dir.model_arrays(module), flat)
 
 
 def load_into(
@@ -225,6 +225,6 @@ def load_into(
     format: str,  # pylint: disable=redefined-builtin
 ) -> None:
   """Sets every parameter and BatchNorm statistic of ``module`` from a PyTorch state dict."""
-  export.assign_arrays(
+  model_dir.assign_arrays(
       module, convert_arrays(state_dict, module, format), source=f"The {format!r} checkpoint"
   )
