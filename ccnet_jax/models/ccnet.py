@@ -30,6 +30,7 @@ class CCNet(nnx.Module):
       head: Mapping[str, Any] | None = None,
       aux: Mapping[str, Any] | None = None,
       cca_impl: str = "einsum",
+      remat: str = "none",
       dtype: Dtype = None,
       rngs: nnx.Rngs,
   ):
@@ -41,12 +42,13 @@ class CCNet(nnx.Module):
       head: keyword arguments of :class:`RCCAHead` (default: R=2, official head).
       aux: keyword arguments of :class:`AuxHead`; ``{'enabled': False}`` drops it.
       cca_impl: criss-cross attention implementation ('einsum', 'auto', ...).
+      remat: the backbone's rematerialisation policy (see ``models.remat``).
       dtype: computation dtype; parameters and logits stay float32.
       rngs: initialisation and dropout keys.
     """
     aux = dict(aux or {})
     self.dtype = dtype
-    self.backbone = ResNet(**dict(backbone or {}), dtype=dtype, rngs=rngs)
+    self.backbone = ResNet(**dict(backbone or {}), remat=remat, dtype=dtype, rngs=rngs)
     stage3_features, stage4_features = self.backbone.out_features[2:]
     self.head = RCCAHead(
         stage4_features, num_classes, **dict(head or {}), cca_impl=cca_impl, dtype=dtype,

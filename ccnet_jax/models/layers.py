@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ccnet_jax.models.remat import tag_conv_output
+
 Array = jax.Array
 Dtype = jnp.dtype | None
 
@@ -39,6 +41,13 @@ def get_activation(name: str) -> Callable[[Array], Array]:
     ) from None
 
 
+class Conv2d(nnx.Conv):
+  """``nnx.Conv`` whose output is named for rematerialisation (see ``models.remat``)."""
+
+  def __call__(self, x: Array) -> Array:
+    return tag_conv_output(super().__call__(x))
+
+
 def conv2d(
     in_features: int,
     out_features: int,
@@ -49,10 +58,10 @@ def conv2d(
     use_bias: bool = False,
     dtype: Dtype = None,
     rngs: nnx.Rngs,
-) -> nnx.Conv:
+) -> Conv2d:
   """A square convolution padded like ``torch.nn.Conv2d(padding=dilation * (k // 2))``."""
   pad = dilation * (kernel_size // 2)
-  return nnx.Conv(
+  return Conv2d(
       in_features,
       out_features,
       (kernel_size, kernel_size),

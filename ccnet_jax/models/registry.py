@@ -22,6 +22,8 @@ def base_model_config() -> ml_collections.ConfigDict:
       "num_classes": 19,
       "dtype": "float32",
       "cca_impl": "einsum",
+      # Memory of a training step: 'none', 'save_convs' or 'blocks' (see models/remat.py).
+      "remat": "none",
       "backbone": {
           "depth": 101,
           "stem": "deep",
@@ -124,6 +126,7 @@ def build_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
         head=config.head.to_dict(),
         aux=config.aux.to_dict(),
         cca_impl=config.cca_impl,
+        remat=config.remat,
         dtype=DTYPES[config.dtype],
         rngs=nnx.Rngs(seed),
     )

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ccnet_jax.models import remat as remat_lib
 from ccnet_jax.models.layers import Dtype, batch_norm, conv2d, max_pool
 
 Array = jax.Array
@@ -179,6 +180,7 @@ class ResNet(nnx.Module):
       contract_dilation: bool = False,
       ceil_mode: bool | None = None,
       base_width: int = 64,
+      remat: str = "none",
       dtype: Dtype = None,
       rngs: nnx.Rngs,
   ):
@@ -193,6 +195,8 @@ class ResNet(nnx.Module):
       ceil_mode: the stem max-pool's rounding; None takes the stem's default.
       base_width: channels of the first stage's 3x3 convolutions (64 in every
         published model); smaller values give cheap networks for tests and demos.
+      remat: what the stem and each residual block recompute in the backward
+        pass: 'none', 'save_convs' or 'blocks' (see ``models.remat``).
       dtype: computation dtype (parameters stay float32).
       rngs: parameter initialisation keys.
     """
@@ -205,6 +209,7 @@ class ResNet(nnx.Module):
           f"model.backbone.output_stride={output_stride} is not one of"
           f" {sorted(OUTPUT_STRIDES)}."
       )
+    self.remat = remat_lib.check_remat(remat)
     block_kind, stage_sizes = DEPTHS[depth]
     block = BLOCKS[block_kind]
     if ceil_mode is None:
@@ -242,10 +247,10 @@ class ResNet(nnx.Module):
     self.out_features = tuple(stage_features)
 
   def __call__(self, x: Array) -> tuple[Array, Array, Array, Array]:
-    x = self.stem(x)
+    x = remat_lib.call(self.stem, x, self.remat)
     features = []
     for index in range(1, 5):
       for block in getattr(self, f"layer{index}"):
-        x = block(x)
+        x = remat_lib.call(block, x, self.remat)
       features.append(x)
     return tuple(features)
