@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ccnet_jax.ops.pallas.criss_cross import axial_attention_bwd
-from ccnet_jax.ops.pallas.criss_cross import axial_attention_fwd
+from ccnet_jax.ops.pallas.criss_cross import TUNING_GRID
+from ccnet_jax.ops.pallas.criss_cross import BlockSizes
 from ccnet_jax.ops.pallas.criss_cross import criss_cross_attention_pallas
+from ccnet_jax.ops.pallas.criss_cross import tuning_configurations
 
-__all__ = ["criss_cross_attention_pallas", "axial_attention_fwd", "axial_attention_bwd"]
+__all__ = ["BlockSizes", "TUNING_GRID", "criss_cross_attention_pallas", "tuning_configurations"]
