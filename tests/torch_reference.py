@@ -17,7 +17,11 @@ ABN_EPS = 1e-5
 
 
 class InPlaceABN(nn.Module):
-  """inplace_abn's eval-mode forward: BN with scale |weight| + eps, then an activation."""
+  """inplace_abn's forward: BN with scale |weight| + eps, then an activation.
+
+  In train mode it normalises with the batch statistics and moves the running ones
+  by momentum 0.1, the variance by the unbiased estimate, as inplace_abn does.
+  """
 
   def __init__(self, channels: int, activation: str = "leaky_relu"):
     super().__init__()
@@ -34,7 +38,7 @@ class InPlaceABN(nn.Module):
       self.running_var.copy_(x.var((0, 2, 3)))
     x = F.batch_norm(
         x, self.running_mean, self.running_var, self.weight.abs() + ABN_EPS, self.bias,
-        training=False, eps=ABN_EPS,
+        training=self.training, momentum=0.1, eps=ABN_EPS,
     )
     if self.activation == "leaky_relu":
       return F.leaky_relu(x, 0.01)

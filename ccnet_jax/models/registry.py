@@ -12,7 +12,14 @@ from ml_collections import config_dict
 
 from ccnet_jax.models.ccnet import CCNet
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# float64 (parameters too) is for verification against float64 references; it needs
+# jax_enable_x64 (JAX_ENABLE_X64=1).
+DTYPES = {
+    "float32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "float16": jnp.float16,
+    "float64": jnp.float64,
+}
 
 
 def base_model_config() -> ml_collections.ConfigDict:
@@ -22,6 +29,9 @@ def base_model_config() -> ml_collections.ConfigDict:
       "num_classes": 19,
       "dtype": "float32",
       "cca_impl": "einsum",
+      # BatchNorm variance as E[x^2] - E[x]^2 (one pass) instead of E[(x - E[x])^2]:
+      # False (two passes) is the accurate one; True exists to measure what it saves.
+      "bn_fast_variance": False,
       "backbone": {
           "depth": 101,
           "stem": "deep",
@@ -116,6 +126,8 @@ def build_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
   """
   if config.dtype not in DTYPES:
     raise ValueError(f"model.dtype={config.dtype!r} is not one of {sorted(DTYPES)}.")
+  if config.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("model.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1.")
 
   def make() -> CCNet:
     return CCNet(
@@ -128,8 +140,26 @@ def build_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
         rngs=nnx.Rngs(seed),
     )
 
+  param_dtype = jnp.float64 if config.dtype == "float64" else None
   graphdef, _ = nnx.split(nnx.eval_shape(make))
-  initialise = jax.jit(lambda: nnx.split(make())[1]).lower()
+  initialise = jax.jit(lambda: _cast_floats(nnx.split(make())[1], param_dtype)).lower()
   # Random initialisers gain nothing from XLA's backend optimisations; skip them.
   state = initialise.compile({"xla_backend_optimization_level": 0})()
-  return nnx.merge(graphdef, state)
+  model = nnx.merge(graphdef, state)
+  _set_fast_variance(model, config.get("bn_fast_variance", False))
+  return model
+
+
+def _cast_floats(state: nnx.State, dtype) -> nnx.State:
+  """Floating-point arrays of ``state`` in ``dtype`` (None: unchanged); keys untouched."""
+  if dtype is None:
+    return state
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+  )
+
+
+def _set_fast_variance(model: nnx.Module, fast: bool) -> None:
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, nnx.BatchNorm):
+      module.use_fast_variance = bool(fast)
