@@ -117,6 +117,28 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def construct_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
+  """The CCNet of a model ConfigDict, built op by op.
+
+  Slow to run, but free under ``nnx.eval_shape`` (``model_dir.empty_module``):
+  the skeleton that loaded weights fill. ``build_model`` compiles it instead.
+  """
+  _check_dtype(config)
+  model = CCNet(
+      config.num_classes,
+      backbone=config.backbone.to_dict(),
+      head=config.head.to_dict(),
+      aux=config.aux.to_dict(),
+      cca_impl=config.cca_impl,
+      dtype=DTYPES[config.dtype],
+      rngs=nnx.Rngs(seed),
+  )
+  if config.dtype == "float64":  # Parameters and statistics too.
+    nnx.update(model, _cast_floats(nnx.state(model), jnp.float64))
+  _set_fast_variance(model, config.get("bn_fast_variance", False))
+  return model
+
+
 def build_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
   """Builds the CCNet described by a model ConfigDict (``config.model``).
 
@@ -124,36 +146,24 @@ def build_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
   dozens of parameter shapes would compile its own small program, which on a CPU
   takes far longer than the whole jitted initialisation.
   """
+  _check_dtype(config)
+  make = lambda: construct_model(config, seed=seed)
+  graphdef, _ = nnx.split(nnx.eval_shape(make))
+  initialise = jax.jit(lambda: nnx.split(make())[1]).lower()
+  # Random initialisers gain nothing from XLA's backend optimisations; skip them.
+  state = initialise.compile({"xla_backend_optimization_level": 0})()
+  return nnx.merge(graphdef, state)
+
+
+def _check_dtype(config: ml_collections.ConfigDict) -> None:
   if config.dtype not in DTYPES:
     raise ValueError(f"model.dtype={config.dtype!r} is not one of {sorted(DTYPES)}.")
   if config.dtype == "float64" and not jax.config.jax_enable_x64:
     raise ValueError("model.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1.")
 
-  def make() -> CCNet:
-    return CCNet(
-        config.num_classes,
-        backbone=config.backbone.to_dict(),
-        head=config.head.to_dict(),
-        aux=config.aux.to_dict(),
-        cca_impl=config.cca_impl,
-        dtype=DTYPES[config.dtype],
-        rngs=nnx.Rngs(seed),
-    )
-
-  param_dtype = jnp.float64 if config.dtype == "float64" else None
-  graphdef, _ = nnx.split(nnx.eval_shape(make))
-  initialise = jax.jit(lambda: _cast_floats(nnx.split(make())[1], param_dtype)).lower()
-  # Random initialisers gain nothing from XLA's backend optimisations; skip them.
-  state = initialise.compile({"xla_backend_optimization_level": 0})()
-  model = nnx.merge(graphdef, state)
-  _set_fast_variance(model, config.get("bn_fast_variance", False))
-  return model
-
 
 def _cast_floats(state: nnx.State, dtype) -> nnx.State:
-  """Floating-point arrays of ``state`` in ``dtype`` (None: unchanged); keys untouched."""
-  if dtype is None:
-    return state
+  """Floating-point arrays of ``state`` in ``dtype``; keys and counters untouched."""
   return jax.tree.map(
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
   )
