@@ -31,9 +31,10 @@ def tiny_model_config(dtype: str = "float32"):
 
 
 def loss_config():
-  from ccnet_jax.training import losses
+  from configs import common
 
-  config = losses.default_loss_config()
+  config = common.loss_config()
+  config.ohem = True
   config.ohem_min_kept = 2000  # below the batch's valid pixels: OHEM really mines
   return config
 
@@ -98,9 +99,10 @@ def build(dtype: str = "float32", weights: dict | None = None, total_steps: int 
 
   from ccnet_jax import training
   from ccnet_jax.training import optim
+  from configs import common
 
   model = _model_with(initial_weights() if weights is None else weights, dtype)
-  tx, schedule = optim.make_optimizer(optim.default_optim_config(), total_steps)
+  tx, schedule = optim.make_optimizer(common.optim_config(), total_steps)
   model_def, state = training.create_train_state(model, tx, seed=0)
   return model_def, tx, schedule, jax.device_get(state)
 

@@ -92,3 +92,86 @@ class ActivationTest(parameterized.TestCase):
     # Each (image, channel) map is all zeros or all 2 (= 1 / keep probability).
     self.assertTrue(bool(jnp.all(per_channel.min(1) == per_channel.max(1))))
     self.assertTrue(set(np.unique(np.asarray(y))) == {0.0, 2.0})
+
+
+def _channels_last_to_torch(x):
+  return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+
+
+class BatchNormTest(parameterized.TestCase):
+  """The model's BatchNorm in train mode against float64 numpy (and PyTorch float32)."""
+
+  def _train_step(self, x, fast_variance=False):
+    norm = layers.batch_norm(x.shape[-1], rngs=nnx.Rngs(0))
+    norm.use_fast_variance = fast_variance
+    norm.scale[...] = jnp.linspace(0.5, 1.5, x.shape[-1])
+    norm.bias[...] = jnp.linspace(-0.2, 0.2, x.shape[-1])
+    y = norm(jnp.asarray(x))
+    return norm, np.asarray(y, np.float64)
+
+  def test_running_variance_is_unbiased_as_torch(self):
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(2, 5, 7, 4)).astype(np.float32)
+    norm, y = self._train_step(x)
+    x64, n = x.astype(np.float64), 2 * 5 * 7
+    mean, var = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
+    np.testing.assert_allclose(norm.mean[...], 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(norm.var[...], 0.9 + 0.1 * var * n / (n - 1), rtol=1e-6)
+    expected = (x64 - mean) / np.sqrt(var + 1e-5) * np.linspace(0.5, 1.5, 4) + np.linspace(
+        -0.2, 0.2, 4)
+    np.testing.assert_allclose(y, expected, atol=2e-6)
+    # PyTorch's own BatchNorm2d, float64, the same step.
+    reference = torch.nn.BatchNorm2d(4).double().train()
+    reference(_channels_last_to_torch(x64))
+    np.testing.assert_allclose(norm.var[...], reference.running_var.numpy(), rtol=1e-6)
+
+  @parameterized.parameters(5.0, 50.0)
+  def test_large_channel_means_within_pytorch_float32_error(self, mean_over_std):
+    """Means far above the spread (post-ReLU channels of a trained ResNet): the
+    statistics must not lose the variance, as E[x^2] - E[x]^2 in float32 does."""
+    rng = np.random.default_rng(1)
+    std = np.array([0.5, 1.0, 2.0, 4.0])
+    x = (rng.normal(size=(4, 16, 16, 4)) * std + mean_over_std * std).astype(np.float32)
+    x64, n = x.astype(np.float64), 4 * 16 * 16
+    mean, var = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
+    scale, bias = np.linspace(0.5, 1.5, 4), np.linspace(-0.2, 0.2, 4)
+    want_y = (x64 - mean) / np.sqrt(var + 1e-5) * scale + bias
+    want_var = 0.9 + 0.1 * var * n / (n - 1)
+
+    def errors(y, running_var):
+      return (np.max(np.abs(y - want_y)),
+              np.max(np.abs(running_var - want_var) / want_var))
+
+    reference = torch.nn.BatchNorm2d(4).train()
+    with torch.no_grad():
+      reference.weight.copy_(torch.from_numpy(scale))
+      reference.bias.copy_(torch.from_numpy(bias))
+      torch_y = reference(_channels_last_to_torch(x)).permute(0, 2, 3, 1).double().numpy()
+    torch_errors = errors(torch_y, reference.running_var.double().numpy())
+    norm, y = self._train_step(x)
+    ours = errors(y, np.asarray(norm.var[...], np.float64))
+    fast_norm, fast_y = self._train_step(x, fast_variance=True)
+    fast = errors(fast_y, np.asarray(fast_norm.var[...], np.float64))
+    print(f"\nmean/std {mean_over_std}: output / running-var error: ours {ours[0]:.1e} /"
+          f" {ours[1]:.1e}, PyTorch float32 {torch_errors[0]:.1e} / {torch_errors[1]:.1e},"
+          f" one-pass variance {fast[0]:.1e} / {fast[1]:.1e}")
+    # The running variance is float32 in both: its rounding (6e-8) is the floor. The
+    # outputs of both are at the rounding of x - mean in float32 (eps x mean/std in
+    # units of std), where the order of operations decides: 2x is that noise.
+    floor = np.finfo(np.float32).eps
+    self.assertLessEqual(ours[0], 2 * torch_errors[0])
+    self.assertLessEqual(ours[1], max(torch_errors[1], floor))
+    if mean_over_std == 50.0:  # The one-pass form is what this test exists to catch.
+      self.assertGreater(fast[0], 10 * torch_errors[0])
+
+  def test_bfloat16_input_keeps_float32_statistics_in_eval_mode(self):
+    norm = layers.batch_norm(3, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    norm.mean[...] = jnp.array([100.0, 200.5, 300.25])
+    norm.var[...] = jnp.array([0.25, 1.0, 4.0])
+    norm.use_running_average = True
+    x = jnp.asarray([[[[100.5, 201.5, 302.25]]]], jnp.bfloat16)
+    x64 = np.asarray(x, np.float64)[0, 0, 0]
+    want = (x64 - [100.0, 200.5, 300.25]) / np.sqrt(np.array([0.25, 1.0, 4.0]) + 1e-5)
+    y = norm(x)
+    self.assertEqual(y.dtype, jnp.bfloat16)
+    # Only the output's rounding to bfloat16 (2^-8 relative) remains.
+    np.testing.assert_allclose(np.asarray(y, np.float64)[0, 0, 0], want, rtol=2 ** -8)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ccnet_jax.training import losses
+from configs import common
 
 torch = pytest.importorskip("torch")
 
@@ -113,7 +114,7 @@ def _torch_upsampled(logits, size, align_corners):
 
 
 def _loss_config(**overrides):
-  config = losses.default_loss_config()
+  config = common.loss_config()
   config.update(overrides)
   return config
 

@@ -7,12 +7,13 @@ import optax
 import pytest
 
 from ccnet_jax.training import optim
+from configs import common
 
 torch = pytest.importorskip("torch")
 
 
 def _config(**overrides):
-  config = optim.default_optim_config()
+  config = common.optim_config()
   config.update(overrides)
   return config
 

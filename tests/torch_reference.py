@@ -9,6 +9,7 @@ parameters so tests can build small networks with random weights.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +18,11 @@ ABN_EPS = 1e-5
 
 
 class InPlaceABN(nn.Module):
-  """inplace_abn's eval-mode forward: BN with scale |weight| + eps, then an activation."""
+  """inplace_abn's forward: BN with scale |weight| + eps, then an activation.
+
+  In train mode it normalises with the batch statistics and moves the running ones
+  by momentum 0.1, the variance by the unbiased estimate, as inplace_abn does.
+  """
 
   def __init__(self, channels: int, activation: str = "leaky_relu"):
     super().__init__()
@@ -34,7 +39,7 @@ class InPlaceABN(nn.Module):
       self.running_var.copy_(x.var((0, 2, 3)))
     x = F.batch_norm(
         x, self.running_mean, self.running_var, self.weight.abs() + ABN_EPS, self.bias,
-        training=False, eps=ABN_EPS,
+        training=self.training, momentum=0.1, eps=ABN_EPS,
     )
     if self.activation == "leaky_relu":
       return F.leaky_relu(x, 0.01)
@@ -370,3 +375,52 @@ def randomise_(module: nn.Module, seed: int) -> nn.Module:
       m.running_mean.add_(torch.randn(c, generator=generator) * 0.2 * std)
       m.running_var.mul_(uniform((c,), 0.7, 1.3)).add_(1e-3)
   return module.eval()
+
+
+def _upsample(logits, size):
+  return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+
+def official_ohem_labels(logits, labels, *, thresh, min_kept, factor=8, ignore=255):
+  """``OhemCrossEntropy2d.generate_new_target`` of speedinghzl/CCNet: labels with the
+  pixels whose target probability exceeds the threshold set to ``ignore``.
+
+  The threshold is found, as upstream, on the probabilities and labels zoomed by
+  1/``factor`` (scipy ``zoom``, linear and nearest) with ``min_kept // factor**2``.
+  """
+  from scipy import ndimage  # pylint: disable=import-outside-toplevel
+
+  prob = F.softmax(logits, 1).detach().numpy()
+  target = labels.numpy()
+  small_prob = ndimage.zoom(prob, (1.0, 1.0, 1.0 / factor, 1.0 / factor), order=1)
+  small_target = ndimage.zoom(target, (1.0, 1.0 / factor, 1.0 / factor), order=0).ravel()
+  small_kept = min_kept // (factor * factor)
+  valid = small_target != ignore
+  if small_kept >= valid.sum():
+    threshold = 1.0
+  else:
+    small_prob = np.moveaxis(small_prob, 1, 0).reshape(small_prob.shape[1], -1)[:, valid]
+    pred = small_prob[small_target[valid], np.arange(valid.sum())]
+    threshold = thresh
+    if small_kept > 0:
+      k_th = min(len(pred), small_kept) - 1
+      threshold = max(threshold, np.partition(pred, k_th)[k_th])
+  flat_target = target.ravel()
+  flat_valid = flat_target != ignore
+  flat_prob = np.moveaxis(prob, 1, 0).reshape(prob.shape[1], -1)
+  pred = flat_prob[np.where(flat_valid, flat_target, 0), np.arange(flat_target.size)]
+  kept = flat_valid & (pred <= threshold)
+  return torch.from_numpy(np.where(kept, flat_target, ignore).reshape(target.shape)).long()
+
+
+def official_criterion(main, aux, labels, *, ohem=None, ignore=255):
+  """``CriterionDSN`` (or, with ``ohem=(thresh, min_kept)``, ``CriterionOhemDSN``):
+  both maps upsampled with align_corners=True, CE (OHEM on the main map) + 0.4 x CE."""
+  size = tuple(labels.shape[1:])
+  main, aux = _upsample(main, size), _upsample(aux, size)
+  main_labels = labels
+  if ohem is not None:
+    main_labels = official_ohem_labels(main, labels, thresh=ohem[0], min_kept=ohem[1],
+                                       ignore=ignore)
+  return (F.cross_entropy(main, main_labels, ignore_index=ignore)
+          + 0.4 * F.cross_entropy(aux, labels, ignore_index=ignore))

@@ -147,14 +147,14 @@ def _sources(name: str, fmt: Format) -> tuple[tuple[str, ...], str]:
   raise ValueError(f"No PyTorch name for our array {name!r}.")
 
 
-def _convert(value: np.ndarray, kind: str, name: str) -> np.ndarray:
-  value = np.asarray(value, dtype=np.float32)
+def _convert(value: np.ndarray, kind: str, name: str, dtype) -> np.ndarray:
+  value = np.asarray(value, dtype=dtype)
   if kind == "conv":
     if value.ndim != 4:
       raise ValueError(f"{name} has shape {value.shape}; a convolution weight is 4-D (OIHW).")
     return value.transpose(2, 3, 1, 0)
   if kind == "abn_scale":
-    return np.abs(value) + np.float32(INPLACE_ABN_EPS)
+    return np.abs(value) + value.dtype.type(INPLACE_ABN_EPS)
   if kind == "gamma":
     return value.reshape(1)
   return value
@@ -164,8 +164,12 @@ def convert_arrays(
     state_dict: Mapping[str, np.ndarray],
     module: CCNet | ResNet,
     format: str,  # pylint: disable=redefined-builtin
+    *,
+    dtype=np.float32,
 ) -> dict[str, np.ndarray]:
   """The arrays of ``module`` (flat names, our layouts) taken from a PyTorch state dict.
+
+  ``dtype`` is float32 for models and float64 for float64 verification runs.
 
   A CCNet takes every array from a whole-model format; a ResNet takes the
   backbone of any format (the heads of a whole model and ImageNet classifiers
@@ -193,7 +197,7 @@ def convert_arrays(
     if source is None:
       missing.append(f"{name} <- {' or '.join(candidates)}")
       continue
-    arrays[name] = _convert(state_dict[source], kind, source)
+    arrays[name] = _convert(state_dict[source], kind, source, dtype)
     used.add(source)
   unmatched = sorted(
       k for k in state_dict
@@ -213,9 +217,11 @@ def convert_state(
     state_dict: Mapping[str, np.ndarray],
     module: CCNet | ResNet,
     format: str,  # pylint: disable=redefined-builtin
+    *,
+    dtype=np.float32,
 ) -> dict:
   """Like ``convert_arrays`` but nested like ``nnx.state(module, ...).to_pure_dict()``."""
-  flat = convert_arrays(state_dict, module, format)
+  flat = convert_arrays(state_dict, module, format, dtype=dtype)
   return model_dir.unflatten_like(model_dir.model_arrays(module), flat)
 
 

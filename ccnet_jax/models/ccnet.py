@@ -16,7 +16,8 @@ Array = jax.Array
 
 
 class CCNet(nnx.Module):
-  """Returns ``(logits, aux_logits)``, NHWC float32 at the backbone's output stride.
+  """Returns ``(logits, aux_logits)``, NHWC float32 (float64 for a float64 model) at the
+  backbone's output stride.
 
   Upsampling to the label size belongs to the loss and to inference, as in the
   official code. ``aux_logits`` is None when the aux head is disabled.
@@ -43,7 +44,7 @@ class CCNet(nnx.Module):
       aux: keyword arguments of :class:`AuxHead`; ``{'enabled': False}`` drops it.
       cca_impl: criss-cross attention implementation ('einsum', 'auto', ...).
       remat: the backbone's rematerialisation policy (see ``models.remat``).
-      dtype: computation dtype; parameters and logits stay float32.
+      dtype: computation dtype; parameters and logits stay float32 (except float64).
       rngs: initialisation and dropout keys.
     """
     aux = dict(aux or {})
@@ -63,7 +64,8 @@ class CCNet(nnx.Module):
   def __call__(self, images: Array) -> tuple[Array, Array | None]:
     x = images if self.dtype is None else images.astype(self.dtype)
     _, _, stage3, stage4 = self.backbone(x)
-    logits = self.head(stage4).astype(jnp.float32)
+    out_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    logits = self.head(stage4).astype(out_dtype)
     if self.aux_head is None:
       return logits, None
-    return logits, self.aux_head(stage3).astype(jnp.float32)
+    return logits, self.aux_head(stage3).astype(out_dtype)

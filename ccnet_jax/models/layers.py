@@ -75,13 +75,64 @@ def conv2d(
   )
 
 
-def batch_norm(num_features: int, *, dtype: Dtype = None, rngs: nnx.Rngs) -> nnx.BatchNorm:
+class BatchNorm(nnx.BatchNorm):
+  """``torch.nn.BatchNorm2d`` / InPlaceABN in train mode, which flax's BatchNorm is not quite.
+
+  Two differences from ``nnx.BatchNorm``: the running variance moves towards the
+  unbiased batch variance (times n / (n - 1), n the number of values per channel
+  of the global batch), as torch and InPlaceABN update it; and the statistics are
+  reduced, and the input normalised, in float32 (or float64) whatever the compute
+  dtype, the output alone being cast back. ``use_fast_variance`` chooses
+  E[x^2] - E[x]^2 (one pass) over E[(x - E[x])^2] (two passes, the accurate one:
+  the one-pass form loses the variance when a channel's mean is large against its
+  standard deviation, as after a ReLU in a trained ResNet).
+  """
+
+  def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    x_stats = x.astype(stats_dtype)
+    axes = tuple(range(x.ndim - 1))
+    if use_running_average:
+      mean, var = self.mean[...].astype(stats_dtype), self.var[...].astype(stats_dtype)
+    else:
+      mean, var = self._batch_statistics(x_stats, axes)
+    scale = self.scale[...].astype(stats_dtype)
+    y = (x_stats - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale)
+    y = y + self.bias[...].astype(stats_dtype)
+    return y.astype(self.dtype or x.dtype)
+
+  def _batch_statistics(self, x: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
+    """Biased mean and variance of this batch; moves the running ones (unbiased variance)."""
+    mean = x.mean(axes)
+    if self.use_fast_variance:
+      var = jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
+    else:
+      var = jnp.mean(jnp.square(x - mean), axes)
+    count = math.prod(x.shape[a] for a in axes)
+    unbiased = var * (count / max(count - 1, 1))
+    momentum = self.momentum
+    self.mean[...] = jax.lax.stop_gradient(
+        momentum * self.mean[...] + (1 - momentum) * mean.astype(self.mean[...].dtype)
+    )
+    self.var[...] = jax.lax.stop_gradient(
+        momentum * self.var[...] + (1 - momentum) * unbiased.astype(self.var[...].dtype)
+    )
+    return mean, var
+
+
+def batch_norm(num_features: int, *, dtype: Dtype = None, rngs: nnx.Rngs) -> BatchNorm:
   """BatchNorm with PyTorch's defaults (eps 1e-5, running-stat momentum 0.1).
 
   Statistics are reduced over every axis but channels of the (global) batch, so
   under ``jit`` with a batch-sharded input they are synchronised across devices.
+  The two-pass variance is the default; ``build_model`` sets ``use_fast_variance``
+  from ``model.bn_fast_variance``.
   """
-  return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+  return BatchNorm(
+      num_features, momentum=0.9, epsilon=1e-5, use_fast_variance=False, dtype=dtype, rngs=rngs
+  )
 
 
 def pooled_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:

@@ -12,7 +12,14 @@ from ml_collections import config_dict
 
 from ccnet_jax.models.ccnet import CCNet
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# float64 (parameters too) is for verification against float64 references; it needs
+# jax_enable_x64 (JAX_ENABLE_X64=1).
+DTYPES = {
+    "float32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "float16": jnp.float16,
+    "float64": jnp.float64,
+}
 
 
 def base_model_config() -> ml_collections.ConfigDict:
@@ -24,6 +31,9 @@ def base_model_config() -> ml_collections.ConfigDict:
       "cca_impl": "einsum",
       # Memory of a training step: 'none', 'save_convs' or 'blocks' (see models/remat.py).
       "remat": "none",
+      # BatchNorm variance as E[x^2] - E[x]^2 (one pass) instead of E[(x - E[x])^2]:
+      # False (two passes) is the accurate one; True exists to measure what it saves.
+      "bn_fast_variance": False,
       "backbone": {
           "depth": 101,
           "stem": "deep",
@@ -109,6 +119,29 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def construct_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
+  """The CCNet of a model ConfigDict, built op by op.
+
+  Slow to run, but free under ``nnx.eval_shape`` (``model_dir.empty_module``):
+  the skeleton that loaded weights fill. ``build_model`` compiles it instead.
+  """
+  _check_dtype(config)
+  model = CCNet(
+      config.num_classes,
+      backbone=config.backbone.to_dict(),
+      head=config.head.to_dict(),
+      aux=config.aux.to_dict(),
+      cca_impl=config.cca_impl,
+      remat=config.get("remat", "none"),
+      dtype=DTYPES[config.dtype],
+      rngs=nnx.Rngs(seed),
+  )
+  if config.dtype == "float64":  # Parameters and statistics too.
+    nnx.update(model, _cast_floats(nnx.state(model), jnp.float64))
+  _set_fast_variance(model, config.get("bn_fast_variance", False))
+  return model
+
+
 def build_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
   """Builds the CCNet described by a model ConfigDict (``config.model``).
 
@@ -116,23 +149,30 @@ def build_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
   dozens of parameter shapes would compile its own small program, which on a CPU
   takes far longer than the whole jitted initialisation.
   """
-  if config.dtype not in DTYPES:
-    raise ValueError(f"model.dtype={config.dtype!r} is not one of {sorted(DTYPES)}.")
-
-  def make() -> CCNet:
-    return CCNet(
-        config.num_classes,
-        backbone=config.backbone.to_dict(),
-        head=config.head.to_dict(),
-        aux=config.aux.to_dict(),
-        cca_impl=config.cca_impl,
-        remat=config.remat,
-        dtype=DTYPES[config.dtype],
-        rngs=nnx.Rngs(seed),
-    )
-
+  _check_dtype(config)
+  make = lambda: construct_model(config, seed=seed)
   graphdef, _ = nnx.split(nnx.eval_shape(make))
   initialise = jax.jit(lambda: nnx.split(make())[1]).lower()
   # Random initialisers gain nothing from XLA's backend optimisations; skip them.
   state = initialise.compile({"xla_backend_optimization_level": 0})()
   return nnx.merge(graphdef, state)
+
+
+def _check_dtype(config: ml_collections.ConfigDict) -> None:
+  if config.dtype not in DTYPES:
+    raise ValueError(f"model.dtype={config.dtype!r} is not one of {sorted(DTYPES)}.")
+  if config.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("model.dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1.")
+
+
+def _cast_floats(state: nnx.State, dtype) -> nnx.State:
+  """Floating-point arrays of ``state`` in ``dtype``; keys and counters untouched."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state
+  )
+
+
+def _set_fast_variance(model: nnx.Module, fast: bool) -> None:
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, nnx.BatchNorm):
+      module.use_fast_variance = bool(fast)

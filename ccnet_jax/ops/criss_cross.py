@@ -46,8 +46,9 @@ def criss_cross_energies(q: Array, k: Array) -> tuple[Array, Array]:
     ``e_row[b, h, w, u] = <q[b, h, w], k[b, h, u]>``.
   """
   height = q.shape[1]
-  e_col = jnp.einsum("bhwc,bgwc->bhwg", q, k, preferred_element_type=jnp.float32)
-  e_row = jnp.einsum("bhwc,bhuc->bhwu", q, k, preferred_element_type=jnp.float32)
+  accumulator = jnp.promote_types(q.dtype, jnp.float32)  # float64 stays float64.
+  e_col = jnp.einsum("bhwc,bgwc->bhwg", q, k, preferred_element_type=accumulator)
+  e_row = jnp.einsum("bhwc,bhuc->bhwu", q, k, preferred_element_type=accumulator)
   diagonal = jnp.eye(height, dtype=bool)[:, None, :]  # (H, 1, H): g == h
   e_col = jnp.where(diagonal, -jnp.inf, e_col)
   return e_col, e_row
@@ -82,10 +83,11 @@ def criss_cross_attention(
   denominator = p_col.sum(axis=-1, keepdims=True) + p_row.sum(axis=-1, keepdims=True)
   a_col = p_col / denominator
   a_row = p_row / denominator
+  accumulator = jnp.promote_types(v.dtype, jnp.float32)
   context = jnp.einsum(
-      "bhwg,bgwc->bhwc", a_col.astype(v.dtype), v, preferred_element_type=jnp.float32
+      "bhwg,bgwc->bhwc", a_col.astype(v.dtype), v, preferred_element_type=accumulator
   ) + jnp.einsum(
-      "bhwu,bhuc->bhwc", a_row.astype(v.dtype), v, preferred_element_type=jnp.float32
+      "bhwu,bhuc->bhwc", a_row.astype(v.dtype), v, preferred_element_type=accumulator
   )
   context = context.astype(v.dtype)
   if return_attention:

@@ -15,7 +15,7 @@ import numpy as np
 
 
 def interpolation_matrix(in_size: int, out_size: int, *, align_corners: bool) -> np.ndarray:
-  """The (out_size, in_size) matrix of 1-D linear interpolation, as torch computes it."""
+  """The (out_size, in_size) float64 matrix of 1-D linear interpolation, as torch computes it."""
   out = np.arange(out_size, dtype=np.float64)
   if align_corners:
     scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
@@ -28,7 +28,7 @@ def interpolation_matrix(in_size: int, out_size: int, *, align_corners: bool) ->
   matrix = np.zeros((out_size, in_size), np.float64)
   np.add.at(matrix, (np.arange(out_size), lower), 1.0 - weight_upper)
   np.add.at(matrix, (np.arange(out_size), upper), weight_upper)
-  return matrix.astype(np.float32)
+  return matrix
 
 
 def resize_bilinear(
@@ -38,9 +38,9 @@ def resize_bilinear(
   height, width = x.shape[1:3]
   if (height, width) == tuple(size):
     return x
-  rows = jnp.asarray(interpolation_matrix(height, size[0], align_corners=align_corners))
-  cols = jnp.asarray(interpolation_matrix(width, size[1], align_corners=align_corners))
   dtype = jnp.promote_types(x.dtype, jnp.float32)
+  rows = jnp.asarray(interpolation_matrix(height, size[0], align_corners=align_corners), dtype)
+  cols = jnp.asarray(interpolation_matrix(width, size[1], align_corners=align_corners), dtype)
   return jnp.einsum(
       "oh,bhwc,pw->bopc", rows, x.astype(dtype), cols, precision=jax.lax.Precision.HIGHEST
   )

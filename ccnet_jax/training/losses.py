@@ -22,17 +22,22 @@ def _log_probs_and_valid(logits: Array, labels: Array, ignore_label: int):
         f"logits {logits.shape} and labels {labels.shape} must agree on every axis but the "
         "last; upsample the logits to the label size first."
     )
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(logits.astype(_float32_or_wider(logits)), axis=-1)
   valid = labels != ignore_label
   safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
   target_log_probs = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
   return target_log_probs, valid
 
 
+def _float32_or_wider(x: Array) -> jnp.dtype:
+  """float32, or float64 for float64 input (verification runs)."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _masked_mean(values: Array, mask: Array) -> Array:
   """Mean of ``values`` where ``mask``; 0 when nothing is selected."""
   total = jnp.sum(jnp.where(mask, values, 0.0))
-  return total / jnp.maximum(jnp.sum(mask), 1).astype(jnp.float32)
+  return total / jnp.maximum(jnp.sum(mask), 1).astype(values.dtype)
 
 
 def cross_entropy(logits: Array, labels: Array, *, ignore_label: int = 255) -> Array:
@@ -79,7 +84,8 @@ def ohem_cross_entropy(
   kth_smallest = jnp.sort(target_probs)[k - 1]
   num_valid = jnp.sum(valid)
   threshold = jnp.where(
-      num_valid < min_kept, jnp.inf, jnp.maximum(jnp.float32(thresh), kth_smallest)
+      num_valid < min_kept, jnp.inf, jnp.maximum(jnp.asarray(thresh, kth_smallest.dtype),
+                                                  kth_smallest)
   )
   kept = valid & (target_probs.reshape(valid.shape) <= threshold)
   return _masked_mean(-target_log_probs, kept)
@@ -110,9 +116,7 @@ def segmentation_loss(
   if labels.ndim != 3:
     raise ValueError(f"labels must be (batch, height, width), got shape {labels.shape}.")
   size = labels.shape[1:3]
-  upsample = lambda x: resize_bilinear(
-      x.astype(jnp.float32), size, align_corners=loss_config.align_corners
-  )
+  upsample = lambda x: resize_bilinear(x, size, align_corners=loss_config.align_corners)
   if loss_config.ohem:
     main = ohem_cross_entropy(
         upsample(logits), labels, thresh=loss_config.ohem_thresh,
@@ -121,20 +125,8 @@ def segmentation_loss(
   else:
     main = cross_entropy(upsample(logits), labels, ignore_label=loss_config.ignore_label)
   if aux_logits is None:
-    aux = jnp.zeros((), jnp.float32)
+    aux = jnp.zeros((), main.dtype)
   else:
     aux = cross_entropy(upsample(aux_logits), labels, ignore_label=loss_config.ignore_label)
   loss = main + loss_config.aux_weight * aux
   return loss, {"loss": loss, "main": main, "aux": aux}
-
-
-def default_loss_config() -> ml_collections.ConfigDict:
-  """The official Cityscapes criterion: OHEM (0.7, 100k), aux weight 0.4, align_corners."""
-  return ml_collections.ConfigDict({
-      "align_corners": True,
-      "ohem": True,
-      "ohem_thresh": 0.7,
-      "ohem_min_kept": 100_000,
-      "aux_weight": 0.4,
-      "ignore_label": 255,
-  })
