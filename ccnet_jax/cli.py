@@ -1,26 +1,137 @@
-"""What the entry points share: user errors become one line on stderr, not a traceback."""
+"""What the entry points share: flags, the default workdir, and user errors as one line.
+
+A user error (a missing dataset, a bad config field, a corrupt file, a full disk) ends
+the command with ``error: ...`` on stderr and exit status 1, never a traceback;
+``CCNET_JAX_TRACEBACK=1`` in the environment shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import os
+import runpy
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
-from ccnet_jax.training.trainer import TrainingDiverged
+import ml_collections
+from absl import flags, logging
+from ml_collections import config_flags
+
+from ccnet_jax.errors import UserError
+from ccnet_jax.training.workdir import flatten_config
 
 # Raised for what the user can fix: a missing dataset, a bad config value, a corrupt file.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, TrainingDiverged)
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, UserError)
+
+CONFIG_HELP = (
+    "Experiment config file (configs/*.py). Override any field as --config.SECTION.FIELD=VALUE;"
+    " --config=FILE --print_config lists every field with its value."
+)
+
+
+def _exit_with(message: str, status: int = 1) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _describe_os_error(error: OSError) -> str:
+  """``[Errno 28] ...`` as a sentence naming the path and what to do."""
+  where = f" {error.filename}" if error.filename else ""
+  reason = error.strerror or str(error)
+  return (f"cannot write or read{where}: {reason}. Fix it (free disk space, permissions) and run"
+          " the same command again: training resumes from the last complete checkpoint.")
 
 
 def run_user_command(command: Callable[[], object]) -> None:
-  """Runs ``command``; exits with status 1 and the error's message on a user error.
-
-  ``CCNET_JAX_TRACEBACK=1`` in the environment shows the full traceback instead.
-  """
+  """Runs ``command``; exits with status 1 and the error's message on a user error."""
+  if not os.environ.get("CCNET_JAX_TRACEBACK"):
+    # Libraries (orbax, absl) log their own view of a failure before ours reaches the user.
+    logging.set_verbosity(logging.FATAL)
   try:
     command()
   except USER_ERRORS as error:
     if os.environ.get("CCNET_JAX_TRACEBACK"):
       raise
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    _exit_with(str(error))
+  except OSError as error:
+    if os.environ.get("CCNET_JAX_TRACEBACK"):
+      raise
+    _exit_with(_describe_os_error(error))
+  except KeyboardInterrupt:
+    _exit_with("interrupted; run the same command again to resume from the last checkpoint.", 130)
+
+
+def _config_from_argv(argv: Sequence[str]) -> ml_collections.ConfigDict | None:
+  """The config named by ``--config=FILE`` in ``argv``, loaded without its overrides."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path = arg[len("--config="):]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    else:
+      continue
+    try:
+      return runpy.run_path(path.split(":", 1)[0])["get_config"]()
+    except Exception:  # pylint: disable=broad-except
+      return None  # The config file's own error is reported when it is loaded.
+  return None
+
+
+def _config_field_error(error: Exception, argv: Sequence[str]) -> str:
+  """``--config.train.steps=40``: names the unknown field and lists its section's fields."""
+  config = _config_from_argv(argv)
+  for arg in argv[1:]:
+    if config is None or not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for depth, key in enumerate(path):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        section = ".".join(["config", *path[:depth]])
+        fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        return (f"{arg.split('=', 1)[0]}: {section} has no field {key!r}; its fields are "
+                f"{', '.join(fields)} (--print_config lists them all).")
+      node = node[key]
+  return f"the command line cannot be parsed: {error}"
+
+
+def _first_line(error: Exception) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing, with a mistyped flag, config field or config file as one line."""
+  try:
+    remaining = flags.FLAGS(argv)
+  except flags.Error as error:
+    _exit_with(f"{error}. Run with --helpfull to list the flags.")
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    _exit_with(_config_field_error(error, argv))
+  if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+    try:
+      # A config file that fails to load gives a value that raises when first read.
+      flags.FLAGS["config"].value.get("train")
+    except Exception as error:  # pylint: disable=broad-except
+      _exit_with(f"--config={config_file()} cannot be loaded: {_first_line(error)}")
+  return remaining
+
+
+def config_file(flag_name: str = "config") -> str:
+  return config_flags.get_config_filename(flags.FLAGS[flag_name])
+
+
+def default_workdir(workdir: str | None, flag_name: str = "config") -> str:
+  """``--workdir`` when given, else ``runs/<config file stem>``, printed so it can be found."""
+  if workdir:
+    return workdir
+  stem = os.path.splitext(os.path.basename(config_file(flag_name)))[0]
+  workdir = os.path.join("runs", stem)
+  print(f"Workdir: {workdir} (the default for {config_file(flag_name)}; --workdir changes it).",
+        flush=True)
+  return workdir
+
+
+def print_config(config: ml_collections.ConfigDict) -> None:
+  """Every field of the resolved config, one per line as ``--config.a.b=value``."""
+  for name, value in sorted(flatten_config(config).items()):
+    print(f"--config.{name}={value}")

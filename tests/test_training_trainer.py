@@ -167,3 +167,22 @@ def test_missing_cityscapes_is_one_clear_error(tmp_path):
   assert len(lines) == 1, stderr
   assert "Cityscapes" in lines[0] and "configs/synthetic.py" in lines[0]
   assert "Traceback" not in stderr
+
+
+class _Checkpoints:
+  def __init__(self, latest):
+    self.latest = latest
+
+  def latest_step(self):
+    return self.latest
+
+
+@pytest.mark.parametrize("latest, kept", [
+    (3, "the last good checkpoint (step 3)"), (None, "no checkpoint was written yet"),
+])
+def test_the_divergence_message_names_what_is_kept(tmp_path, latest, kept):
+  run = trainer.Run(tiny_config(), str(tmp_path), None, _Checkpoints(latest), None, None)
+  run.check_finite(2, {"finite": 1.0, "loss": 0.5})  # Finite: nothing happens.
+  with pytest.raises(trainer.TrainingDiverged, match="NaN/Inf at step 5") as raised:
+    run.check_finite(5, {"finite": 0.0, "loss": float("nan")})
+  assert kept in str(raised.value) and "step None" not in str(raised.value)

@@ -4,9 +4,9 @@
   python -m ccnet_jax.convert mmseg ccnet_r101-d8_769x769_80k.pth models/ccnet_mmseg
   python -m ccnet_jax.convert mit resnet101-imagenet.pth models/resnet101_mit
 
-Whole models ('official', 'mmseg') are evaluated with ``--config.init_from=OUT_DIR``;
-ImageNet backbones ('mit', 'torchvision', 'v1c') are written backbone-only, as
-initialisation for training.
+Whole models ('official', 'mmseg') are evaluated with ``python eval.py --config ...
+--model=OUT_DIR``; ImageNet backbones ('mit', 'torchvision', 'v1c') are written
+backbone-only, as initialisation for training (``--config.train.init_from=OUT_DIR``).
 """
 
 from __future__ import annotations

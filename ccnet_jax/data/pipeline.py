@@ -18,6 +18,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import os
+import threading
+import time
 from typing import Iterator
 
 import grain.python as grain
@@ -38,11 +41,28 @@ def _process_layout(process_index: int | None, process_count: int | None) -> tup
   return index, count
 
 
+def _exit_when_orphaned(parent_pid: int, period_s: float = 1.0) -> None:
+  """Ends this process once ``parent_pid`` is gone (a trainer killed with SIGKILL)."""
+  while os.getppid() == parent_pid:
+    time.sleep(period_s)
+  os._exit(0)  # pylint: disable=protected-access
+
+
 class _TrainAugment(grain.RandomMapTransform):
-  """Applies :func:`transforms.train_transform` with grain's per-record generator."""
+  """Applies :func:`transforms.train_transform` with grain's per-record generator.
+
+  grain sends it to each worker process by pickling; unpickled there, it starts a watch
+  that ends the worker when the training process dies without closing the loader.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict):
     self._config = config
+    self._parent_pid = os.getpid()
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    if os.getppid() == self._parent_pid:  # A worker started by the training process.
+      threading.Thread(target=_exit_when_orphaned, args=(self._parent_pid,), daemon=True).start()
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     return transforms.train_transform(element, self._config, rng)

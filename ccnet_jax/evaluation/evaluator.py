@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ccnet_jax.evaluation.inference import MODES, predict_logits
 from ccnet_jax.evaluation.metrics import confusion_matrix, metrics_from_confusion
-from ccnet_jax.evaluation.visualize import denormalize, save_predictions
+from ccnet_jax.evaluation.visualize import colorize, denormalize, overlay, save_predictions
 
 PredictFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -89,6 +89,8 @@ class Evaluator:
     self._replicated = NamedSharding(mesh, P())
     # Rows of the global batch that live on this process: a process's local batch must
     # be a multiple of them (and of the global batch split evenly across processes).
+    # name -> uint8 overlay of the images the last evaluate() saved (for TensorBoard).
+    self.saved_overlays: dict[str, np.ndarray] = {}
     self._local_multiple = max(mesh.shape[DATA_AXIS] // jax.process_count(), 1)
     local_batch = max(int(eval_config.batch_size) // jax.process_count(), 1)
     self._local_batch = -(-local_batch // self._local_multiple) * self._local_multiple
@@ -163,6 +165,7 @@ class Evaluator:
         jnp.zeros((self.num_classes, self.num_classes), jnp.int32), self._replicated
     )
     saved, num_batches = 0, 0
+    self.saved_overlays = {}
     for batch in batches:
       local = self._pad(batch)
       global_arrays = [
@@ -195,6 +198,7 @@ class Evaluator:
           _field(normalization, "channel_order"),
       )
       save_predictions(out_dir, str(names[i]), image, predictions[i], local["label"][i], palette)
+      self.saved_overlays[str(names[i])] = overlay(image, colorize(predictions[i], palette))
       saved += 1
     return saved
 

@@ -1,4 +1,9 @@
-"""``eval.py``'s job: find the model a user names, evaluate it, write the results."""
+"""``eval.py``'s job: find the model a user names, evaluate it, write the results.
+
+Also :class:`ModelEvaluation`, the dataset evaluation the training loop runs between
+steps. A training checkpoint is read through ``training.checkpointing`` (weights only,
+no optimiser); nothing here depends on the training loop.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +13,77 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
+from flax import nnx
 
 from ccnet_jax.data.labels import dataset_info
-from ccnet_jax.evaluation import format_results_table
+from ccnet_jax.data.pipeline import make_eval_loader
+from ccnet_jax.errors import UserError
+from ccnet_jax.evaluation.evaluator import Evaluator, model_predict_fn
+from ccnet_jax.evaluation.metrics import format_results_table
 from ccnet_jax.models.model_dir import load_model
-from ccnet_jax.models.registry import build_model
-from ccnet_jax.training.checkpointing import RunCheckpoints
-from ccnet_jax.training.mesh import make_mesh
-from ccnet_jax.training.optim import make_optimizer
-from ccnet_jax.training.state import create_train_state, merge_model
-from ccnet_jax.training.trainer import ModelEvaluation
+from ccnet_jax.training.checkpointing import load_checkpoint_model
+from ccnet_jax.training.mesh import make_mesh, replicated
+from ccnet_jax.training.workdir import config_differences, saved_config
+
+
+class ModelEvaluation:
+  """Evaluates models of one architecture on the configured split, compiling once."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model: nnx.Module, mesh):
+    self.config = config
+    self.info = dataset_info(config.data.name)
+    self.mesh = mesh
+    predict_fn, _ = model_predict_fn(model)
+    self.evaluator = Evaluator(
+        predict_fn, eval_config=config.eval, num_classes=self.info.num_classes, mesh=mesh,
+        ignore_label=self.info.ignore_label,
+    )
+
+  def __call__(self, model: nnx.Module, *, out_dir: str | None) -> dict[str, Any]:
+    """mIoU, per-class IoU, accuracies of ``model`` (eval mode); PNGs to ``out_dir``."""
+    per_process = max(self.config.eval.batch_size // jax.process_count(), 1)
+    # Every array on every device of the mesh: a loaded model sits on one device only.
+    state = jax.device_put(nnx.split(model)[1], replicated(self.mesh))
+    return self.evaluator.evaluate(
+        state,
+        make_eval_loader(self.config.data, batch_size=per_process),
+        out_dir=out_dir,
+        palette=self.info.palette,
+        normalization=self.config.data,
+    )
+
+  def overlays(self, limit: int) -> dict[str, np.ndarray]:
+    """The first ``limit`` prediction overlays of the last evaluation, by image name."""
+    return dict(list(self.evaluator.saved_overlays.items())[:limit])
+
+
+def _check_run_model(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Names the model fields in which ``config`` differs from the run's recorded config."""
+  saved = saved_config(workdir)
+  differences = config_differences(saved, config, within="model.") if saved else []
+  if differences:
+    raise UserError(
+        f"the checkpoints in {workdir} hold another model than the config describes"
+        f" ({'; '.join(differences)}); drop these overrides or pass the saved values (see"
+        f" {workdir}/config.json).")
 
 
 def _from_checkpoint(config: ml_collections.ConfigDict, workdir: str):
   """The model of the newest training checkpoint in ``workdir``."""
-  checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), keep=1 << 30)
-  try:
-    if checkpoints.latest_step() is None:
-      raise FileNotFoundError(
-          f"No checkpoint in {workdir}/checkpoints: train first (python train.py --config ..."
-          f" --workdir {workdir}) or pass --model=<model directory>."
-      )
-    model = build_model(config.model, seed=config.train.seed)
-    tx, _ = make_optimizer(config.optim, config.train.total_steps)
-    graphdef, state = create_train_state(model, tx, seed=config.train.seed)
-    state, _, step = checkpoints.restore(state)
-  finally:
-    checkpoints.close()
-  return merge_model(graphdef, state, train=False), f"checkpoint of step {step}", None
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(
+        f"--workdir={workdir} does not exist: name the workdir of a training run, or pass"
+        " --model=<model directory>.")
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
+    raise FileNotFoundError(
+        f"No checkpoint in {directory}: train first (python train.py --config ..."
+        f" --workdir {workdir}) or pass --model=<model directory>."
+    )
+  _check_run_model(config, workdir)
+  model, step = load_checkpoint_model(config.model, directory)
+  return model, f"checkpoint of step {step}", None
 
 
 def load_named_model(config: ml_collections.ConfigDict, workdir: str, which: str):

@@ -2,18 +2,30 @@
 
 A checkpoint is a step directory that orbax writes under a temporary name and renames
 when complete, so an interrupted save never leaves a half-written step that a resume
-could pick up. Every process calls :meth:`save`; orbax coordinates multi-host writes.
+could pick up. Every process calls :meth:`RunCheckpoints.save`; orbax coordinates
+multi-host writes. A checkpoint damaged later (a truncated file, a deleted directory)
+is moved aside on resume and the newest one that restores is used instead.
+
+Evaluation reads a checkpoint's model weights alone (:func:`load_checkpoint_model`):
+no optimiser is built and its state is never read.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from ccnet_jax.errors import UserError
+from ccnet_jax.models.registry import build_model
 
 PyTree = Any
+SKIPPED_DIR = "checkpoints_unreadable"
 
 
 def abstract_like(tree: PyTree) -> PyTree:
@@ -24,40 +36,58 @@ def abstract_like(tree: PyTree) -> PyTree:
   )
 
 
-class RunCheckpoints:
-  """The last ``keep`` checkpoints of a run in ``directory``; each holds state and data position."""
+def _reason(error: Exception) -> str:
+  """The first line of an error, short enough for a one-line message."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
 
-  def __init__(self, directory: str | os.PathLike, *, keep: int):
+
+class RunCheckpoints:
+  """The last ``keep`` checkpoints of a run in ``directory``; each holds state and data position.
+
+  ``create=False`` opens an existing directory only (evaluation must not create one).
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, keep: int, create: bool = True):
     if keep < 1:
       raise ValueError(f"train.keep_checkpoints={keep} must be at least 1.")
+    self.directory = os.path.abspath(directory)
+    if not create and not os.path.isdir(self.directory):
+      raise FileNotFoundError(f"No checkpoint directory {self.directory}.")
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
         item_names=("state", "data"),
     )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
-
   def save(self, step: int, state: PyTree, data_position: dict) -> None:
     """Saves and waits: on return the checkpoint is complete on disk."""
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position)
-        ),
-        force=True,
-    )
-    self._manager.wait_until_finished()
+    previous = self.latest_step()
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position)
+          ),
+          force=True,
+      )
+      self._manager.wait_until_finished()
+    except Exception as error:  # Orbax and tensorstore wrap I/O errors in their own types.
+      kept = ("none was kept" if previous is None
+              else f"the checkpoint of step {previous} is intact")
+      raise UserError(
+          f"could not write the checkpoint of step {step} to {self.directory} ({_reason(error)});"
+          f" {kept}. Free disk space or fix the directory, then run the same command again."
+      ) from error
 
   def restore(self, state_like: PyTree, step: int | None = None) -> tuple[PyTree, dict, int]:
     """Restores (state, data position, step) of ``step`` (default: the latest)."""
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"No checkpoint in {self._manager.directory}.")
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
     restored = self._manager.restore(
         step,
         args=ocp.args.Composite(
@@ -67,6 +97,84 @@ class RunCheckpoints:
     )
     return restored["state"], restored["data"], step
 
+  def restore_part(self, target: PyTree, step: int) -> PyTree:
+    """The subtree ``target`` (abstract arrays) of the train state of ``step``; the rest unread."""
+    args = ocp.args.PyTreeRestore(item=target, partial_restore=True)
+    return self._manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+
+  def restore_newest(
+      self, state_like: PyTree, *, report: Callable[[str], None] = print
+  ) -> tuple[PyTree, dict, int] | None:
+    """The newest checkpoint that restores; unreadable newer ones are moved aside and reported.
+
+    None when there is no checkpoint. When none restores, nothing is moved and the error
+    names every checkpoint and why it failed.
+    """
+    failures = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self.restore(state_like, step)
+      except Exception as error:  # A damaged checkpoint fails in many libraries' types.
+        failures.append((step, _reason(error)))
+        continue
+      for skipped, reason in failures:
+        report(f"warning: the checkpoint of step {skipped} cannot be read ({reason}); moved it"
+               f" to {self._set_aside(skipped)} and resumed from step {step}.")
+      return restored
+    if failures:
+      listed = "; ".join(f"step {step}: {reason}" for step, reason in failures)
+      raise UserError(
+          f"no checkpoint in {self.directory} can be read ({listed}). Move the directory aside"
+          " to start the run again, or choose another --workdir.")
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves step ``step`` out of the checkpoint directory, where orbax no longer sees it."""
+    target = os.path.join(os.path.dirname(self.directory), SKIPPED_DIR, str(step))
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.rmtree(target, ignore_errors=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+    return target
+
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _weights_target(model: nnx.Module) -> dict[str, Any]:
+  """Abstract params and batch_stats of ``model``, the part of a train state a model needs."""
+  _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return {
+      name: jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+          nnx.to_pure_dict(state))
+      for name, state in (("params", params), ("batch_stats", batch_stats))
+  }
+
+
+def load_checkpoint_model(
+    model_config: ml_collections.ConfigDict, directory: str
+) -> tuple[nnx.Module, int]:
+  """(model in eval mode, step) from the newest checkpoint in ``directory``; no optimiser."""
+  checkpoints = RunCheckpoints(directory, keep=1 << 30, create=False)
+  try:
+    step = checkpoints.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {directory}.")
+    model = build_model(model_config, seed=0)
+    try:
+      restored = checkpoints.restore_part(_weights_target(model), step)
+    except Exception as error:  # A damaged checkpoint fails in many libraries' types.
+      raise UserError(f"the checkpoint of step {step} in {directory} cannot be read"
+                      f" ({_reason(error)}); train again or pass --model=<model directory>.")
+  finally:
+    checkpoints.close()
+  graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  nnx.replace_by_pure_dict(params, restored["params"])
+  nnx.replace_by_pure_dict(batch_stats, restored["batch_stats"])
+  model = nnx.merge(graphdef, params, batch_stats, rest)
+  model.eval()
+  return model, step

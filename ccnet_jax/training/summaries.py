@@ -18,10 +18,41 @@ import jax
 import numpy as np
 
 
-class MetricWriter:
-  """Scalars to ``metrics.jsonl`` and TensorBoard, images to TensorBoard, in ``workdir``."""
+def _drop_records_after(path: str, step: int) -> None:
+  """Removes the records of steps after ``step`` from the JSON-lines file ``path``.
 
-  def __init__(self, workdir: str | os.PathLike, *, enabled: bool | None = None):
+  A run killed between checkpoints had logged steps that its resumed run repeats;
+  only the resumed run's records of those steps are kept.
+  """
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record_step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+      continue  # A line cut short by a kill.
+    if record_step <= step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) == len(lines):
+    return
+  staging = path + ".tmp"
+  with open(staging, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(staging, path)
+
+
+class MetricWriter:
+  """Scalars to ``metrics.jsonl`` and TensorBoard, images to TensorBoard, in ``workdir``.
+
+  ``start_step`` is the step the run (re)starts from: records of later steps, logged by
+  an earlier invocation that was killed before its next checkpoint, are dropped.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, start_step: int = 0,
+               enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tensorboard = None
@@ -29,8 +60,11 @@ class MetricWriter:
       from tensorboardX import SummaryWriter
 
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      path = os.path.join(workdir, "metrics.jsonl")
+      _drop_records_after(path, start_step)
+      self._jsonl = open(path, "a", encoding="utf-8")
+      self._tensorboard = SummaryWriter(
+          os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:

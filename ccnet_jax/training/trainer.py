@@ -3,8 +3,9 @@
 One code path for one device, a host's devices and many hosts: the step is jitted
 over a device mesh with the batch sharded on its data axis, every process feeds its
 own shard of the data, and only process 0 writes logs. A run started on a workdir
-with checkpoints resumes from the latest one: train state, RNG and data position, so
-the resumed run sees exactly the batches and losses the uninterrupted one would.
+with checkpoints resumes from the newest readable one: train state, RNG and data
+position, so the resumed run sees exactly the batches and losses the uninterrupted
+one would. SIGTERM/SIGINT end the run after the current step with a checkpoint.
 """
 
 from __future__ import annotations
@@ -17,37 +18,28 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from PIL import Image
 
 from ccnet_jax.data.labels import dataset_info
-from ccnet_jax.data.pipeline import make_eval_loader, make_train_loader
-from ccnet_jax.evaluation import Evaluator, format_results_table, model_predict_fn
+from ccnet_jax.data.pipeline import make_train_loader
+from ccnet_jax.errors import TrainingDiverged
+from ccnet_jax.evaluation.metrics import format_results_table
+from ccnet_jax.evaluation.run import ModelEvaluation
 from ccnet_jax.models.model_dir import load_state_into, save_model
 from ccnet_jax.models.registry import build_model
 from ccnet_jax.training.checkpointing import RunCheckpoints
-from ccnet_jax.training.mesh import (
-    global_batch, initialize_distributed, make_mesh, replicate, replicated,
-)
+from ccnet_jax.training.mesh import global_batch, initialize_distributed, make_mesh, replicate
 from ccnet_jax.training.optim import make_optimizer
 from ccnet_jax.training.preemption import StopRequest
-from ccnet_jax.training.state import create_train_state, merge_model
+from ccnet_jax.training.state import ModelDef, TrainState, create_train_state, merge_model
 from ccnet_jax.training.step import make_train_step
 from ccnet_jax.training.summaries import MetricWriter, ProgressLine
+from ccnet_jax.training.workdir import (
+    WorkdirLock, check_same_config, check_writable, write_config,
+)
 
+__all__ = ["TrainingDiverged", "check_config", "initial_model", "train_and_evaluate"]
 
-def _overlay_images(directory: str, limit: int) -> dict[str, np.ndarray]:
-  """The first ``limit`` prediction overlays the evaluator wrote, for TensorBoard."""
-  if not os.path.isdir(directory):
-    return {}
-  names = sorted(n for n in os.listdir(directory) if n.endswith("_overlay.png"))[:limit]
-  return {
-      f"eval/{name[:-len('_overlay.png')]}": np.asarray(Image.open(os.path.join(directory, name)))
-      for name in names
-  }
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss or the gradients stopped being finite."""
+INTERVALS = ("log_every", "eval_every", "checkpoint_every")
 
 
 def preprocessing(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -57,6 +49,24 @@ def preprocessing(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
       "mean": list(data_config.mean),
       "std": list(data_config.std),
   }
+
+
+def _check_intervals(train: ml_collections.ConfigDict) -> None:
+  for name in INTERVALS:
+    value = train[name]
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"train.{name}={value!r} must be a whole number of steps, or 0 for never;"
+                       f" set --config.train.{name}=N.")
+  if not isinstance(train.total_steps, int) or train.total_steps < 1:
+    raise ValueError(f"train.total_steps={train.total_steps!r} must be a positive whole number.")
+
+
+def _check_crop_size(data: ml_collections.ConfigDict) -> None:
+  crop = data.crop_size
+  if (not isinstance(crop, (tuple, list)) or len(crop) != 2
+      or not all(isinstance(x, int) and x > 0 for x in crop)):
+    raise ValueError(f"data.crop_size={crop!r} must be two positive integers (height, width),"
+                     " e.g. --config.data.crop_size=512,512.")
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -73,6 +83,21 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"train.global_batch_size={batch} must be a multiple of the {num_devices} devices"
         f" and {jax.process_count()} processes."
     )
+  _check_intervals(config.train)
+  _check_crop_size(config.data)
+
+
+def initial_model(config: ml_collections.ConfigDict) -> nnx.Module:
+  """The model a run starts from: fresh, with ``train.init_from`` loaded when named."""
+  model = build_model(config.model, seed=config.train.seed)
+  if config.train.init_from:
+    load_state_into(model, config.train.init_from, part=config.train.init_part)
+  return model
+
+
+def _due(step: int, every: int) -> bool:
+  """Whether an action repeated ``every`` steps falls on ``step`` (0: never)."""
+  return bool(every) and step % every == 0
 
 
 def _best_record(workdir: str) -> dict[str, Any]:
@@ -83,39 +108,82 @@ def _best_record(workdir: str) -> dict[str, Any]:
   return {"step": None, "miou": -1.0}
 
 
-class ModelEvaluation:
-  """Evaluates models of one architecture on the configured split, compiling once."""
+def export_model(workdir: str, name: str, model_def: ModelDef, state: TrainState,
+                 config: ml_collections.ConfigDict, extra: dict | None = None) -> None:
+  """Writes the model of ``state`` as the model directory WORKDIR/name (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  # Replicated arrays: process 0's own copy is the whole value.
+  local = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state)
+  directory = save_model(
+      os.path.join(workdir, name), merge_model(model_def, local, train=False), config.model,
+      preprocessing=preprocessing(config.data),
+  )
+  for filename, content in (extra or {}).items():
+    with open(os.path.join(directory, filename), "w", encoding="utf-8") as f:
+      json.dump(content, f)
 
-  def __init__(self, config: ml_collections.ConfigDict, model: nnx.Module, mesh):
+
+class Run:
+  """What one invocation of the loop works with: config, workdir, and its writers."""
+
+  def __init__(self, config, workdir, model_def, checkpoints, writer, evaluation):
     self.config = config
-    self.info = dataset_info(config.data.name)
-    self.mesh = mesh
-    predict_fn, _ = model_predict_fn(model)
-    self.evaluator = Evaluator(
-        predict_fn, eval_config=config.eval, num_classes=self.info.num_classes, mesh=mesh,
-        ignore_label=self.info.ignore_label,
+    self.workdir = workdir
+    self.model_def = model_def
+    self.checkpoints = checkpoints
+    self.writer = writer
+    self.evaluation = evaluation
+    self.best = _best_record(workdir)
+
+  def evaluate(self, step: int, state: TrainState) -> dict[str, Any]:
+    """Evaluates ``state``, logs it, and exports it as WORKDIR/best when it is the best yet."""
+    model = merge_model(self.model_def, state, train=False)
+    out_dir = os.path.join(self.workdir, "predictions", f"step_{step}")
+    results = self.evaluation(model, out_dir=out_dir)
+    self.writer.write_scalars(
+        step, {"eval/miou": results["miou"], "eval/pixel_accuracy": results["pixel_accuracy"]})
+    overlays = self.evaluation.overlays(self.config.train.num_summary_images)
+    self.writer.write_images(step, {f"eval/{name}": image for name, image in overlays.items()})
+    if results["miou"] > self.best["miou"]:
+      self.best = {"step": step, "miou": float(results["miou"])}
+      export_model(self.workdir, "best", self.model_def, state, self.config,
+                   extra={"metrics.json": self.best})
+    return results
+
+  def check_finite(self, step: int, scalars: dict[str, float]) -> None:
+    if scalars.pop("finite"):
+      return
+    kept = self.checkpoints.latest_step()
+    kept = (f"the last good checkpoint (step {kept}) in {self.workdir} is intact" if kept
+            else "no checkpoint was written yet, so a rerun starts again from step 0")
+    raise TrainingDiverged(
+        f"The loss or the gradients became NaN/Inf at step {step} (loss {scalars['loss']});"
+        f" stopped without saving; {kept}. Lower --config.optim.learning_rate or set"
+        " --config.optim.clip_grad_norm, check the data, then rerun."
     )
 
-  def __call__(self, model: nnx.Module, *, out_dir: str | None) -> dict[str, Any]:
-    """mIoU, per-class IoU, accuracies of ``model`` (eval mode); PNGs to ``out_dir``."""
-    per_process = max(self.config.eval.batch_size // jax.process_count(), 1)
-    # Every array on every device of the mesh: a loaded model sits on one device only.
-    state = jax.device_put(nnx.split(model)[1], replicated(self.mesh))
-    return self.evaluator.evaluate(
-        state,
-        make_eval_loader(self.config.data, batch_size=per_process),
-        out_dir=out_dir,
-        palette=self.info.palette,
-        normalization=self.config.data,
-    )
+
+def _open_checkpoints(config, workdir: str) -> RunCheckpoints:
+  directory = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+    check_same_config(workdir, config)
+  checkpoints = RunCheckpoints(directory, keep=config.train.keep_checkpoints)
+  if jax.process_index() == 0:
+    write_config(workdir, config)
+  return checkpoints
 
 
-def initial_model(config: ml_collections.ConfigDict) -> nnx.Module:
-  """The model a run starts from: fresh, with ``train.init_from`` loaded when named."""
-  model = build_model(config.model, seed=config.train.seed)
-  if config.train.init_from:
-    load_state_into(model, config.train.init_from, part=config.train.init_part)
-  return model
+def _resume(checkpoints: RunCheckpoints, state: TrainState, loader, workdir: str):
+  """(state, step) of the newest readable checkpoint, the loader moved to its position."""
+  restored = checkpoints.restore_newest(state)
+  if restored is None:
+    return state, 0
+  state, position, step = restored
+  loader.set_state(position)
+  if jax.process_index() == 0:
+    print(f"Resuming from the checkpoint of step {step} in {workdir}.", flush=True)
+  return state, step
 
 
 def train_and_evaluate(
@@ -128,101 +196,76 @@ def train_and_evaluate(
   """
   initialize_distributed()
   workdir = os.path.abspath(workdir)
+  check_writable(workdir)
+  if jax.process_index() != 0:
+    return _train(config, workdir, stop_after_steps)
+  with WorkdirLock(workdir):
+    return _train(config, workdir, stop_after_steps)
+
+
+def _train(config, workdir: str, stop_after_steps: int | None) -> dict[str, Any]:
   mesh = make_mesh()
   check_config(config, mesh.size)
+  checkpoints = _open_checkpoints(config, workdir)
+  try:
+    return _loop(config, workdir, mesh, checkpoints, stop_after_steps)
+  finally:
+    checkpoints.close()
+
+
+def _loop(config, workdir, mesh, checkpoints, stop_after_steps) -> dict[str, Any]:
   total_steps = config.train.total_steps
   # The data first: a missing dataset is reported before any compilation.
   loader = make_train_loader(
       config.data, global_batch_size=config.train.global_batch_size, seed=config.train.seed
   )
-
-  model = initial_model(config)
   tx, schedule = make_optimizer(config.optim, total_steps)
-  graphdef, state = create_train_state(model, tx, seed=config.train.seed)
-  state = replicate(state, mesh)
-
-  checkpoints = RunCheckpoints(
-      os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
-  )
-  step = 0
-  if checkpoints.latest_step() is not None:
-    state, position, step = checkpoints.restore(state)
-    loader.set_state(position)
-    if jax.process_index() == 0:
-      print(f"Resuming from the checkpoint of step {step} in {workdir}.", flush=True)
-
-  train_step = make_train_step(graphdef, tx, schedule, config.loss, mesh)
-  writer = MetricWriter(workdir)
+  model_def, state = create_train_state(initial_model(config), tx, seed=config.train.seed)
+  state, step = _resume(checkpoints, replicate(state, mesh), loader, workdir)
+  train_step = make_train_step(model_def, tx, schedule, config.loss, mesh)
+  writer = MetricWriter(workdir, start_step=step)
   progress = ProgressLine(total_steps, config.train.global_batch_size)
-  best = _best_record(workdir)
-  evaluation = ModelEvaluation(config, merge_model(graphdef, state, train=False), mesh)
-  metrics: dict[str, Any] = {}
-
-  def save(step):
-    checkpoints.save(step, state, loader.get_state())
-
-  def evaluate_now(step):
-    nonlocal best
-    model = merge_model(graphdef, state, train=False)
-    out_dir = os.path.join(workdir, "predictions", f"step_{step}")
-    results = evaluation(model, out_dir=out_dir)
-    writer.write_scalars(
-        step, {"eval/miou": results["miou"], "eval/pixel_accuracy": results["pixel_accuracy"]}
-    )
-    writer.write_images(step, _overlay_images(out_dir, config.train.num_summary_images))
-    if results["miou"] > best["miou"]:
-      best = {"step": step, "miou": float(results["miou"])}
-      export("best", extra={"metrics.json": best})
-    return results
-
-  def export(name, extra=None):
-    """Writes the current model as a model directory WORKDIR/name (process 0 only)."""
-    if jax.process_index() != 0:
-      return
-    # Replicated arrays: process 0's own copy is the whole value.
-    local = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state)
-    directory = save_model(
-        os.path.join(workdir, name), merge_model(graphdef, local, train=False), config.model,
-        preprocessing=preprocessing(config.data),
-    )
-    for filename, content in (extra or {}).items():
-      with open(os.path.join(directory, filename), "w", encoding="utf-8") as f:
-        json.dump(content, f)
-
+  evaluation = ModelEvaluation(config, merge_model(model_def, state, train=False), mesh)
+  run = Run(config, workdir, model_def, checkpoints, writer, evaluation)
+  every = config.train
+  saved = step
   try:
     with StopRequest() as stop:
       while step < total_steps:
         state, step_metrics = train_step(state, global_batch(next(loader), mesh))
         step += 1
         scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        if not scalars.pop("finite"):
-          raise TrainingDiverged(
-              f"The loss or the gradients became NaN/Inf at step {step} (loss"
-              f" {scalars['loss']}); stopped without saving, the last good checkpoint"
-              f" (step {checkpoints.latest_step()}) in {workdir} is intact. Lower"
-              " --config.optim.learning_rate or set --config.optim.clip_grad_norm, check the"
-              " data, then rerun to resume."
-          )
-        if step % config.train.log_every == 0 or step == total_steps:
+        run.check_finite(step, scalars)
+        if _due(step, every.log_every) or step == total_steps:
           writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
           progress.update(step, scalars)
-        finishing = step == total_steps or bool(stop) or step == stop_after_steps
-        if step % config.train.checkpoint_every == 0 or finishing:
-          save(step)
-        if config.train.eval_every and step % config.train.eval_every == 0 and step < total_steps:
-          metrics = evaluate_now(step)
-        if stop:
-          print(f"Received {stop.signal_name}: saved the checkpoint of step {step};"
-                " run the same command again to resume.", flush=True)
-          return {"step": step, "stopped": stop.signal_name}
-        if step == stop_after_steps:
-          return {"step": step, "stopped": "stop_after_steps"}
+        evaluate = _due(step, every.eval_every) and step < total_steps
+        ending = step in (total_steps, stop_after_steps) or bool(stop)
+        # Saved before an evaluation too: a preemption during it loses nothing.
+        if _due(step, every.checkpoint_every) or evaluate or ending:
+          checkpoints.save(step, state, loader.get_state())
+          saved = step
+        if evaluate:
+          run.evaluate(step, state)
+        if stop or step == stop_after_steps:
+          return _stop_early(stop, step, saved, state, loader, checkpoints)
 
-    metrics = evaluate_now(total_steps)
-    export("model")
+      metrics = run.evaluate(total_steps, state)
+      export_model(workdir, "model", model_def, state, config)
     if jax.process_index() == 0:
       print(format_results_table(metrics, dataset_info(config.data.name).class_names))
     return {"step": step, **metrics}
   finally:
     writer.close()
-    checkpoints.close()
+
+
+def _stop_early(stop, step, saved, state, loader, checkpoints) -> dict[str, Any]:
+  """Ends the invocation at ``step`` with its checkpoint on disk; a rerun resumes there."""
+  if saved != step:
+    checkpoints.save(step, state, loader.get_state())
+  if not stop:
+    return {"step": step, "stopped": "stop_after_steps"}
+  if jax.process_index() == 0:
+    print(f"Received {stop.signal_name}: saved the checkpoint of step {step};"
+          " run the same command again to resume.", flush=True)
+  return {"step": step, "stopped": stop.signal_name}
