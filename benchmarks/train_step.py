@@ -12,8 +12,9 @@ with the official criterion and torch.optim.SGD, when torch with CUDA is
 installed; their MFU uses the FLOPs XLA counts for the same network.
 
 Each variant runs in its own process (its memory peak is its own). JAX variants
-compile concurrently, then take turns on the device: a lock keeps every timed
-region alone on it.
+compile concurrently; once none is compiling, the variants take turns on the
+device, so every timed region has it alone (``--lock`` names a lock file that
+another benchmark holds while it runs, to share the device with it).
 
   python benchmarks/train_step.py                       # Cityscapes recipe, 769, batch 4
   python benchmarks/train_step.py --variants jax:bfloat16:pallas,torch:bfloat16
@@ -143,21 +144,26 @@ def _peak_flops(device_kind: str, dtype: str) -> float | None:
 
 
 class DeviceTurn:
-  """An exclusive turn on the device: a blocking ``flock`` on a shared file."""
+  """An exclusive turn on the device, once every variant has compiled.
 
-  def __init__(self, path: str | None):
-    self.path = path
+  Turns start when the file ``barrier`` exists (the parent creates it when no
+  variant is compiling any more) and are taken one at a time through a blocking
+  ``flock`` on ``lock``, which other programs (another benchmark) may hold too.
+  """
+
+  def __init__(self, lock: str, barrier: str):
+    self.lock, self.barrier = lock, barrier
 
   def __enter__(self):
-    if self.path:
-      self.file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
-      fcntl.flock(self.file, fcntl.LOCK_EX)
+    while not os.path.exists(self.barrier):
+      time.sleep(0.2)
+    self.file = open(self.lock, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    fcntl.flock(self.file, fcntl.LOCK_EX)
     return self
 
   def __exit__(self, *exc):
-    if self.path:
-      fcntl.flock(self.file, fcntl.LOCK_UN)
-      self.file.close()
+    fcntl.flock(self.file, fcntl.LOCK_UN)
+    self.file.close()
 
 
 def _median_ms(step, warmup: int, runs: int, sync) -> float:
@@ -307,7 +313,7 @@ def measure_torch(setting: Setting, variant: Variant, turn: DeviceTurn):
 def _child(args) -> None:
   setting = Setting(**json.loads(args.setting))
   variant = Variant.parse(args.child)
-  turn = DeviceTurn(args.lock)
+  turn = DeviceTurn(args.lock, args.barrier)
   try:
     if variant.framework == "jax":
       result = measure_jax(setting, variant, turn, args.result + ".compiled")
@@ -319,11 +325,12 @@ def _child(args) -> None:
     json.dump(result, f)
 
 
-def _run_children(setting: Setting, specs, timeout: float, jobs: int, env) -> dict[str, dict]:
+def _run_children(setting: Setting, specs, timeout: float, jobs: int, env,
+                  lock: str | None) -> dict[str, dict]:
   """Starts one process per variant; the device is theirs one at a time."""
   workdir = tempfile.mkdtemp(prefix="train_step_bench_")
-  lock = os.path.join(workdir, "device.lock")
-  holder = DeviceTurn(lock).__enter__()  # Held until every JAX variant has compiled.
+  lock = lock or os.path.join(workdir, "device.lock")
+  barrier = os.path.join(workdir, "compiled")
   setting_json = json.dumps(dataclasses.asdict(setting))
   pending = list(specs)
   running: dict[str, tuple[subprocess.Popen, float, str]] = {}
@@ -334,7 +341,7 @@ def _run_children(setting: Setting, specs, timeout: float, jobs: int, env) -> di
       spec = pending.pop(0)
       path = os.path.join(workdir, f"{len(results) + len(running)}.json")
       command = [sys.executable, os.path.abspath(__file__), "--child", spec, "--lock", lock,
-                 "--result", path, "--setting", setting_json]
+                 "--barrier", barrier, "--result", path, "--setting", setting_json]
       running[spec] = (subprocess.Popen(command, env=env), time.monotonic(), path)
     for spec, (process, started, path) in list(running.items()):
       if process.poll() is None and time.monotonic() - started > timeout:
@@ -357,11 +364,9 @@ def _run_children(setting: Setting, specs, timeout: float, jobs: int, env) -> di
     ]
     # With fewer slots than variants, later ones compile while earlier ones are timed.
     if not released and not compiling and (not pending or len(running) >= jobs):
-      holder.__exit__()
+      open(barrier, "w", encoding="utf-8").close()  # pylint: disable=consider-using-with
       released = True
     time.sleep(0.2)
-  if not released:
-    holder.__exit__()
   return results
 
 
@@ -432,8 +437,10 @@ def main(argv=None) -> None:
   parser.add_argument("--json", help="also write the results here (JSON)")
   parser.add_argument("--cpu-smoke", action="store_true",
                       help="the official layout shrunk to CPU size, 65x65 crops, batch 2")
+  parser.add_argument("--lock", help="a file other GPU programs flock while they run; timed"
+                      " steps wait for it")
   parser.add_argument("--child", help=argparse.SUPPRESS)
-  parser.add_argument("--lock", help=argparse.SUPPRESS)
+  parser.add_argument("--barrier", help=argparse.SUPPRESS)
   parser.add_argument("--result", help=argparse.SUPPRESS)
   parser.add_argument("--setting", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -453,7 +460,7 @@ def main(argv=None) -> None:
   env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
   if args.cpu_smoke:
     env["JAX_PLATFORMS"] = "cpu"
-  results = _run_children(setting, specs, args.timeout, args.jobs, env)
+  results = _run_children(setting, specs, args.timeout, args.jobs, env, args.lock)
   results = {spec: results[spec] for spec in specs}
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
