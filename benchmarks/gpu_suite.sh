@@ -5,14 +5,13 @@
 #
 #   OUT=results bash benchmarks/gpu_suite.sh
 #
-# The criss-cross kernel sweep holds the GPU (a lock file) while the train-step variants compile
-# on the CPU cores; the train steps are timed after it, one at a time. Writes OUT/versions.txt,
-# OUT/train_step.{md,json,log} and OUT/cca_kernels.{md,json,log}.
+# One program on the GPU at a time: XLA's convolution autotuning allocates tens of GB while it
+# compiles, so concurrent compiles exhaust even an H200's memory. Writes OUT/versions.txt,
+# OUT/train_step.{md,json,log} and OUT/cca_kernels*.{md,json,log}.
 set -u
 out=${OUT:-gpu_results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-lock=$(mktemp)
 
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -22,25 +21,20 @@ torch.version.cuda, 'triton', triton.__version__)"
 } > "$out/versions.txt" 2>&1
 cat "$out/versions.txt"
 
-hold_gpu() {  # hold_gpu COMMAND...: run COMMAND holding the lock.
-  python3 -c 'import fcntl, subprocess, sys
-with open(sys.argv[1], "a") as f:
-  fcntl.flock(f, fcntl.LOCK_EX)
-  sys.exit(subprocess.call(sys.argv[2:]))' "$lock" "$@"
-}
+# Criss-cross attention alone at the Cityscapes shape (B=8, 97x97, C'=64, C=512), fp32 and bf16,
+# for each Pallas configuration in CCA_CONFIGS (';'-separated; empty: the whole TUNING_GRID).
+IFS=';' read -ra configs <<< "${CCA_CONFIGS-query_block=64,channel_slice=128,num_warps=8;query_block=128,channel_slice=64,num_warps=8}"
+[ ${#configs[@]} -eq 0 ] && configs=("")
+for i in "${!configs[@]}"; do
+  timeout "${CCA_SECONDS:-120}" python3 benchmarks/cca_kernels.py --size 97 --batch 8 --sweep \
+    --block-sizes "${configs[$i]}" --json "$out/cca_kernels$i.json" \
+    > "$out/cca_kernels$i.md" 2> "$out/cca_kernels$i.log"
+  echo "cca_kernels ${configs[$i]} exit $?"; cat "$out/cca_kernels$i.md"
+done
 
-# Criss-cross attention alone at the Cityscapes shape: every kernel configuration, fp32 and bf16.
-hold_gpu timeout "${CCA_SECONDS:-200}" python3 benchmarks/cca_kernels.py --size 97 --batch 8 \
-  --sweep --json "$out/cca_kernels.json" > "$out/cca_kernels.md" 2> "$out/cca_kernels.log" &
-sweep=$!
-sleep 5
-
-# The train step: JAX variants compile meanwhile, then every variant takes the GPU alone.
-timeout "${TRAIN_STEP_SECONDS:-420}" python3 benchmarks/train_step.py --timeout 400 \
-  --lock "$lock" --json "$out/train_step.json" \
-  --variants "${TRAIN_STEP_VARIANTS:-torch:float32,torch:bfloat16,torch:bfloat16:channels_last,jax:float32:einsum,jax:float32:einsum:save_convs,jax:float32:einsum:blocks,jax:float32:pallas,jax:float32:einsum:none:bn_fast_variance=true,jax:bfloat16:einsum,jax:bfloat16:pallas,jax:bfloat16:einsum:save_convs}" \
+# The train step: Cityscapes recipe, 769x769, batch 4; one variant after another.
+timeout "${TRAIN_STEP_SECONDS:-900}" python3 benchmarks/train_step.py --jobs 1 \
+  --timeout "${VARIANT_SECONDS:-200}" --json "$out/train_step.json" \
+  --variants "${TRAIN_STEP_VARIANTS:-torch:float32,torch:bfloat16,jax:float32:einsum,jax:bfloat16:pallas,jax:bfloat16:einsum,jax:float32:einsum:save_convs,jax:float32:einsum:blocks,torch:bfloat16:channels_last,jax:float32:pallas,jax:float32:einsum:none:bn_fast_variance=true}" \
   > "$out/train_step.md" 2> "$out/train_step.log"
-echo "train_step exit $?"
-wait "$sweep"
-echo "cca_kernels exit $?"
-cat "$out/cca_kernels.md" "$out/train_step.md"
+echo "train_step exit $?"; cat "$out/train_step.md"

@@ -166,9 +166,10 @@ class DeviceTurn:
     self.file.close()
 
 
-def _median_ms(step, warmup: int, runs: int, sync) -> float:
+def _median_ms(step, warmup: int, runs: int, sync, after_warmup=lambda: None) -> float:
   for _ in range(warmup):
     sync(step())
+  after_warmup()
   times = []
   for _ in range(runs):
     start = time.perf_counter()
@@ -298,9 +299,10 @@ def measure_torch(setting: Setting, variant: Variant, turn: DeviceTurn):
         torch.cuda.synchronize()
       return loss
 
-    if device == "cuda":
-      torch.cuda.reset_peak_memory_stats()
-    ms = _median_ms(step, setting.warmup, setting.runs, sync)
+    # The peak of the timed steps: cudnn.benchmark's trials in the warm-up allocate
+    # workspaces of tens of GB that a training run never holds again.
+    reset_peak = torch.cuda.reset_peak_memory_stats if device == "cuda" else lambda: None
+    ms = _median_ms(step, setting.warmup, setting.runs, sync, reset_peak)
     loss = step().item()
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
   name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
@@ -379,7 +381,13 @@ def _gb(value) -> str:
 
 
 def table(setting: Setting, results: dict[str, dict]) -> str:
-  """The markdown table; ratios against the PyTorch row of the same dtype."""
+  """The markdown table; ratios against the PyTorch row of the same dtype.
+
+  Step memory: for JAX, what XLA's buffer assignment allocates for a step
+  (arguments + outputs + temporaries - donated), which is the steady-state peak
+  (the allocator's own peak also counts compile-time autotuning buffers); for
+  PyTorch, the allocator's peak during the timed steps.
+  """
   flops_by_dtype = {
       Variant.parse(s).dtype: r["flops"] for s, r in results.items() if r.get("flops")
   }
@@ -395,14 +403,14 @@ def table(setting: Setting, results: dict[str, dict]) -> str:
       f" {setting.runs} steps after {setting.warmup} warm-up; {', '.join(devices)};"
       f" {', '.join(versions)}.",
       "",
-      "| variant | ms/step | img/s | vs PyTorch same dtype | compile s | peak GB |"
-      " XLA planned GB | TFLOP/s | MFU |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+      "| variant | ms/step | img/s | vs PyTorch same dtype | compile s | step memory GB |"
+      " TFLOP/s | MFU |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for spec, result in results.items():
     variant = Variant.parse(spec)
     if "error" in result:
-      lines.append(f"| {variant.name} | failed: {result['error']} | | | | | | | |")
+      lines.append(f"| {variant.name} | failed: {result['error']} | | | | | | |")
       continue
     ms = result["ms"]
     flops = result.get("flops") or flops_by_dtype.get(variant.dtype)
@@ -415,8 +423,7 @@ def table(setting: Setting, results: dict[str, dict]) -> str:
         f"{setting.batch / (ms / 1e3):.1f}",
         f"{reference / ms:.2f}x" if reference else "",
         "" if result["compile_s"] is None else f"{result['compile_s']:.0f}",
-        _gb(result["peak_bytes"]),
-        _gb(result["planned_bytes"]),
+        _gb(result["planned_bytes"] or result["peak_bytes"]),
         "" if tflops is None else f"{tflops:.1f}",
         f"{tflops * 1e12 / peak:.0%}" if tflops and peak else "",
     ]

@@ -13,7 +13,7 @@ from ccnet_jax.models import remat as remat_lib
 
 def _tiny_config(remat: str):
   config = models.model_config("ccnet_r101_official", num_classes=5, remat=remat)
-  config.backbone.update(depth=50, base_width=8)
+  config.backbone.update(depth=18, base_width=8)
   config.head.update(channels=16, out_channels=16, dropout=0.0)
   config.aux.update(channels=16, dropout=0.0)
   return config

@@ -204,7 +204,7 @@ class CrissCrossAttention(nn.Module):
     k_w = k.permute(0, 2, 1, 3).reshape(b * h, -1, w)
     v_h = v.permute(0, 3, 1, 2).reshape(b * w, -1, h)
     v_w = v.permute(0, 2, 1, 3).reshape(b * h, -1, w)
-    diagonal = torch.eye(h, dtype=torch.bool).unsqueeze(0)
+    diagonal = torch.eye(h, dtype=torch.bool, device=x.device).unsqueeze(0)
     energy_h = torch.bmm(q_h, k_h).masked_fill(diagonal, float("-inf"))
     energy_h = energy_h.view(b, w, h, h).permute(0, 2, 1, 3)
     energy_w = torch.bmm(q_w, k_w).view(b, h, w, w)
