@@ -19,33 +19,45 @@ IMAGE_SIZE = (37, 53)  # Grid 5 x 7 at output stride 8.
 PIXELS = [(10, 20), (36, 0), (0, 52)]
 
 
+def normalized(image):
+  preprocessing = model_dir.IMAGENET_PREPROCESSING
+  return (image.astype(np.float32) - np.array(preprocessing["mean"], np.float32)) / np.array(
+      preprocessing["std"], np.float32)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-  """A random R=2 CCNet with 6 classes, query/key kernels scaled down so the softmax is not
-  saturated: every weight is then far above float32's smallest normal (1e-38)."""
+  """A random R=2 CCNet with 6 classes, its image and the stage-4 features of the image.
+
+  Random weights and BatchNorm statistics blow the features up (~1e5), which would saturate
+  the softmax; the query and key projections are redrawn at the scale of the head's input
+  (std 1 / (rms * sqrt(C)), no bias), so the energies are O(1) and no weight underflows.
+  """
   config = tiny_config(num_classes=SYNTHETIC.num_classes)
   assert config.head.recurrence == 2
   model = randomised(config, seed=5)
+  image = np.random.default_rng(0).integers(0, 256, IMAGE_SIZE + (3,), dtype=np.uint8)
+  stage4 = model.backbone(jnp.asarray(normalized(image)[None]))[3]
+  features = np.asarray(model.head.conva(stage4))
+  rng = np.random.default_rng(6)
+  scale = 1 / (np.sqrt(np.mean(features**2)) * np.sqrt(features.shape[-1]))
   for projection in (model.head.attention.query, model.head.attention.key):
-    projection.kernel.value = projection.kernel.value * 0.1
+    projection.kernel.value = jnp.asarray(
+        rng.normal(0, scale, projection.kernel.shape), jnp.float32)
+    projection.bias.value = jnp.zeros_like(projection.bias.value)
   directory = tmp_path_factory.mktemp("attention") / "model"
   model_dir.save_model(directory, model, config, preprocessing=None)
-  image = np.random.default_rng(0).integers(0, 256, IMAGE_SIZE + (3,), dtype=np.uint8)
-  return str(directory), model, image
+  return str(directory), model, image, stage4
 
 
 @pytest.fixture(scope="module")
 def computed(saved):
-  _, model, image = saved
+  _, model, image, _ = saved
   return model_attention(model, image, model_dir.IMAGENET_PREPROCESSING, SYNTHETIC.num_classes)
 
 
-def reference_loops(model, image):
+def reference_loops(model, stage4):
   """Each loop's weights from tests/reference.py on the q, k, v the head computes."""
-  preprocessing = model_dir.IMAGENET_PREPROCESSING
-  x = (image.astype(np.float32) - np.array(preprocessing["mean"], np.float32)) / np.array(
-      preprocessing["std"], np.float32)
-  stage4 = model.backbone(jnp.asarray(x[None]))[3]
   attention, features, loops = model.head.attention, model.head.conva(stage4), []
   for _ in range(2):
     q, k, v = attention.query(features), attention.key(features), attention.value(features)
@@ -67,11 +79,12 @@ def dense_matrix(loop):
 
 
 def test_each_loop_matches_the_reference_attention(saved, computed):
-  _, model, image = saved
+  _, model, _, stage4 = saved
   _, loops = computed
   assert [loop.shape for loop in loops] == [(5, 7, 12)] * 2
-  for got, want in zip(loops, reference_loops(model, image)):
-    # float32 softmax of O(1) energies vs float64: ~1e-7 relative; weights are <= 1.
+  for got, want in zip(loops, reference_loops(model, stage4)):
+    # float32 softmax of O(1) energies vs float64 on the same float32 q, k: ~1e-7 relative
+    # (the energies' float32 products differ by ~1e-6 absolute); weights are <= 1.
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -94,7 +107,7 @@ def test_loop1_lies_on_the_criss_cross_and_loop2_reaches_every_pixel(computed):
 
 
 def test_figure_shows_image_maps_and_prediction(saved, computed, tmp_path):
-  directory, _, image = saved
+  directory, _, image, _ = saved
   prediction, _ = computed
   (tmp_path / "in").mkdir()
   Image.fromarray(image).save(tmp_path / "in" / "scene.png")
@@ -110,7 +123,7 @@ def test_figure_shows_image_maps_and_prediction(saved, computed, tmp_path):
 
 
 def test_cli_names_a_pixel_outside_the_image(saved, tmp_path, capsys):
-  directory, _, image = saved
+  directory, _, image, _ = saved
   Image.fromarray(image).save(tmp_path / "scene.png")
   with pytest.raises(SystemExit) as exit_info:
     cli.main(["attention", "--model", directory, "--image", str(tmp_path / "scene.png"),
