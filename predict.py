@@ -13,6 +13,8 @@ expects); for each video ``NAME_pred.mp4`` and ``NAME_overlay.mp4`` (and with ``
 one label-id PNG a frame in ``NAME_labelIds/``).
 """
 
+import warnings
+
 from absl import app, flags, logging
 
 from ccnet_jax.cli import run_user_command
@@ -66,6 +68,9 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give at least one input: image files, folders, globs or videos.")
   logging.set_verbosity(logging.WARNING)  # Progress and results are printed; keep logs quiet.
+  # Videos run ffmpeg as a subprocess (fork, then exec at once): JAX's warning that a forked
+  # child cannot use JAX's threads does not concern it.
+  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
   run_user_command(lambda: _predict(argv[1:]))
 
 

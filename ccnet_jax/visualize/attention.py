@@ -31,6 +31,7 @@ from ccnet_jax.ops.resize import interpolation_matrix
 _HEAT_STOPS = np.array(
     [(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)], np.float32
 )
+HEAT_DECADES = 4.0  # The heat scale spans weights from 1e-4 of a map's maximum to it.
 _GAP = 4  # White pixels between the panels of a figure.
 _MARKER = (0, 255, 255)
 
@@ -125,11 +126,13 @@ def upsample(grid_map: np.ndarray, size: Sequence[int]) -> np.ndarray:
   return rows @ grid_map @ cols.T
 
 
-def heat(values: np.ndarray) -> np.ndarray:
-  """(H, W) weights -> (H, W, 3) uint8: the square root of each weight over the map's maximum
-  on the heat scale (the root keeps the small weights that loop 2 spreads out visible)."""
+def heat(values: np.ndarray, decades: float = HEAT_DECADES) -> np.ndarray:
+  """(H, W) weights -> (H, W, 3) uint8 on the heat scale, logarithmic over ``decades``
+  below the map's maximum: the faint weights through which a second loop reaches the
+  whole image stay visible beside the strong ones."""
   top = float(values.max())
-  scaled = np.sqrt(np.clip(values / top, 0, 1)) if top > 0 else np.zeros_like(values)
+  relative = np.maximum(values / top, 1e-30) if top > 0 else np.full(values.shape, 1e-30)
+  scaled = np.clip(1 + np.log10(relative) / decades, 0, 1)
   position = scaled * (len(_HEAT_STOPS) - 1)
   low = np.minimum(np.floor(position).astype(int), len(_HEAT_STOPS) - 2)
   fraction = (position - low)[..., None]
