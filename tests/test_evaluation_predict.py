@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import imageio.v2 as imageio
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,6 +23,8 @@ from ccnet_jax.models import model_dir
 from tests.test_models_model_dir import randomised, tiny_config
 
 torch = pytest.importorskip("torch")
+# ffmpeg runs as a subprocess (fork, then exec at once), which JAX's fork warning does not concern.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 
 NUM_CLASSES = SYNTHETIC.num_classes
 MEAN = np.array(model_dir.IMAGENET_PREPROCESSING["mean"], np.float32)
@@ -156,14 +159,16 @@ def test_bad_arguments_name_the_file(tmp_path):
     media.expand_argument(str(tmp_path / "*.png"))
   with pytest.raises(FileNotFoundError, match="missing.png: no such file"):
     media.expand_argument(str(tmp_path / "missing.png"))
+  (tmp_path / "fake.mp4").write_bytes(b"not a video")
+  with pytest.raises(ValueError, match="cannot read video .*fake.mp4"):
+    media.video_info(str(tmp_path / "fake.mp4"))
   clash = [media.Input("x/a.png", "a"), media.Input("y/a.jpg", "a")]
   with pytest.raises(ValueError, match="y/a.jpg and x/a.png would both write"):
     media.check_unique_names(clash)
 
 
-def test_workdir_resolves_to_its_exported_model(tmp_path):
-  config = tiny_config(num_classes=NUM_CLASSES)
-  model = randomised(config, seed=0)
+def test_workdir_resolves_to_its_exported_model(workdir, tmp_path):
+  config, model = tiny_config(num_classes=NUM_CLASSES), workdir[1]
   model_dir.save_model(tmp_path / "best", model, config, preprocessing=None)
   assert resolve_model_dir(str(tmp_path)) == str(tmp_path / "best")
   assert resolve_model_dir(str(tmp_path / "best")) == str(tmp_path / "best")
@@ -191,3 +196,12 @@ def test_cityscapes_label_ids_follow_the_official_table():
     assert table[train_id] == labels.trainId2label[train_id].id
   ade = train_id_to_label_id("ade20k")
   np.testing.assert_array_equal(ade[:150], np.arange(1, 151))
+
+
+def test_bfloat16_computes_in_bfloat16_on_float32_parameters(workdir):
+  network, info = model_dir.load_model(os.path.join(workdir[0], "model"), dtype="bfloat16")
+  assert info["model"].dtype == "bfloat16" and network.dtype == jnp.bfloat16
+  kernel = network.head.classifier.kernel
+  assert kernel.dtype == jnp.float32
+  np.testing.assert_array_equal(
+      np.asarray(kernel), np.asarray(workdir[1].head.classifier.kernel))

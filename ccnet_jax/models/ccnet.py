@@ -58,16 +58,14 @@ class CCNet(nnx.Module):
         else None
     )
 
-  def _features(self, images: Array) -> tuple[Array, ...]:
-    x = images if self.dtype is None else images.astype(self.dtype)
-    return self.backbone(x)
-
   def attention_maps(self, images: Array) -> list[Array]:
     """The head's criss-cross weights, one (B, h, w, h + w) float32 array per loop."""
-    return self.head.attention_maps(self._features(images)[3])
+    x = images if self.dtype is None else images.astype(self.dtype)
+    return self.head.attention_maps(self.backbone(x)[3])
 
   def __call__(self, images: Array) -> tuple[Array, Array | None]:
-    _, _, stage3, stage4 = self._features(images)
+    x = images if self.dtype is None else images.astype(self.dtype)
+    _, _, stage3, stage4 = self.backbone(x)
     logits = self.head(stage4).astype(jnp.float32)
     if self.aux_head is None:
       return logits, None
