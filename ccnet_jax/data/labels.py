@@ -158,6 +158,9 @@ SYNTHETIC = DatasetInfo(
 )
 
 _INFOS = {info.name: info for info in (CITYSCAPES, ADE20K, SYNTHETIC)}
+DATASET_NAMES = tuple(_INFOS)
+# The label-id tables of the datasets whose annotation files do not store train ids.
+_ID_TO_TRAIN_ID = {"cityscapes": CITYSCAPES_ID_TO_TRAIN_ID, "ade20k": ADE20K_ID_TO_TRAIN_ID}
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -165,3 +168,20 @@ def dataset_info(name: str) -> DatasetInfo:
   if name not in _INFOS:
     raise ValueError(f"data.name={name!r} is unknown; use one of {sorted(_INFOS)}.")
   return _INFOS[name]
+
+
+def train_id_to_label_id(name: str) -> np.ndarray:
+  """(256,) uint8: a dataset's train id -> the id its annotation files use.
+
+  The inverse of the official table (Cityscapes ``labelIds``, as a benchmark
+  submission expects; ADE20K k -> k + 1); ignore (255) maps to 0, 'unlabeled'.
+  Datasets stored as train ids map every id to itself.
+  """
+  info = dataset_info(name)
+  if name not in _ID_TO_TRAIN_ID:
+    return np.arange(256, dtype=np.uint8)
+  table = np.zeros((256,), np.uint8)
+  for label_id, train_id in reversed(list(enumerate(_ID_TO_TRAIN_ID[name]))):
+    if train_id < info.num_classes:
+      table[train_id] = label_id  # reversed: the smallest label id of a train id wins.
+  return table

@@ -61,6 +61,11 @@ class CCNet(nnx.Module):
         else None
     )
 
+  def attention_maps(self, images: Array) -> list[Array]:
+    """The head's criss-cross weights, one (B, h, w, h + w) float32 array per loop."""
+    x = images if self.dtype is None else images.astype(self.dtype)
+    return self.head.attention_maps(self.backbone(x)[3])
+
   def __call__(self, images: Array) -> tuple[Array, Array | None]:
     x = images if self.dtype is None else images.astype(self.dtype)
     _, _, stage3, stage4 = self.backbone(x)

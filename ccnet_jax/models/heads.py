@@ -122,6 +122,19 @@ class RCCAHead(nnx.Module):
       y = self.attention(y)
     return y
 
+  def attention_maps(self, x: Array) -> list[Array]:
+    """Each loop's (B, H, W, H + W) criss-cross weights (column then row), loop 1 first."""
+    if not isinstance(self.attention, CrissCrossAttention):
+      raise ValueError(
+          "This model's head has no criss-cross attention (model.head.attention is not"
+          " 'criss_cross' or model.head.recurrence is 0): there are no attention maps to show."
+      )
+    y, maps = self.conva(x), []
+    for _ in range(self.recurrence):
+      maps.append(self.attention.attention_map(y))
+      y = self.attention(y)
+    return maps
+
   def __call__(self, x: Array) -> Array:
     y = self.convb(self.context(x))
     y = self.bottleneck(jnp.concatenate([x, y.astype(x.dtype)], axis=-1))

@@ -292,9 +292,17 @@ def load_state_into(
   return info
 
 
-def load_model(directory: str | os.PathLike, *, seed: int = 0) -> tuple[CCNet, dict[str, Any]]:
-  """Rebuilds the saved CCNet in eval mode; returns (model, info) with info['model'] the config."""
+def load_model(
+    directory: str | os.PathLike, *, seed: int = 0, dtype: str | None = None
+) -> tuple[CCNet, dict[str, Any]]:
+  """Rebuilds the saved CCNet in eval mode; returns (model, info) with info['model'] the config.
+
+  ``dtype`` ('bfloat16', ...) overrides the computation dtype recorded in
+  ``model.json``; the parameters stay float32 whatever it is.
+  """
   info = read_info(directory)
+  if dtype is not None:
+    info["model"].dtype = dtype
   if info["part"] != "all":
     raise ValueError(
         f"{os.fspath(directory)!r} holds only a backbone, not a whole model; use it as"

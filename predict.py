@@ -1,0 +1,78 @@
+"""Label images and videos with a trained or converted CCNet.
+
+  python predict.py --model=/tmp/demo photos/ street.jpg 'clips/*.mp4' --out=predictions
+  python predict.py --model=runs/cs/best frames/ --out=out --mode=sliding --label_ids
+  python predict.py --model=models/ccnet_official img.png --out=out --scales=0.75,1,1.25 --flip
+
+``--model`` is a model directory (written by training or ``python -m ccnet_jax.convert``)
+or a training workdir (its exported ``model/``, else ``best/``). Inputs are image files,
+folders (searched recursively), glob patterns and video files. For each image it writes
+``NAME_pred.png`` (classes in the dataset's colours) and ``NAME_overlay.png``, with
+``--label_ids`` also ``NAME_labelIds.png`` (Cityscapes label ids, as the benchmark server
+expects); for each video ``NAME_pred.mp4`` and ``NAME_overlay.mp4`` (and with ``--label_ids``
+one label-id PNG a frame in ``NAME_labelIds/``).
+"""
+
+import warnings
+
+from absl import app, flags, logging
+
+from ccnet_jax.cli import run_user_command
+from ccnet_jax.data.labels import DATASET_NAMES
+from ccnet_jax.evaluation.inference import MODES
+from ccnet_jax.evaluation.predict import ON_ERROR, Predictor, predict_paths
+
+_MODEL = flags.DEFINE_string("model", None, "Model directory or training workdir.")
+_OUT = flags.DEFINE_string("out", None, "Folder for the outputs (created if needed).")
+_DATASET = flags.DEFINE_enum(
+    "dataset", None, DATASET_NAMES, "Palette and label ids (default: from the class count).")
+_MODE = flags.DEFINE_enum("mode", "whole", MODES, "Whole-image or sliding-window inference.")
+_CROP = flags.DEFINE_list("crop_size", ["769", "769"], "Sliding window height,width.")
+_OVERLAP = flags.DEFINE_float("overlap", 1 / 3, "Fraction of a window shared with the next.")
+_SCALES = flags.DEFINE_list("scales", ["1.0"], "Image scales whose predictions are averaged.")
+_FLIP = flags.DEFINE_bool("flip", False, "Also average the horizontally flipped prediction.")
+_BATCH = flags.DEFINE_integer("batch_size", 1, "Images (of one size) or frames per forward pass.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", None, ["float32", "bfloat16"], "Computation dtype (default: the model's).")
+_LABEL_IDS = flags.DEFINE_bool("label_ids", False, "Also write raw label-id PNGs.")
+_ON_ERROR = flags.DEFINE_enum(
+    "on_error", "stop", ON_ERROR, "On a bad input: stop with its error, or skip it and go on.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.mark_flags_as_required(["model", "out"])
+
+
+def _numbers(values, kind, flag):
+  try:
+    return tuple(kind(value) for value in values)
+  except ValueError:
+    raise ValueError(f"--{flag}={','.join(values)} must be a comma-separated list of numbers.")
+
+
+def _predict(inputs):
+  predictor = Predictor(
+      _MODEL.value, dataset=_DATASET.value, mode=_MODE.value,
+      crop_size=_numbers(_CROP.value, int, "crop_size"), overlap=_OVERLAP.value,
+      scales=_numbers(_SCALES.value, float, "scales"), flip=_FLIP.value,
+      batch_size=_BATCH.value, dtype=_DTYPE.value,
+  )
+  print(f"Model: {predictor.model_dir} ({predictor.dataset.name} classes).", flush=True)
+  counts = predict_paths(
+      predictor, inputs, _OUT.value, label_ids=_LABEL_IDS.value, on_error=_ON_ERROR.value,
+      progress=_PROGRESS.value,
+  )
+  print(f"Wrote {counts['images']} images and {counts['videos']} videos ({counts['frames']}"
+        f" frames) to {_OUT.value}; {counts['skipped']} inputs skipped.", flush=True)
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("Give at least one input: image files, folders, globs or videos.")
+  logging.set_verbosity(logging.WARNING)  # Progress and results are printed; keep logs quiet.
+  # Videos run ffmpeg as a subprocess (fork, then exec at once): JAX's warning that a forked
+  # child cannot use JAX's threads does not concern it.
+  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+  run_user_command(lambda: _predict(argv[1:]))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,207 @@
+"""predict.py: folders of odd-sized images and videos in, colour / overlay / label-id files out,
+labels checked against a forward pass upsampled by torch and against eval's inference."""
+
+import functools
+import os
+import subprocess
+import sys
+
+import imageio.v2 as imageio
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from ccnet_jax.data.labels import SYNTHETIC, train_id_to_label_id
+from ccnet_jax.evaluation import media
+from ccnet_jax.evaluation.evaluator import model_predict_fn
+from ccnet_jax.evaluation.inference import predict_logits
+from ccnet_jax.evaluation.predict import (
+    Predictor, dataset_for_model, predict_paths, resolve_model_dir,
+)
+from ccnet_jax.models import model_dir
+from tests.test_models_model_dir import randomised, tiny_config
+
+torch = pytest.importorskip("torch")
+# ffmpeg runs as a subprocess (fork, then exec at once), which JAX's fork warning does not concern.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
+
+NUM_CLASSES = SYNTHETIC.num_classes
+MEAN = np.array(model_dir.IMAGENET_PREPROCESSING["mean"], np.float32)
+STD = np.array(model_dir.IMAGENET_PREPROCESSING["std"], np.float32)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """A training workdir whose exported model/ is a tiny random CCNet with 6 classes."""
+  config = tiny_config(num_classes=NUM_CLASSES)
+  model = randomised(config, seed=3)
+  root = tmp_path_factory.mktemp("run")
+  model_dir.save_model(root / "model", model, config, preprocessing=None)
+  return str(root), model
+
+
+@pytest.fixture(scope="module")
+def predictor(workdir):
+  return Predictor(workdir[0], batch_size=2)
+
+
+def smooth_image(rng, height, width):
+  """Blocky colours (not per-pixel noise), so that lossy video coding keeps them close."""
+  coarse = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3))
+  return np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:height, :width].astype(np.uint8)
+
+
+def reference_logits(model, image):
+  """(H, W, K): the network on the ImageNet-normalised image, upsampled by torch
+  (bilinear, align_corners=True, as the official evaluation)."""
+  x = ((image.astype(np.float32) - MEAN) / STD)[None]
+  logits = np.array(model(x)[0])  # A writable copy for torch.
+  upsampled = torch.nn.functional.interpolate(
+      torch.from_numpy(logits).permute(0, 3, 1, 2), size=image.shape[:2], mode="bilinear",
+      align_corners=True,
+  )
+  return upsampled.permute(0, 2, 3, 1).numpy()[0]
+
+
+def assert_labels_match(labels, logits):
+  """Labels equal the reference argmax wherever its top two logits are apart by more than
+  1e-4: float32 sums in a different order differ by ~1e-6 of the logits (|logit| < 100),
+  so only a near-tie can flip, and near-ties are excluded rather than counted."""
+  top2 = np.sort(logits, axis=-1)[..., -2:]
+  decided = top2[..., 1] - top2[..., 0] > 1e-4
+  assert decided.mean() > 0.95
+  np.testing.assert_array_equal(labels[decided], logits.argmax(-1)[decided])
+
+
+def test_folder_of_odd_sizes_writes_colours_overlays_and_label_ids(workdir, predictor, tmp_path):
+  _, model = workdir
+  rng = np.random.default_rng(0)
+  sizes = {"a": (37, 53), "b": (37, 53), "c": (29, 41), os.path.join("sub", "d"): (45, 23)}
+  folder = tmp_path / "images"
+  images = {}
+  for name, size in sizes.items():
+    images[name] = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+    (folder / os.path.dirname(name)).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(images[name]).save(folder / f"{name}.png")
+  (folder / "broken.png").write_bytes(b"not a png")
+  (folder / "notes.txt").write_text("not an image: ignored in a folder")
+  out = tmp_path / "out"
+
+  counts = predict_paths(
+      predictor, [str(folder)], str(out), label_ids=True, on_error="skip", progress=False
+  )
+
+  assert counts == {"images": 4, "videos": 0, "frames": 0, "skipped": 1}
+  for name, image in images.items():
+    stem = out / name.replace(os.sep, "_")
+    labels = np.asarray(Image.open(f"{stem}_labelIds.png"))
+    assert labels.shape == image.shape[:2]
+    assert_labels_match(labels, reference_logits(model, image))
+    color = np.asarray(Image.open(f"{stem}_pred.png"))
+    np.testing.assert_array_equal(color, SYNTHETIC.palette[labels])
+    blended = np.round(0.5 * image.astype(np.float64) + 0.5 * SYNTHETIC.palette[labels])
+    np.testing.assert_allclose(np.asarray(Image.open(f"{stem}_overlay.png")), blended, atol=1)
+
+
+def test_video_frames_in_equal_frames_out_and_labels_equal_eval_inference(
+    workdir, predictor, tmp_path
+):
+  _, model = workdir
+  rng = np.random.default_rng(1)
+  frames_in = [smooth_image(rng, 40, 56) for _ in range(5)]
+  video = str(tmp_path / "clip.mp4")
+  imageio.mimwrite(video, frames_in, fps=10, codec="libx264", macro_block_size=8)
+  out = tmp_path / "out"
+
+  counts = predict_paths(predictor, [video], str(out), label_ids=True, progress=False)
+
+  assert counts == {"images": 0, "videos": 1, "frames": 5, "skipped": 0}
+  for suffix in ("pred", "overlay"):
+    assert imageio.get_reader(str(out / f"clip_{suffix}.mp4")).count_frames() == 5
+  label_files = sorted(os.listdir(out / "clip_labelIds"))
+  assert label_files == [f"{i:06d}.png" for i in range(5)]
+  # Evaluation's inference on the decoded frames (5 frames: batches of 2, 2 and a padded 1).
+  decoded = np.stack([frame[..., :3] for frame in imageio.mimread(video)])
+  predict_fn, state = model_predict_fn(model)
+  normalized = (decoded.astype(np.float32) - MEAN) / STD
+  logits = np.asarray(predict_logits(
+      functools.partial(predict_fn, state), normalized, num_classes=NUM_CLASSES))
+  for index, name in enumerate(label_files):
+    labels = np.asarray(Image.open(out / "clip_labelIds" / name))
+    assert_labels_match(labels, logits[index])
+
+
+def test_cli_stops_on_a_bad_input_with_one_line_naming_it(workdir, tmp_path):
+  folder = tmp_path / "images"
+  folder.mkdir()
+  (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+  result = subprocess.run(
+      [sys.executable, "predict.py", f"--model={workdir[0]}", str(folder), "--out",
+       str(tmp_path / "out"), "--noprogress"],
+      cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO},
+      timeout=600,
+  )
+  assert result.returncode == 1, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: cannot decode image") and "broken.jpg" in last, result.stderr
+
+
+def test_bad_arguments_name_the_file(tmp_path):
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "notes.txt").write_text("x")
+  with pytest.raises(ValueError, match="empty: the folder holds no image"):
+    media.expand_argument(str(tmp_path / "empty"))
+  with pytest.raises(ValueError, match=r"notes\.txt: unknown extension '\.txt'"):
+    media.expand_argument(str(tmp_path / "notes.txt"))
+  with pytest.raises(FileNotFoundError, match="no file matches"):
+    media.expand_argument(str(tmp_path / "*.png"))
+  with pytest.raises(FileNotFoundError, match="missing.png: no such file"):
+    media.expand_argument(str(tmp_path / "missing.png"))
+  (tmp_path / "fake.mp4").write_bytes(b"not a video")
+  with pytest.raises(ValueError, match="cannot read video .*fake.mp4"):
+    media.video_info(str(tmp_path / "fake.mp4"))
+  clash = [media.Input("x/a.png", "a"), media.Input("y/a.jpg", "a")]
+  with pytest.raises(ValueError, match="y/a.jpg and x/a.png would both write"):
+    media.check_unique_names(clash)
+
+
+def test_workdir_resolves_to_its_exported_model(workdir, tmp_path):
+  config, model = tiny_config(num_classes=NUM_CLASSES), workdir[1]
+  model_dir.save_model(tmp_path / "best", model, config, preprocessing=None)
+  assert resolve_model_dir(str(tmp_path)) == str(tmp_path / "best")
+  assert resolve_model_dir(str(tmp_path / "best")) == str(tmp_path / "best")
+  model_dir.save_model(tmp_path / "model", model, config, preprocessing=None)
+  assert resolve_model_dir(str(tmp_path)) == str(tmp_path / "model")
+  (tmp_path / "checkpoints_only").mkdir()
+  with pytest.raises(FileNotFoundError, match="not a model directory"):
+    resolve_model_dir(str(tmp_path / "checkpoints_only"))
+
+
+def test_dataset_from_the_class_count_or_named():
+  assert dataset_for_model(19).name == "cityscapes"
+  assert dataset_for_model(150).name == "ade20k"
+  assert dataset_for_model(6).name == "synthetic"
+  with pytest.raises(ValueError, match="pass --dataset"):
+    dataset_for_model(7)
+  with pytest.raises(ValueError, match="--dataset=ade20k has 150 classes"):
+    dataset_for_model(19, "ade20k")
+
+
+def test_cityscapes_label_ids_follow_the_official_table():
+  labels = pytest.importorskip("cityscapesscripts.helpers.labels")
+  table = train_id_to_label_id("cityscapes")
+  for train_id in range(19):
+    assert table[train_id] == labels.trainId2label[train_id].id
+  ade = train_id_to_label_id("ade20k")
+  np.testing.assert_array_equal(ade[:150], np.arange(1, 151))
+
+
+def test_bfloat16_computes_in_bfloat16_on_float32_parameters(workdir):
+  network, info = model_dir.load_model(os.path.join(workdir[0], "model"), dtype="bfloat16")
+  assert info["model"].dtype == "bfloat16" and network.dtype == jnp.bfloat16
+  kernel = network.head.classifier.kernel
+  assert kernel.dtype == jnp.float32
+  np.testing.assert_array_equal(
+      np.asarray(kernel), np.asarray(workdir[1].head.classifier.kernel))
