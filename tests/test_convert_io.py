@@ -212,3 +212,52 @@ def test_damaged_files_are_one_value_error_naming_them(tmp_path, file_format):
   for path in paths:
     with pytest.raises(ValueError, match=f"^{path}"):
       io.read_state_dict(path, use_torch=False)
+
+
+# Runs `python -m ccnet_jax.convert official FILE OUT` once per file in one child process (one
+# import of torch and JAX instead of one per file), each with its stderr in FILE.err and its
+# exit status in FILE.status; an uncaught exception would end the child with a traceback.
+_CONVERT_EACH = """
+import contextlib, os, runpy, sys
+for path in sys.argv[1:]:
+  with open(path + '.err', 'w') as err, contextlib.redirect_stderr(err):
+    sys.argv = ['ccnet_jax.convert', 'official', path, path + '.out']
+    try:
+      runpy.run_module('ccnet_jax.convert', run_name='__main__')
+      status = 0
+    except SystemExit as e:
+      status = e.code
+  with open(path + '.status', 'w') as f:
+    f.write(str(status))
+"""
+
+
+def test_junk_inputs_to_the_command_are_one_error_line_naming_the_file(tmp_path):
+  """With torch installed (torch.load's own failures), as a user would run the command."""
+  weights = {"w": torch.arange(256, dtype=torch.float32)}
+  files = {
+      "text.pth": b"these are not the weights you are looking for\n",
+      "empty.pth": b"",
+      "garbage.safetensors": b"\xff" * 64,
+      "empty.npz": b"",
+      "garbage.npz": b"PK\x03\x04 not really a zip archive",
+  }
+  for name, content in files.items():
+    (tmp_path / name).write_bytes(content)
+  for file_format in FORMATS:
+    path = _save(weights, tmp_path / f"truncated_{file_format}.pth", file_format)
+    _cut(path, 0.6)
+  paths = sorted(str(p) for p in tmp_path.iterdir())
+  result = subprocess.run(
+      [sys.executable, "-c", _CONVERT_EACH, *paths], cwd=REPO, check=False, capture_output=True,
+      text=True, timeout=300, env={**os.environ, "PYTHONPATH": REPO},
+  )
+  assert result.returncode == 0, result.stderr
+  assert len(paths) == 7
+  for path in paths:
+    with open(path + ".status", encoding="utf-8") as f:
+      assert f.read() == "1", path
+    with open(path + ".err", encoding="utf-8") as f:
+      lines = f.read().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path} "), (path, lines)
+    assert not os.path.exists(path + ".out"), path
