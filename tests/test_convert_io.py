@@ -261,3 +261,15 @@ def test_junk_inputs_to_the_command_are_one_error_line_naming_the_file(tmp_path)
       lines = f.read().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path} "), (path, lines)
     assert not os.path.exists(path + ".out"), path
+
+
+def test_a_tensor_larger_than_its_storage_is_refused(tmp_path):
+  """A legacy file whose storage was shrunk under its tensor: the reader must not read past
+  the storage (numpy's as_strided would)."""
+  path = _save({"w": torch.arange(8, dtype=torch.float32)}, tmp_path / "w.pth", "legacy")
+  data = path.read_bytes()
+  tail = np.int64(8).tobytes() + np.arange(8, dtype=np.float32).tobytes()
+  assert data.endswith(tail)
+  path.write_bytes(data[:-len(tail)] + np.int64(4).tobytes() + np.arange(4, dtype="<f4").tobytes())
+  with pytest.raises(ValueError, match=f"^{path}: a tensor reaches past the end of its storage"):
+    io.read_state_dict(path, use_torch=False)

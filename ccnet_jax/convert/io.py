@@ -67,6 +67,10 @@ class _TensorRef:
 
   def to_numpy(self, path: str) -> np.ndarray:
     array = self.storage.array
+    # as_strided trusts its arguments: a crafted file must not read outside the storage.
+    if (self.offset < 0 or len(self.size) != len(self.stride)
+        or min(self.size + self.stride, default=0) < 0):
+      raise ValueError(f"{path}: a tensor has a negative offset, size or stride (corrupt file).")
     extent = sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
     if min(self.size, default=1) > 0 and self.offset + extent > array.size:
       raise ValueError(f"{path}: a tensor reaches past the end of its storage (corrupt file).")
