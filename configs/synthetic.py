@@ -4,8 +4,9 @@
 
 No download: the data (ccnet_jax/data/synthetic.py) is generated from a seed. The
 network is the official architecture shrunk to CPU size (ResNet-18 layout with a
-deep stem of width 16, output stride 8, a 64-channel head); the recipe is the
-official one (SGD, poly, CE + 0.4 aux) with a short schedule.
+deep stem of width 16, output stride 8, a 64-channel head). The recipe keeps the
+official poly schedule and CE + 0.4 aux loss but trains with AdamW (see below) on a
+short schedule.
 """
 
 from configs.common import base_config

@@ -101,3 +101,35 @@ def test_parse_block_sizes():
   assert cca_kernels.parse_block_sizes("") == BlockSizes()
   with pytest.raises(ValueError, match="NAME=INTEGER"):
     cca_kernels.parse_block_sizes("block=32")
+
+# README "Efficiency" section: train-step memory (MB) that attention adds to the head on the
+# 97x97 map, from XLA's buffer assignment with the pinned jax on CPU.
+README_MEMORY_MB = {"non_local": 1195, "criss_cross": 195}
+
+_MEASURE_MEMORY = """
+import json, sys
+sys.path.insert(0, 'benchmarks')
+import attention_cost  # Sets the benchmark's XLA flag before jax starts, as when it is run.
+cost = lambda *a: attention_cost.head_cost(*a, 97, 1, training=True).memory_mb
+baseline = cost('none', 0)
+print(json.dumps({'non_local': cost('non_local', 1) - baseline,
+                  'criss_cross': cost('criss_cross', 2) - baseline}))
+"""
+
+
+def test_readme_memory_figures_within_five_percent():
+  """Measured as the benchmark measures them, in a fresh process: XLA's flags are read once,
+  when jax starts. Its buffer plan is deterministic for one jax version: 5% absorbs small
+  changes in fusion; outside it the README's tables must be measured again."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root)
+  env.pop("XLA_FLAGS", None)
+  result = subprocess.run([sys.executable, "-c", _MEASURE_MEMORY], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  measured = json.loads(result.stdout.splitlines()[-1])
+  for name, megabytes in README_MEMORY_MB.items():
+    assert measured[name] == pytest.approx(megabytes, rel=0.05), (name, measured)

@@ -40,12 +40,44 @@ def tiny_config(**head):
   return config
 
 
+def _official_parameter_count(num_classes):
+  """Counted by hand from the modules of networks/ccnet.py in github.com/speedinghzl/CCNet
+  (Res_Deeplab: ResNet(Bottleneck, [3, 4, 23, 3]) with RCCAModule(2048, 512) and the dsn
+  head); an InPlaceABNSync of C channels holds a weight and a bias."""
+  def conv(c_in, c_out, k, bias=False):
+    return c_in * c_out * k * k + (c_out if bias else 0)
+
+  def norm(c):
+    return 2 * c
+
+  count = conv(3, 64, 3) + norm(64) + conv(64, 64, 3) + norm(64) + conv(64, 128, 3) + norm(128)
+  in_planes = 128
+  for planes, blocks in ((64, 3), (128, 4), (256, 23), (512, 3)):
+    # Every stage's first block changes the channel count, so it has a downsample branch.
+    count += conv(in_planes, planes * 4, 1) + norm(planes * 4)
+    for block in range(blocks):
+      c_in = in_planes if block == 0 else planes * 4
+      count += conv(c_in, planes, 1) + norm(planes) + conv(planes, planes, 3) + norm(planes)
+      count += conv(planes, planes * 4, 1) + norm(planes * 4)
+    in_planes = planes * 4
+  # RCCAModule: conv1a, PixelwiseAttention (query, key: 512 -> 64; value 512 -> 512; gamma),
+  # conv1b, bottleneck (2560 -> 512, then the classifier).
+  count += conv(2048, 512, 3) + norm(512)
+  count += 2 * conv(512, 64, 1, bias=True) + conv(512, 512, 1, bias=True) + 1
+  count += conv(512, 512, 3) + norm(512)
+  count += conv(2560, 512, 3) + norm(512) + conv(512, num_classes, 1, bias=True)
+  # dsn: conv 1024 -> 512 with bias, InPlaceABNSync, the classifier.
+  count += conv(1024, 512, 3, bias=True) + norm(512) + conv(512, num_classes, 1, bias=True)
+  return count
+
+
 class OfficialModelTest(parameterized.TestCase):
 
-  def test_official_ccnet_r101_has_the_published_parameter_count(self):
+  def test_official_ccnet_r101_has_the_official_codes_parameter_count(self):
     model = _abstract(lambda: models.build_model(models.model_config("ccnet_r101_official")))
     # BatchNorm running statistics are BatchStat, not Param, so they are excluded.
-    self.assertEqual(_num_params(model), 71_287_911)
+    self.assertEqual(_official_parameter_count(num_classes=19), 71_287_911)
+    self.assertEqual(_num_params(model), _official_parameter_count(num_classes=19))
 
   def test_769_crop_gives_97x97_logits_for_both_heads(self):
     model = _abstract(lambda: models.build_model(models.model_config("ccnet_r101_official")))

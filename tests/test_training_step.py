@@ -142,8 +142,16 @@ def test_bfloat16_step_keeps_float32_params_and_statistics(reference):
   dtypes = {x.dtype for x in jax.tree.leaves((states[0].params, states[0].batch_stats))}
   assert dtypes == {np.dtype(np.float32)}
   assert metrics[0]["finite"] == 1.0
-  np.testing.assert_allclose(metrics[0]["loss"], reference[1][0]["loss"], rtol=0.05)
-  np.testing.assert_allclose(metrics[0]["grad_norm"], reference[1][0]["grad_norm"], rtol=0.1)
+  # Tolerances from the float32 run of the same step (measured on CPU: the loss differs by
+  # 8e-5 relative, the gradient norm by 2.3%, from bfloat16 activations alone). The loss is
+  # computed in float32 from the bfloat16 logits: 1e-3 is 12x what we see and half bfloat16's
+  # unit round-off (2**-9), and a loss whose last operation ran in bfloat16 would be exactly
+  # a bfloat16 number, which a float32 result is with probability 2**-16.
+  loss = metrics[0]["loss"]
+  np.testing.assert_allclose(loss, reference[1][0]["loss"], rtol=1e-3)
+  assert float(jnp.asarray(loss, jnp.bfloat16)) != np.float32(loss)
+  # The gradients flow through bfloat16 activations: 5%, twice the 2.3% measured.
+  np.testing.assert_allclose(metrics[0]["grad_norm"], reference[1][0]["grad_norm"], rtol=0.05)
   # The BatchNorm reduces bfloat16 activations in float32: the running statistics
   # of the first BN layer track the float32 run to bfloat16 input precision.
   bn1 = states[0].batch_stats["backbone"]["stem"]["bn1"]
