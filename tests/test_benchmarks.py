@@ -121,9 +121,6 @@ def test_readme_memory_figures_within_five_percent():
   """Measured as the benchmark measures them, in a fresh process: XLA's flags are read once,
   when jax starts. Its buffer plan is deterministic for one jax version: 5% absorbs small
   changes in fusion; outside it the README's tables must be measured again."""
-  import json  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root)
   env.pop("XLA_FLAGS", None)
