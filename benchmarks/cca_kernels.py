@@ -49,6 +49,7 @@ from ccnet_jax.ops.pallas import criss_cross as pallas_criss_cross  # noqa: E402
 
 IMPLEMENTATIONS = ("einsum", "einsum_recompute", "pallas")
 
+
 def parse_block_sizes(text: str) -> BlockSizes:
   """'query_block=32,num_warps=4' -> BlockSizes; fields left out keep their defaults."""
   fields = {f.name for f in dataclasses.fields(BlockSizes)}

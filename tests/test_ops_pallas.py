@@ -27,10 +27,12 @@ IMPLEMENTATIONS = ("pallas", "einsum_recompute")
 
 # float32: outputs agree to 1e-5. Gradients are compared at the scale of the
 # largest entry: the kernel's backward recomputes exp(s - lse) for energies s up
-# to ~20, whose float32 rounding (~20 * 2^-24 relative) accumulates over H + W
-# terms; measured against a float64 einsum at 97x97 its error is 2.5e-6 of the
-# largest gradient (the float32 einsum's is 7e-7).
-FLOAT32_GRAD_RTOL_OF_MAX = 5e-6
+# to ~30, whose float32 rounding (~30 * 2^-24 relative) accumulates over H + W
+# terms, and sums delta = sum(dO * out) over C channels. Measured against a
+# float64 einsum: 2.5e-6 of the largest gradient at 97x97 with C = 16, 3.4e-6 at
+# 65x5 with C = 160 (the float32 einsum's: 6e-7); against the float32 einsum up
+# to 5.4e-6. A wrong mask, block edge or branch errs by O(1) of it.
+FLOAT32_GRAD_RTOL_OF_MAX = 1e-5
 
 # bfloat16 inputs and outputs carry 8 bits of mantissa (relative rounding 2^-8
 # ~ 0.4%). The implementations round at different points (the kernel rounds each
@@ -82,6 +84,17 @@ def _assert_float32_close(got, expected):
     np.testing.assert_allclose(g, e, rtol=1e-5, atol=atol, err_msg=name)
 
 
+def _assert_bfloat16_close(got, inputs):
+  """Against the float32 einsum on the same (rounded) bfloat16 inputs."""
+  expected = _forward_and_grads("einsum", *(x.astype(jnp.float32) for x in inputs))
+  for name, g, e in zip(("out", "dq", "dk", "dv"), got, expected):
+    chex.assert_type(g, jnp.bfloat16)
+    scale = float(jnp.abs(e).max())
+    np.testing.assert_allclose(
+        g.astype(jnp.float32), e, atol=BFLOAT16_RTOL_OF_MAX * scale, err_msg=name
+    )
+
+
 class KernelMatchesEinsumTest(parameterized.TestCase):
 
   @parameterized.product(
@@ -97,16 +110,8 @@ class KernelMatchesEinsumTest(parameterized.TestCase):
 
   @parameterized.parameters(*IMPLEMENTATIONS)
   def test_forward_and_input_grads_bfloat16(self, impl):
-    q, k, v, d_out = _qkv((2, 17, 33, 8), 16, seed=1, dtype=jnp.bfloat16)
-    got = _forward_and_grads(impl, q, k, v, d_out)
-    # The float32 einsum on the same (rounded) inputs is the reference.
-    expected = _forward_and_grads("einsum", *(x.astype(jnp.float32) for x in (q, k, v, d_out)))
-    for name, g, e in zip(("out", "dq", "dk", "dv"), got, expected):
-      chex.assert_type(g, jnp.bfloat16)
-      scale = float(jnp.abs(e).max())
-      np.testing.assert_allclose(
-          g.astype(jnp.float32), e, atol=BFLOAT16_RTOL_OF_MAX * scale, err_msg=name
-      )
+    inputs = _qkv((2, 17, 33, 8), 16, seed=1, dtype=jnp.bfloat16)
+    _assert_bfloat16_close(_forward_and_grads(impl, *inputs), inputs)
 
   @parameterized.parameters((2, 1, 21), (2, 21, 1), (1, 1, 1), (1, 33, 65))
   def test_gpu_layout_edges_float32(self, batch, height, width):
@@ -121,26 +126,19 @@ class KernelMatchesEinsumTest(parameterized.TestCase):
   def test_every_tuning_configuration_float32(self, block_sizes):
     """Each swept configuration, as Triton would run it, against the einsum and float64 loops.
 
-    97 rows (-> 128: one to four query blocks, a masked tail) by 33 columns
-    (-> 64); C = 160 -> 256 in slices of 64 or 128, the last ones partly or
+    65 rows (-> 128: one, two or four query blocks, a masked tail) by 5 columns
+    (-> 16); C = 160 -> 256 in slices of 64 or 128, the last ones partly or
     wholly past the edge.
     """
-    q, k, v, d_out = _qkv((1, 97, 33, 8), 160, seed=3)
+    q, k, v, d_out = _qkv((1, 65, 5, 8), 160, seed=3)
     got = _forward_and_grads(_gpu_layout(block_sizes), q, k, v, d_out)
     np.testing.assert_allclose(got[0], reference.criss_cross_attention(q, k, v), atol=1e-5)
     _assert_float32_close(got, _forward_and_grads("einsum", q, k, v, d_out))
 
   @parameterized.parameters(*_kernel_distinct(tuning_configurations()))
   def test_every_tuning_configuration_bfloat16(self, block_sizes):
-    q, k, v, d_out = _qkv((1, 65, 17, 8), 160, seed=4, dtype=jnp.bfloat16)
-    got = _forward_and_grads(_gpu_layout(block_sizes), q, k, v, d_out)
-    expected = _forward_and_grads("einsum", *(x.astype(jnp.float32) for x in (q, k, v, d_out)))
-    for name, g, e in zip(("out", "dq", "dk", "dv"), got, expected):
-      chex.assert_type(g, jnp.bfloat16)
-      scale = float(jnp.abs(e).max())
-      np.testing.assert_allclose(
-          g.astype(jnp.float32), e, atol=BFLOAT16_RTOL_OF_MAX * scale, err_msg=name
-      )
+    inputs = _qkv((1, 65, 5, 8), 160, seed=4, dtype=jnp.bfloat16)
+    _assert_bfloat16_close(_forward_and_grads(_gpu_layout(block_sizes), *inputs), inputs)
 
   def test_registered(self):
     self.assertIs(ops.get_criss_cross("pallas"), criss_cross_attention_pallas)
@@ -280,11 +278,13 @@ class InsideModelsTest(parameterized.TestCase):
     got, expected = losses("pallas"), losses("einsum")
     self.assertFalse(np.allclose(expected[0], expected[1:], rtol=1e-3))  # It trains.
     # Step 1's loss is a forward pass. Later steps inherit the float32 rounding
-    # of the gradients, which a tiny network amplifies from step to step; the
-    # tolerances widen accordingly.
+    # of the gradients (the kernel's: 2-6e-6 of the largest attention gradient
+    # against float64, see FLOAT32_GRAD_RTOL_OF_MAX), which a tiny network
+    # amplifies from step to step (measured: 1.5e-3 relative at step 3); the
+    # tolerances widen accordingly. A wrong gradient moves step 2's loss by far more.
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
     np.testing.assert_allclose(got[1], expected[1], rtol=3e-5)
-    np.testing.assert_allclose(got[2], expected[2], rtol=1e-3)
+    np.testing.assert_allclose(got[2], expected[2], rtol=3e-3)
 
 
 def _lower(platform, dtype, block_sizes):

@@ -114,10 +114,11 @@ TUNING_GRID = {
 
 
 def tuning_configurations() -> list[BlockSizes]:
-  """Every combination of TUNING_GRID, in a fixed order."""
+  """Every combination of TUNING_GRID, the default first, then in a fixed order."""
   names = list(TUNING_GRID)
-  return [BlockSizes(**dict(zip(names, values)))
+  grid = [BlockSizes(**dict(zip(names, values)))
           for values in itertools.product(*(TUNING_GRID[n] for n in names))]
+  return sorted(grid, key=lambda sizes: sizes != BlockSizes())
 
 
 class _Branch(NamedTuple):
