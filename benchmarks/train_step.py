@@ -199,7 +199,7 @@ def measure_jax(setting: Setting, variant: Variant, turn: DeviceTurn, compiled_m
   )
 
   config = _experiment_config(setting, variant)
-  mesh = make_mesh()
+  mesh = make_mesh(jax.devices()[:1])  # One device: the comparison is per GPU.
   tx, schedule = make_optimizer(config.optim, config.train.total_steps)
   model_def, state = create_train_state(build_model(config.model), tx, seed=0)
   state = replicate(state, mesh)
