@@ -247,12 +247,20 @@ def float64_runs(setting):
 
 
 def _assert_step_equal(ours, theirs, template, steps, parts=("params", "momentum", "stats")):
+  """Loss and every tensor of ``parts`` to RTOL_64; returns the worst error of each."""
   np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=RTOL_64)
   expected = _expected(theirs, template, steps)
+  worst_errors = {"loss": abs(ours["loss"] - theirs["loss"]) / abs(theirs["loss"])}
   for part in parts:
     errors = _relative_errors(ours[part], expected[part])
     worst = max(errors, key=errors.get)
     assert errors[worst] < RTOL_64, (part, worst, errors[worst])
+    worst_errors[part] = errors[worst]
+  return worst_errors
+
+
+def _report(title, worst_errors):
+  print(f"\n{title}: " + ", ".join(f"{k} {v:.1e}" for k, v in worst_errors.items()))
 
 
 def test_x64_stays_inside_the_float64_runs(float64_runs):
@@ -261,7 +269,9 @@ def test_x64_stays_inside_the_float64_runs(float64_runs):
 
 
 def test_one_float64_step_equals_pytorch(setting, float64_runs):
-  _assert_step_equal(float64_runs["ours"][0], float64_runs["torch"][0], setting["template"], 1)
+  _report("one float64 step, worst relative error",
+          _assert_step_equal(float64_runs["ours"][0], float64_runs["torch"][0],
+                             setting["template"], 1))
 
 
 def test_five_float64_steps_with_poly_schedule_equal_pytorch(setting, float64_runs):
@@ -269,11 +279,16 @@ def test_five_float64_steps_with_poly_schedule_equal_pytorch(setting, float64_ru
   momentum buffers included, against the official recipe with the scale-decay
   difference removed: from step 2 on, that difference (1e-11 in the scales) moves the
   gradients of the two recipes apart by up to 1e-9 of the smallest buffers."""
+  official, scale_decay = [], []
   for step in range(STEPS):
     ours = float64_runs["ours"][step]
-    _assert_step_equal(ours, float64_runs["torch"][step], setting["template"], step + 1,
-                       parts=("params", "stats"))
-    _assert_step_equal(ours, float64_runs["torch_scale_decay"][step], setting["template"], None)
+    official.append(_assert_step_equal(ours, float64_runs["torch"][step], setting["template"],
+                                       step + 1, parts=("params", "stats")))
+    scale_decay.append(_assert_step_equal(ours, float64_runs["torch_scale_decay"][step],
+                                          setting["template"], None))
+  for title, errors in (("official", official), ("scale decay as ours", scale_decay)):
+    _report(f"five float64 steps ({title}), worst relative error",
+            {k: max(e[k] for e in errors) for k in errors[0]})
 
 
 def test_one_float64_ohem_step_equals_pytorch(setting, float64_runs):
@@ -289,9 +304,11 @@ def test_one_float64_ohem_step_equals_pytorch(setting, float64_runs):
   valid, kept = int((labels != IGNORE).sum()), int((mined != IGNORE).sum())
   assert OHEM[1] < kept < valid  # OHEM drops easy pixels but keeps more than min_kept.
   assert float64_runs["ours_ohem"][0]["loss"] != pytest.approx(float64_runs["ours"][0]["loss"])
-  _assert_step_equal(
+  worst_errors = _assert_step_equal(
       float64_runs["ours_ohem"][0], float64_runs["torch_ohem"][0], setting["template"], 1
   )
+  _report(f"one float64 OHEM step ({kept} of {valid} pixels kept), worst relative error",
+          worst_errors)
 
 
 @pytest.fixture(scope="module")
