@@ -166,17 +166,20 @@ def _jax_run(state_dict, batch, dtype: str, *, steps, ohem=None):
   return records
 
 
+def _initial_main_logits(net, images: np.ndarray):
+  """The float64 train-mode main logits of ``net``, upsampled to the labels (NCHW)."""
+  with torch.no_grad():
+    main, _ = copy.deepcopy(net).double().train()(torch.from_numpy(images).permute(0, 3, 1, 2))
+  return torch_reference.upsample_aligned(main, (SIZE, SIZE))
+
+
 def _batch(net) -> dict[str, np.ndarray]:
   """Noise x 40 images; labels 255 on the first 5 rows, the network's own float64
   prediction on the next 30 (pixels it already gets right: OHEM has easy pixels to
   drop), random classes below."""
   rng = np.random.default_rng(0)
   images = rng.normal(size=(BATCH, SIZE, SIZE, 3)) * 40
-  with torch.no_grad():
-    main, _ = copy.deepcopy(net).double().train()(
-        torch.from_numpy(images).permute(0, 3, 1, 2)
-    )
-    predicted = torch_reference._upsample(main, (SIZE, SIZE)).argmax(1).numpy()  # pylint: disable=protected-access
+  predicted = _initial_main_logits(net, images).argmax(1).numpy()
   labels = rng.integers(0, CLASSES, size=(BATCH, SIZE, SIZE))
   labels[:, 5:35] = predicted[:, 5:35]
   labels[:, :5] = IGNORE
@@ -196,7 +199,10 @@ def _abn_offsets(steps: int) -> tuple[float, float]:
 
 
 def _torch_name(name: str) -> str:
-  return mapping._sources(name, mapping.get_format("official"))[0][0]  # pylint: disable=protected-access
+  """The PyTorch name our array ``name`` is converted from."""
+  official = mapping.get_format("official")
+  sources, _ = mapping._sources(name, official)  # pylint: disable=protected-access
+  return sources[0]
 
 
 def _expected(record, template, steps: int | None) -> dict[str, dict[str, np.ndarray]]:
@@ -297,13 +303,9 @@ def test_five_float64_steps_with_poly_schedule_equal_pytorch(setting, float64_ru
 
 def test_one_float64_ohem_step_equals_pytorch(setting, float64_runs):
   labels = torch.from_numpy(setting["batch"]["label"]).long()
-  with torch.no_grad():
-    main, _ = copy.deepcopy(setting["net"]).double().train()(
-        torch.from_numpy(setting["batch"]["image"]).permute(0, 3, 1, 2)
-    )
   mined = torch_reference.official_ohem_labels(
-      torch_reference._upsample(main, (SIZE, SIZE)), labels, thresh=OHEM[0],  # pylint: disable=protected-access
-      min_kept=OHEM[1],
+      _initial_main_logits(setting["net"], setting["batch"]["image"]), labels,
+      thresh=OHEM[0], min_kept=OHEM[1],
   )
   valid, kept = int((labels != IGNORE).sum()), int((mined != IGNORE).sum())
   assert OHEM[1] < kept < valid  # OHEM drops easy pixels but keeps more than min_kept.
