@@ -9,7 +9,7 @@ from absl.testing import parameterized
 from flax import nnx
 
 from ccnet_jax import models
-from ccnet_jax.models import CCNet, CrissCrossAttention, ResNet
+from ccnet_jax.models import CCNet, CrissCrossAttention, ResNet, registry
 
 
 def _num_params(module) -> int:
@@ -204,6 +204,29 @@ class HeadTest(parameterized.TestCase):
       models.build_model(config)
     with pytest.raises(ValueError, match="Unknown model"):
       models.model_config("ccnet_r999")
+
+  def test_float64_model_needs_64_bit_jax(self):
+    config = tiny_config()
+    config.dtype = "float64"
+    assert not jax.config.jax_enable_x64
+    with pytest.raises(ValueError, match="JAX_ENABLE_X64=1"):
+      models.build_model(config)
+
+  def test_float64_model_has_float64_parameters_and_statistics(self):
+    config = tiny_config()
+    config.dtype = "float64"
+    with jax.enable_x64(True):
+      model = _abstract(lambda: registry.construct_model(config))
+    dtypes = {x.dtype for x in jax.tree.leaves(nnx.state(model, (nnx.Param, nnx.BatchStat)))}
+    assert dtypes == {jnp.dtype(jnp.float64)}
+
+  @parameterized.parameters(True, False)
+  def test_bn_fast_variance_reaches_every_norm(self, fast):
+    config = tiny_config()
+    config.bn_fast_variance = fast
+    model = _abstract(lambda: registry.construct_model(config))
+    norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)]
+    assert len(norms) > 20 and {m.use_fast_variance for m in norms} == {fast}
 
 
 class PropagationTest(parameterized.TestCase):

@@ -377,7 +377,8 @@ def randomise_(module: nn.Module, seed: int) -> nn.Module:
   return module.eval()
 
 
-def _upsample(logits, size):
+def upsample_aligned(logits, size):
+  """Bilinear upsampling as the official criterion does it (align_corners=True)."""
   return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
 
@@ -417,7 +418,7 @@ def official_criterion(main, aux, labels, *, ohem=None, ignore=255):
   """``CriterionDSN`` (or, with ``ohem=(thresh, min_kept)``, ``CriterionOhemDSN``):
   both maps upsampled with align_corners=True, CE (OHEM on the main map) + 0.4 x CE."""
   size = tuple(labels.shape[1:])
-  main, aux = _upsample(main, size), _upsample(aux, size)
+  main, aux = upsample_aligned(main, size), upsample_aligned(aux, size)
   main_labels = labels
   if ohem is not None:
     main_labels = official_ohem_labels(main, labels, thresh=ohem[0], min_kept=ohem[1],
