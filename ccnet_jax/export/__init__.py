@@ -125,10 +125,6 @@ def export_tflite(serve: ServingFn, shape: Sequence, out_dir: str) -> list[str]:
   """A TFLite flatbuffer; TFLite needs a fixed input size (batch, height and width)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  if not all(isinstance(d, int) for d in shape):
-    raise ValueError(
-        "--format=tflite needs a fixed input size: give --batch, --height and --width."
-    )
   module = _tf_module(serve, shape)
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [module.serve.get_concrete_function()], module
@@ -158,9 +154,14 @@ def export_model(
   """
   if format not in FORMATS:
     raise ValueError(f"--format={format!r} is not one of {FORMATS}.")
-  for name, size in (("batch", batch), ("height", height), ("width", width)):
+  sizes = {"batch": batch, "height": height, "width": width}
+  for name, size in sizes.items():
     if size is not None and int(size) < 1:
       raise ValueError(f"--{name}={size} must be a positive size (or left out for any size).")
+  if format == "tflite" and None in sizes.values():
+    raise ValueError(
+        "--format=tflite needs a fixed input size: give --batch, --height and --width."
+    )
   model, info = load_for_serving(model_directory, dtype=dtype)
   shape = input_shape(batch, height, width)
   out_dir = os.path.abspath(os.fspath(out_dir))
