@@ -142,8 +142,8 @@ _EXPORTERS = {
 }
 
 
-def export_model(
-    model_directory: str | os.PathLike, out_dir: str | os.PathLike, *, format: str,  # pylint: disable=redefined-builtin
+def export_model(  # pylint: disable=redefined-builtin
+    model_directory: str | os.PathLike, out_dir: str | os.PathLike, *, format: str,
     batch: int | None = 1, height: int | None = None, width: int | None = None,
     dtype: str | None = None,
 ) -> dict[str, Any]:
