@@ -118,14 +118,9 @@ def main():
   parser.add_argument("--save_at", type=int, default=2)
   args = parser.parse_args()
 
+  worker.join(args.process_id, args.num_processes, args.port)
   import jax
 
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(
-      coordinator_address=f"localhost:{args.port}",
-      num_processes=args.num_processes,
-      process_id=args.process_id,
-  )
   print(json.dumps(run(args)), flush=True)
   jax.distributed.shutdown()
 

@@ -1,12 +1,8 @@
 """Two CPU processes under jax.distributed: disjoint data shards, and a checkpoint written and
 restored by both that resumes the run with the losses of the uninterrupted one."""
 
-import json
 import os
 import pickle
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,41 +15,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_RECORDS = {1, 2, 3, 5}
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def run_two_processes(phase, tmp_path, **flags):
-  """Starts the worker's ``phase`` in two processes of two CPU devices each; their outputs."""
-  port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-                       "--xla_backend_optimization_level=0",
-             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+  """Runs the worker's ``phase`` in two processes of two CPU devices each; their outputs."""
+  port = worker.free_port()
   arguments = [f"--phase={phase}", "--num_processes=2", f"--port={port}",
                f"--weights={tmp_path / 'weights.pkl'}", f"--data_root={tmp_path / 'data'}",
                f"--checkpoints={tmp_path / 'checkpoints'}"]
   arguments += [f"--{name}={value}" for name, value in flags.items()]
-  processes = [
-      subprocess.Popen([sys.executable, "-m", "tests.multi_process_worker",
-                        f"--process_id={i}", *arguments],
-                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True)
-      for i in range(2)
-  ]
-  outputs = []
-  try:
-    for process in processes:
-      stdout, stderr = process.communicate(timeout=600)
-      assert process.returncode == 0, stderr[-3000:]
-      outputs.append(json.loads(stdout.strip().splitlines()[-1]))
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
-  return outputs
+  return worker.run_processes(
+      "tests.multi_process_worker", [[f"--process_id={i}", *arguments] for i in range(2)],
+      repo=REPO, timeout=600)
 
 
 @pytest.fixture(scope="module")
