@@ -14,6 +14,9 @@ import functools
 import json
 import os
 import pickle
+import socket
+import subprocess
+import sys
 
 import numpy as np
 
@@ -131,6 +134,54 @@ def train(mesh, local_batch, steps: int, weights: dict):
   return losses, params_checksum(params)
 
 
+def free_port() -> int:
+  """A localhost port free now, for the jax.distributed coordinator."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def worker_env(repo: str) -> dict:
+  """Two host devices per process; the low backend optimisation only shortens compilation."""
+  return dict(os.environ, JAX_PLATFORMS="cpu",
+              XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+                        "--xla_backend_optimization_level=0",
+              PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+
+
+def run_processes(module: str, process_args: list[list[str]], *, repo: str,
+                  timeout: float) -> list[dict]:
+  """Runs ``python -m module ARGS`` for each ARGS at once; each one's last stdout line as JSON."""
+  processes = [
+      subprocess.Popen([sys.executable, "-m", module, *args], cwd=repo, env=worker_env(repo),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for args in process_args
+  ]
+  outputs = []
+  try:
+    for process in processes:
+      stdout, stderr = process.communicate(timeout=timeout)
+      assert process.returncode == 0, stderr[-3000:]
+      outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  return outputs
+
+
+def join(process_id: int, num_processes: int, port: int) -> None:
+  """Joins the localhost jax.distributed job (gloo collectives between the CPU processes)."""
+  import jax
+
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+      coordinator_address=f"localhost:{port}",
+      num_processes=num_processes,
+      process_id=process_id,
+  )
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--process_id", type=int, required=True)
@@ -140,14 +191,9 @@ def main():
   parser.add_argument("--weights", required=True, help="pickle of initial_weights()")
   args = parser.parse_args()
 
+  join(args.process_id, args.num_processes, args.port)
   import jax
 
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(
-      coordinator_address=f"localhost:{args.port}",
-      num_processes=args.num_processes,
-      process_id=args.process_id,
-  )
   from ccnet_jax import training
 
   mesh = training.make_mesh()

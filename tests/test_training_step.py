@@ -3,12 +3,8 @@
 Reference for sharding: the same step on a 1-device mesh with the whole batch.
 """
 
-import json
 import os
 import pickle
-import socket
-import subprocess
-import sys
 
 import chex
 import jax
@@ -175,40 +171,16 @@ def test_bfloat16_batch_norm_reduces_in_float32():
   )
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_train_like_one(reference, tmp_path):
-  port = _free_port()
   weights = tmp_path / "weights.pkl"
   weights.write_bytes(pickle.dumps(worker.initial_weights()))
-  # Two host devices per process: a 4-device mesh over 2 processes. The lower
-  # backend optimisation level only shortens compilation.
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-                       "--xla_backend_optimization_level=0",
-             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-  processes = [
-      subprocess.Popen(
-          [sys.executable, "-m", "tests.distributed_worker", f"--process_id={i}",
-           "--num_processes=2", f"--port={port}", "--steps=3", f"--weights={weights}"],
-          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      )
-      for i in range(2)
-  ]
-  outputs = []
-  try:
-    for process in processes:
-      stdout, stderr = process.communicate(timeout=120)
-      assert process.returncode == 0, stderr[-3000:]
-      outputs.append(json.loads(stdout.strip().splitlines()[-1]))
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
+  # Two host devices per process: a 4-device mesh over 2 processes.
+  port = worker.free_port()
+  outputs = worker.run_processes(
+      "tests.distributed_worker",
+      [[f"--process_id={i}", "--num_processes=2", f"--port={port}", "--steps=3",
+        f"--weights={weights}"] for i in range(2)],
+      repo=REPO, timeout=600)
   assert [o["global_devices"] for o in outputs] == [4, 4]
   expected_losses = [m["loss"] for m in reference[1]]
   expected_checksum = worker.params_checksum(reference[0][2].params)

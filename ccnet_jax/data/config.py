@@ -42,7 +42,7 @@ def _common() -> ml_collections.ConfigDict:
 
 
 def data_config(name: str) -> ml_collections.ConfigDict:
-  """Returns the preset for 'cityscapes', 'ade20k' or 'synthetic'."""
+  """Returns the preset for 'cityscapes', 'ade20k', 'voc' or 'synthetic'."""
   config = _common()
   config.name = name
   if name == "cityscapes":
@@ -58,6 +58,13 @@ def data_config(name: str) -> ml_collections.ConfigDict:
     config.num_classes = 150
     config.crop_size = (512, 512)
     config.scale_min, config.scale_max, config.scale_step = 0.5, 2.0, 0.0
+  elif name == "voc":
+    # mmsegmentation's pascal_voc12_aug: SBD-augmented train (10582 images), VOC val (1449).
+    config.root = "/path/to/folder_with_VOCdevkit"
+    config.train_split, config.eval_split = "train_aug", "val"
+    config.num_classes = 21
+    config.crop_size = (512, 512)
+    config.scale_min, config.scale_max, config.scale_step = 0.5, 2.0, 0.0
   elif name == "synthetic":
     config.source = "synthetic"
     config.root = ""
@@ -71,5 +78,5 @@ def data_config(name: str) -> ml_collections.ConfigDict:
     config.std = (64.0, 64.0, 64.0)
   else:
     raise ValueError(
-        f"data.name={name!r} is unknown; use 'cityscapes', 'ade20k' or 'synthetic'.")
+        f"data.name={name!r} is unknown; use 'cityscapes', 'ade20k', 'voc' or 'synthetic'.")
   return config

@@ -157,14 +157,37 @@ SYNTHETIC = DatasetInfo(
                       (50, 90, 230), (240, 200, 40)], np.uint8),
 )
 
-_INFOS = {info.name: info for info in (CITYSCAPES, ADE20K, SYNTHETIC)}
+
+def _voc_palette(num_classes: int) -> np.ndarray:
+  """The PASCAL VOC colour map: the index's bits, three at a time, fill R, G, B from bit 7 down."""
+  palette = np.zeros((num_classes, 3), np.uint8)
+  for index in range(num_classes):
+    value, colour = index, [0, 0, 0]
+    for shift in range(7, -1, -1):
+      for channel in range(3):
+        colour[channel] |= ((value >> channel) & 1) << shift
+      value >>= 3
+    palette[index] = colour
+  return palette
+
+
+# PASCAL VOC 2012 segmentation: background and 20 object classes; label PNGs store the class
+# index, and 255 on the object boundaries (not evaluated).
+_VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)
+VOC = DatasetInfo(name="voc", class_names=_VOC_CLASSES, palette=_voc_palette(21))
+
+_INFOS = {info.name: info for info in (CITYSCAPES, ADE20K, VOC, SYNTHETIC)}
 DATASET_NAMES = tuple(_INFOS)
 # The label-id tables of the datasets whose annotation files do not store train ids.
 _ID_TO_TRAIN_ID = {"cityscapes": CITYSCAPES_ID_TO_TRAIN_ID, "ade20k": ADE20K_ID_TO_TRAIN_ID}
 
 
 def dataset_info(name: str) -> DatasetInfo:
-  """Returns the classes and palette of 'cityscapes', 'ade20k' or 'synthetic'."""
+  """Returns the classes and palette of 'cityscapes', 'ade20k', 'voc' or 'synthetic'."""
   if name not in _INFOS:
     raise ValueError(f"data.name={name!r} is unknown; use one of {sorted(_INFOS)}.")
   return _INFOS[name]

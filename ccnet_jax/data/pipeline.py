@@ -73,12 +73,16 @@ class TrainLoader:
 
   ``get_state()`` returns a JSON-serialisable dict; ``set_state(state)`` on a loader built with
   the same config, seed and process layout makes the next batch the one after the saved point.
+  The state of any one process serves them all: a multi-host checkpoint keeps one data
+  position (process 0's), and every process reads in lockstep, one batch a step, so each
+  re-targets it to its own shard (see :meth:`set_state`).
   """
 
-  def __init__(self, loader: grain.DataLoader, batch_size: int):
+  def __init__(self, loader: grain.DataLoader, batch_size: int, *, shard_index: int = 0):
     self._loader = loader
     self._iterator = iter(loader)
     self.batch_size = batch_size
+    self._shard_index = shard_index
 
   def __iter__(self) -> "TrainLoader":
     return self
@@ -87,9 +91,23 @@ class TrainLoader:
     return next(self._iterator)
 
   def get_state(self) -> dict:
-    return json.loads(self._iterator.get_state().decode("utf-8"))
+    return dict(json.loads(self._iterator.get_state().decode("utf-8")),
+                shard_index=self._shard_index)
 
   def set_state(self, state: dict) -> None:
+    """Continues after ``state``, saved by this process or by another one of the same run.
+
+    grain numbers the records a shard has read globally, ``shard_index + k * shard_count``
+    for worker ``k``'s position, and names the shard in its sampler; another shard at the
+    same position differs only by the shift of its index, and by the sampler it names.
+    """
+    state = dict(state)
+    shift = self._shard_index - int(state.pop("shard_index", self._shard_index))
+    if shift:
+      state["last_seen_indices"] = {
+          worker: index + shift for worker, index in state["last_seen_indices"].items()
+      }
+      state["sampler"] = repr(self._loader._sampler)  # pylint: disable=protected-access
     self._iterator.set_state(json.dumps(state, indent=4).encode("utf-8"))
 
 
@@ -118,7 +136,7 @@ def make_train_loader(config: ml_collections.ConfigDict, *, global_batch_size: i
       operations=[_TrainAugment(config), grain.Batch(batch_size, drop_remainder=True)],
       worker_count=int(config.num_workers),
       worker_buffer_size=max(1, int(config.prefetch)))
-  return TrainLoader(loader, batch_size)
+  return TrainLoader(loader, batch_size, shard_index=index)
 
 
 def eval_shard(num_examples: int, process_index: int, process_count: int,

@@ -33,7 +33,14 @@ def build_source(config: ml_collections.ConfigDict, split: str):
       return folders.CityscapesFolders(config.root, split)
     if config.name == "ade20k":
       return folders.ADE20KFolders(config.root, split)
+    if config.name == "voc":
+      from ccnet_jax.data import voc  # pylint: disable=g-import-not-at-top
+      return voc.VOCFolders(config.root, split)
   elif config.source == "tfds":
+    if config.name == "voc":
+      raise ValueError(
+          "data.source='tfds' has no PASCAL VOC segmentation (TFDS' voc/2012 holds boxes, "
+          "not masks); set data.source='folders' and data.root to the folder with VOCdevkit.")
     from ccnet_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
     if config.name == "cityscapes":
       return tfds_sources.CityscapesTFDS(split, data_dir=config.tfds_data_dir or None,

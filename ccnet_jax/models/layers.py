@@ -9,7 +9,6 @@ asymmetrically for strided convolutions), and max pooling supports ``ceil_mode``
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable
 
 import jax
@@ -136,13 +135,17 @@ def batch_norm(num_features: int, *, dtype: Dtype = None, rngs: nnx.Rngs) -> Bat
 
 
 def pooled_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
-  """Output length of ``torch.nn.MaxPool2d`` along one axis."""
+  """Output length of ``torch.nn.MaxPool2d`` along one axis.
+
+  Integer arithmetic only, so that it also holds for symbolic sizes (shape-polymorphic
+  export).
+  """
   span = size + 2 * padding - kernel
-  out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
-  # PyTorch drops a last window that would start inside the right padding.
-  if ceil_mode and (out - 1) * stride >= size + padding:
-    out -= 1
-  return out
+  if not ceil_mode:
+    return span // stride + 1
+  # PyTorch drops a last window that would start inside the right padding: the last
+  # start, (out - 1) * stride, must stay below size + padding.
+  return min(-(-span // stride), (size + padding - 1) // stride) + 1
 
 
 def max_pool(
