@@ -9,6 +9,7 @@ asymmetrically for strided convolutions), and max pooling supports ``ceil_mode``
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 import jax
