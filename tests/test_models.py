@@ -9,7 +9,7 @@ from absl.testing import parameterized
 from flax import nnx
 
 from ccnet_jax import models
-from ccnet_jax.models import CCNet, CrissCrossAttention, ResNet, registry
+from ccnet_jax.models import CrissCrossAttention, ResNet, registry
 
 
 def _num_params(module) -> int:

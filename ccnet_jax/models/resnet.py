@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from ccnet_jax.models import remat as remat_lib
