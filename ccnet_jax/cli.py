@@ -41,11 +41,25 @@ def _describe_os_error(error: OSError) -> str:
           " the same command again: training resumes from the last complete checkpoint.")
 
 
+def _ignore_closed_event_loops(unraisable) -> None:
+  """Drops 'Event loop is closed' errors that library threads report after their loop ended.
+
+  When orbax gives up on a damaged checkpoint, tensorstore reads still in flight finish after
+  orbax's event loop has closed, and each reports that from its own thread; the user has been
+  told about the checkpoint already. Every other unraisable error is printed as usual.
+  """
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def run_user_command(command: Callable[[], object]) -> None:
   """Runs ``command``; exits with status 1 and the error's message on a user error."""
   if not os.environ.get("CCNET_JAX_TRACEBACK"):
     # Libraries (orbax, absl) log their own view of a failure before ours reaches the user.
     logging.set_verbosity(logging.FATAL)
+    sys.unraisablehook = _ignore_closed_event_loops
   try:
     command()
   except USER_ERRORS as error:

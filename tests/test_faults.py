@@ -415,3 +415,16 @@ def test_evaluation_and_the_cli_do_not_import_the_training_loop(environment):
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=300, check=True)
   assert result.stdout.strip() == "False", result
+
+
+def test_only_closed_event_loop_errors_of_library_threads_are_dropped(monkeypatch):
+  from ccnet_jax import cli  # pylint: disable=import-outside-toplevel
+
+  printed = []
+  monkeypatch.setattr(sys, "__unraisablehook__", printed.append)
+  report = lambda error: type("Unraisable", (), {"exc_value": error})()
+  cli._ignore_closed_event_loops(report(RuntimeError("Event loop is closed")))
+  assert not printed
+  other = report(RuntimeError("a real failure"))
+  cli._ignore_closed_event_loops(other)
+  assert printed == [other]
