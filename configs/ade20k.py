@@ -5,17 +5,9 @@ SGD lr 0.01 momentum 0.9, weight decay 5e-4, poly 0.9, 160k iterations, whole-im
 evaluation with RGB mean/std normalisation.
 """
 
-from configs.common import base_config
+from configs.common import base_config, mmseg_schedule
 
 
 def get_config():
   config = base_config(model="ccnet_r101_d8_mmseg", dataset="ade20k")
-  config.loss.align_corners = False  # mmseg resizes with align_corners=False.
-  config.optim.weight_decay = 5e-4
-  config.train.total_steps = 160_000
-  config.train.global_batch_size = 16
-  config.train.eval_every = 16_000
-  config.train.checkpoint_every = 4_000
-  config.eval.mode = "whole"
-  config.eval.align_corners = False
-  return config
+  return mmseg_schedule(config, total_steps=160_000, eval_every=16_000)

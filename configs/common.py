@@ -72,3 +72,18 @@ def optim_config() -> ml_collections.ConfigDict:
       "warmup_start_ratio": 0.1,
       "clip_grad_norm": config_dict.placeholder(float),
   })
+
+
+def mmseg_schedule(
+    config: ml_collections.ConfigDict, *, total_steps: int, eval_every: int
+) -> ml_collections.ConfigDict:
+  """What mmsegmentation's CCNet configs change in ``config``: resizing with
+  align_corners=False, weight decay 5e-4, batch 16 and whole-image evaluation."""
+  config.loss.align_corners = False
+  config.optim.weight_decay = 5e-4
+  config.train.update(
+      total_steps=total_steps, global_batch_size=16, eval_every=eval_every,
+      checkpoint_every=4_000,
+  )
+  config.eval.update(mode="whole", align_corners=False)
+  return config

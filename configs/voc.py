@@ -14,17 +14,9 @@ fits it into 2048x512, in training and evaluation), the crop is uniform (no cat_
 re-draw), there is no photometric distortion, and the poly schedule ends at 0 rather than 1e-4.
 """
 
-from configs.common import base_config
+from configs.common import base_config, mmseg_schedule
 
 
 def get_config():
   config = base_config(model="ccnet_r101_d8_mmseg", dataset="voc")
-  config.loss.align_corners = False  # mmseg resizes with align_corners=False.
-  config.optim.weight_decay = 5e-4
-  config.train.total_steps = 40_000
-  config.train.global_batch_size = 16
-  config.train.eval_every = 4_000
-  config.train.checkpoint_every = 4_000
-  config.eval.mode = "whole"
-  config.eval.align_corners = False
-  return config
+  return mmseg_schedule(config, total_steps=40_000, eval_every=4_000)
