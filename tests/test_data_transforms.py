@@ -26,7 +26,7 @@ def _torch_resize(array: np.ndarray, size, mode: str) -> np.ndarray:
 @pytest.mark.parametrize("size", [(13, 29), (4, 7), (9, 10)])
 def test_resize_bilinear_matches_torch(size):
   image = np.random.default_rng(0).integers(0, 256, (9, 10, 3)).astype(np.uint8)
-  np.testing.assert_allclose(transforms.resize_bilinear(image, size),
+  np.testing.assert_allclose(transforms.resize_bilinear_half_pixel(image, size),
                              _torch_resize(image, size, "bilinear"), atol=1e-3)
 
 

@@ -21,13 +21,9 @@ from ccnet_jax.models.ccnet import CCNet
 from ccnet_jax.models.registry import build_model, model_config
 from ccnet_jax.models.resnet import DEPTHS, ResNet
 
-# Official CCNet (speedinghzl/CCNet, dataset/datasets.py): BGR, mean subtraction only.
-OFFICIAL_PREPROCESSING = {
-    "channel_order": "bgr",
-    "mean": (104.00698793, 116.66876762, 122.67891434),
-    "std": (1.0, 1.0, 1.0),
-}
-# mmseg's img_norm_cfg; torchvision, MIT and mmcv ImageNet ResNets use the same.
+# What the official release and mmseg's img_norm_cfg (torchvision, MIT and mmcv ImageNet
+# ResNets use the same) expect; defined beside the model directories that record them.
+OFFICIAL_PREPROCESSING = model_dir.OFFICIAL_PREPROCESSING
 IMAGENET_PREPROCESSING = model_dir.IMAGENET_PREPROCESSING
 
 BACKBONE_FORMATS = ("mit", "torchvision", "v1c")

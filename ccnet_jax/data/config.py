@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-# Official CCNet (speedinghzl/CCNet, Caffe-style ImageNet weights): BGR, mean only.
-OFFICIAL_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
-OFFICIAL_STD = (1.0, 1.0, 1.0)
-# mmsegmentation / torchvision ImageNet statistics on the 0-255 scale, RGB.
-MMSEG_MEAN_RGB = (123.675, 116.28, 103.53)
-MMSEG_STD_RGB = (58.395, 57.12, 57.375)
+from ccnet_jax.models.model_dir import IMAGENET_PREPROCESSING, OFFICIAL_PREPROCESSING
 
 
 def _common() -> ml_collections.ConfigDict:
@@ -30,9 +25,9 @@ def _common() -> ml_collections.ConfigDict:
       "scale_max": 2.0,
       "scale_step": 0.0,
       "flip": True,
-      "mean": MMSEG_MEAN_RGB,
-      "std": MMSEG_STD_RGB,
-      "channel_order": "rgb",
+      "mean": IMAGENET_PREPROCESSING["mean"],
+      "std": IMAGENET_PREPROCESSING["std"],
+      "channel_order": IMAGENET_PREPROCESSING["channel_order"],
       # Grain worker processes for training (0 = in the main process) and batches each
       # worker buffers; evaluation decodes with max(num_workers, 2) threads.
       "num_workers": 0,
@@ -51,7 +46,7 @@ def data_config(name: str) -> ml_collections.ConfigDict:
     config.crop_size = (769, 769)
     # Official CCNet: scale = 0.5 + random.randint(0, 11) / 10 (inclusive), {0.5, ..., 1.6}.
     config.scale_min, config.scale_max, config.scale_step = 0.5, 1.6, 0.1
-    config.mean, config.std, config.channel_order = OFFICIAL_MEAN_BGR, OFFICIAL_STD, "bgr"
+    config.update(OFFICIAL_PREPROCESSING)
   elif name == "ade20k":
     config.root = "/path/to/ADEChallengeData2016"
     config.train_split, config.eval_split = "training", "validation"

@@ -43,9 +43,11 @@ def _source_coordinates(out_size: int, in_size: int, start: int = 0,
   return low, high, frac
 
 
-def resize_bilinear(image: np.ndarray, size: tuple[int, int],
-                    window: Window | None = None) -> np.ndarray:
-  """Bilinear resize of an (H, W, C) image to ``size`` = (h, w); returns float32.
+def resize_bilinear_half_pixel(image: np.ndarray, size: tuple[int, int],
+                               window: Window | None = None) -> np.ndarray:
+  """Bilinear resize of an (H, W, C) numpy image to ``size`` = (h, w) with half-pixel centres
+  (OpenCV INTER_LINEAR); returns float32. Logits are resized on device by
+  :func:`ccnet_jax.ops.resize.resize_bilinear`, which follows torch's ``align_corners``.
 
   With ``window`` only that part of the resized image is computed, which is what a random
   crop of a large rescaled image needs.
@@ -74,7 +76,8 @@ def resize_nearest(label: np.ndarray, size: tuple[int, int],
   return label[rows[:, None], cols[None, :]]
 
 
-def scaled_size(shape: Sequence[int], scale: float) -> tuple[int, int]:
+def scaled_size_half_even(shape: Sequence[int], scale: float) -> tuple[int, int]:
+  """The (h, w) of ``shape`` at ``scale``, rounded half to even (Python's round), at least 1."""
   return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
 
 
@@ -82,8 +85,8 @@ def random_scale(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
                  scale_min: float, scale_max: float,
                  scale_step: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
   """Rescales image (bilinear, float32 out) and label (nearest) by one random factor."""
-  size = scaled_size(image.shape, sample_scale(rng, scale_min, scale_max, scale_step))
-  return resize_bilinear(image, size), resize_nearest(label, size)
+  size = scaled_size_half_even(image.shape, sample_scale(rng, scale_min, scale_max, scale_step))
+  return resize_bilinear_half_pixel(image, size), resize_nearest(label, size)
 
 
 def pad_to(image: np.ndarray, label: np.ndarray, size: Sequence[int], *,
@@ -145,8 +148,8 @@ def train_transform(example: dict, config: ml_collections.ConfigDict,
   crop_h, crop_w = (int(n) for n in config.crop_size)
   size = image.shape[:2]
   if (config.scale_min, config.scale_max) != (1.0, 1.0):
-    size = scaled_size(size, sample_scale(rng, config.scale_min, config.scale_max,
-                                          config.scale_step))
+    size = scaled_size_half_even(size, sample_scale(rng, config.scale_min, config.scale_max,
+                                                    config.scale_step))
   top = int(rng.integers(max(size[0], crop_h) - crop_h + 1))
   left = int(rng.integers(max(size[1], crop_w) - crop_w + 1))
   window = (top, left, max(0, min(crop_h, size[0] - top)), max(0, min(crop_w, size[1] - left)))
@@ -154,7 +157,7 @@ def train_transform(example: dict, config: ml_collections.ConfigDict,
     image = image[top:top + window[2], left:left + window[3]]
     label = label[top:top + window[2], left:left + window[3]]
   else:
-    image = resize_bilinear(image, size, window)
+    image = resize_bilinear_half_pixel(image, size, window)
     label = resize_nearest(label, size, window)
   image = normalize(image, config.mean, config.std, config.channel_order)
   image, label = pad_to(image, label, (crop_h, crop_w), ignore_label=config.ignore_label)

@@ -22,7 +22,7 @@ ApplyFn = Callable[[jax.Array], jax.Array]
 MODES = ("whole", "sliding")
 
 
-def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+def scaled_size_half_up(height: int, width: int, scale: float) -> tuple[int, int]:
   """The image size at ``scale``, rounded half up (at least one pixel)."""
   return max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1)
 
@@ -151,7 +151,7 @@ def predict_logits(
   height, width = images.shape[1:3]
   total, passes = None, 0
   for scale in scales:
-    size = scaled_size(height, width, float(scale))
+    size = scaled_size_half_up(height, width, float(scale))
     scaled = resize_bilinear(images, size, align_corners=True)
     for flipped in (False, True) if flip else (False,):
       inputs = scaled[:, :, ::-1] if flipped else scaled

@@ -43,6 +43,13 @@ IMAGENET_PREPROCESSING = {
     "mean": (123.675, 116.28, 103.53),
     "std": (58.395, 57.12, 57.375),
 }
+# Official CCNet (speedinghzl/CCNet, dataset/datasets.py, Caffe-style ImageNet weights):
+# BGR, mean subtraction only.
+OFFICIAL_PREPROCESSING = {
+    "channel_order": "bgr",
+    "mean": (104.00698793, 116.66876762, 122.67891434),
+    "std": (1.0, 1.0, 1.0),
+}
 
 _STATE_FILTER = (nnx.Param, nnx.BatchStat)
 
