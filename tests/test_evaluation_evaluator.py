@@ -1,4 +1,4 @@
-"""PNG helpers against the palette, and evaluate() end to end on an 8-device mesh."""
+"""PNG helpers against the palette, and the Evaluator end to end on an 8-device mesh."""
 
 import os
 
@@ -9,7 +9,7 @@ from jax.sharding import AxisType
 from PIL import Image
 
 from ccnet_jax.evaluation.config import base_eval_config
-from ccnet_jax.evaluation.evaluator import Evaluator, evaluate, model_predict_fn
+from ccnet_jax.evaluation.evaluator import Evaluator, model_predict_fn
 from ccnet_jax.evaluation.visualize import colorize, denormalize, overlay, save_predictions
 from tests.test_evaluation_inference import official_sliding, tiny_ccnet
 
@@ -17,13 +17,6 @@ PALETTE = np.array([[128, 64, 128], [244, 35, 232], [70, 70, 70], [220, 20, 60],
                     [0, 0, 142]], np.uint8)
 NUM_CLASSES = len(PALETTE)
 NORMALIZATION = {"mean": (104.0, 117.0, 123.0), "std": (58.0, 57.0, 57.5), "channel_order": "bgr"}
-
-
-class _Info:
-  class_names = tuple(f"class_{i}" for i in range(NUM_CLASSES))
-  palette = PALETTE
-  ignore_label = 255
-  num_classes = NUM_CLASSES
 
 
 def test_colorize_uses_the_palette_and_blacks_out_ignore():
@@ -98,9 +91,9 @@ def test_evaluate_ccnet_matches_numpy_on_its_predictions(tmp_path, axis_type):
   eval_config.update(crop_size=(24, 32), batch_size=8, num_images_to_save=3)
   batches = _batches([5, 3])
   mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
-  metrics = evaluate(predict_fn, batches, state=state, eval_config=eval_config,
-                     dataset_info=_Info(), mesh=mesh, out_dir=str(tmp_path),
-                     normalization=NORMALIZATION)
+  evaluator = Evaluator(predict_fn, eval_config=eval_config, num_classes=NUM_CLASSES, mesh=mesh)
+  metrics = evaluator.evaluate(state, batches, out_dir=str(tmp_path), palette=PALETTE,
+                               normalization=NORMALIZATION)
 
   # The expected predictions come from a transcription of the official sliding-window
   # evaluation (numpy tiling, torch upsampling) around the bare network, not predict_logits.

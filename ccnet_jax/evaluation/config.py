@@ -1,11 +1,8 @@
-"""Evaluation settings: the official CCNet single-scale sliding window, and multi-scale."""
+"""Evaluation settings: the official CCNet single-scale sliding window."""
 
 from __future__ import annotations
 
 import ml_collections
-
-# The official evaluate.py --whole setting: three scales with horizontal flip.
-MULTI_SCALES = (0.75, 1.0, 1.25)
 
 
 def base_eval_config() -> ml_collections.ConfigDict:
@@ -21,10 +18,3 @@ def base_eval_config() -> ml_collections.ConfigDict:
   config.num_images_to_save = 4
   return config
 
-
-def multi_scale_eval_config() -> ml_collections.ConfigDict:
-  """The base config with scales (0.75, 1, 1.25) and flip."""
-  config = base_eval_config()
-  config.scales = MULTI_SCALES
-  config.flip = True
-  return config

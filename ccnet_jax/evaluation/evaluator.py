@@ -19,15 +19,14 @@ import ml_collections
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from ccnet_jax.evaluation.inference import MODES, predict_logits
 from ccnet_jax.evaluation.metrics import confusion_matrix, metrics_from_confusion
 from ccnet_jax.evaluation.visualize import colorize, denormalize, overlay, save_predictions
+from ccnet_jax.training.mesh import DATA_AXIS, batch_sharding, replicated
 
 PredictFn = Callable[[Any, jax.Array], jax.Array]
-
-DATA_AXIS = "data"
 
 
 def model_predict_fn(model: nnx.Module) -> tuple[PredictFn, nnx.State]:
@@ -85,8 +84,8 @@ class Evaluator:
     self.num_classes = num_classes
     self.ignore_label = ignore_label
     self.mesh = mesh
-    self._batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-    self._replicated = NamedSharding(mesh, P())
+    self._batch_sharding = batch_sharding(mesh)
+    self._replicated = replicated(mesh)
     # Rows of the global batch that live on this process: a process's local batch must
     # be a multiple of them (and of the global batch split evenly across processes).
     # name -> uint8 overlay of the images the last evaluate() saved (for TensorBoard).
@@ -202,30 +201,3 @@ class Evaluator:
       saved += 1
     return saved
 
-
-def evaluate(
-    predict_fn: PredictFn,
-    batches: Iterable[Mapping[str, Any]],
-    *,
-    state: Any = None,
-    eval_config: ml_collections.ConfigDict,
-    dataset_info: Any,
-    mesh: jax.sharding.Mesh,
-    out_dir: str | None = None,
-    normalization: Mapping[str, Any] | None = None,
-    num_images_to_save: int | None = None,
-) -> dict[str, Any]:
-  """One-off evaluation: builds an :class:`Evaluator` and runs it over ``batches``.
-
-  ``dataset_info`` supplies num_classes, ignore_label and palette (a
-  ``ccnet_jax.data.labels.DatasetInfo``). For repeated evaluation during training keep
-  an :class:`Evaluator`, which reuses its compiled step.
-  """
-  evaluator = Evaluator(
-      predict_fn, eval_config=eval_config, num_classes=dataset_info.num_classes, mesh=mesh,
-      ignore_label=dataset_info.ignore_label,
-  )
-  return evaluator.evaluate(
-      state, batches, out_dir=out_dir, palette=dataset_info.palette,
-      normalization=normalization, num_images_to_save=num_images_to_save,
-  )

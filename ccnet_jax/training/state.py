@@ -76,10 +76,6 @@ def _fill(template: nnx.State, pure_dict) -> nnx.State:
   return state
 
 
-def _pure(state: nnx.State):
-  return nnx.to_pure_dict(state)
-
-
 def create_train_state(
     model: nnx.Module, tx: optax.GradientTransformation, *, seed: int
 ) -> tuple[ModelDef, TrainState]:
@@ -96,11 +92,11 @@ def create_train_state(
       rest=rest,
       rng_streams=tuple(rng_streams),
   )
-  pure_params = _pure(params)
+  pure_params = nnx.to_pure_dict(params)
   state = TrainState(
       step=jnp.zeros((), jnp.int32),
       params=pure_params,
-      batch_stats=_pure(batch_stats),
+      batch_stats=nnx.to_pure_dict(batch_stats),
       opt_state=tx.init(pure_params),
       rng=jax.random.key_data(jax.random.key(seed)),
   )
