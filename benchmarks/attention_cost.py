@@ -21,7 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from ccnet_jax.models import RCCAHead  # noqa: E402
+from ccnet_jax.models.heads import RCCAHead  # noqa: E402
 
 IN_FEATURES = 2048
 NUM_CLASSES = 19

@@ -193,10 +193,13 @@ def measure_jax(setting: Setting, variant: Variant, turn: DeviceTurn, compiled_m
   """Compiles the project's train step, then (in its turn) times it."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  from ccnet_jax.models import build_model  # pylint: disable=import-outside-toplevel
-  from ccnet_jax.training import (  # pylint: disable=import-outside-toplevel
-      create_train_state, global_batch, make_mesh, make_optimizer, make_train_step, replicate,
-  )
+  # pylint: disable=import-outside-toplevel
+  from ccnet_jax.models.registry import build_model
+  from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
+  from ccnet_jax.training.optim import make_optimizer
+  from ccnet_jax.training.state import create_train_state
+  from ccnet_jax.training.step import make_train_step
+  # pylint: enable=import-outside-toplevel
 
   config = _experiment_config(setting, variant)
   mesh = make_mesh(jax.devices()[:1])  # One device: the comparison is per GPU.

@@ -24,9 +24,9 @@ BATCH, SIZE, CLASSES, IGNORE = 8, 33, 5, 255
 
 
 def tiny_model_config(dtype: str = "float32"):
-  from ccnet_jax import models
+  from ccnet_jax.models.registry import model_config
 
-  config = models.model_config("ccnet_r101_official", num_classes=CLASSES, dtype=dtype)
+  config = model_config("ccnet_r101_official", num_classes=CLASSES, dtype=dtype)
   config.backbone.update(depth=18, base_width=8, output_stride=8)
   config.head.update(channels=16, out_channels=16)
   config.aux.channels = 16
@@ -66,10 +66,10 @@ def initial_weights() -> dict:
   import jax
   from flax import nnx
 
-  from ccnet_jax import models
+  from ccnet_jax.models.registry import build_model
 
   def init():
-    model = models.build_model(tiny_model_config(), seed=0)
+    model = build_model(tiny_model_config(), seed=0)
     return {
         "params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
         "batch_stats": nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
@@ -82,9 +82,9 @@ def _model_with(weights: dict, dtype: str):
   """The model traced abstractly in ``dtype``, with ``weights`` poured in."""
   from flax import nnx
 
-  from ccnet_jax import models
+  from ccnet_jax.models.registry import build_model
 
-  model = nnx.eval_shape(lambda: models.build_model(tiny_model_config(dtype), seed=0))
+  model = nnx.eval_shape(lambda: build_model(tiny_model_config(dtype), seed=0))
   for kind, name in ((nnx.Param, "params"), (nnx.BatchStat, "batch_stats")):
     state = nnx.state(model, kind)
     nnx.replace_by_pure_dict(state, weights[name])
@@ -100,13 +100,13 @@ def build(dtype: str = "float32", weights: dict | None = None, total_steps: int 
   """
   import jax
 
-  from ccnet_jax import training
   from ccnet_jax.training import optim
+  from ccnet_jax.training.state import create_train_state
   from configs import common
 
   model = _model_with(initial_weights() if weights is None else weights, dtype)
   tx, schedule = optim.make_optimizer(common.optim_config(), total_steps)
-  model_def, state = training.create_train_state(model, tx, seed=0)
+  model_def, state = create_train_state(model, tx, seed=0)
   return model_def, tx, schedule, jax.device_get(state)
 
 
@@ -120,12 +120,13 @@ def train(mesh, local_batch, steps: int, weights: dict):
   """Per-step losses and the final parameter checksum of ``steps`` steps on ``mesh``."""
   import jax
 
-  from ccnet_jax import training
+  from ccnet_jax.training.mesh import global_batch, replicate
+  from ccnet_jax.training.step import make_train_step
 
   model_def, tx, schedule, host_state = build(weights=weights)
-  train_step = training.make_train_step(model_def, tx, schedule, loss_config(), mesh)
-  state = training.replicate(host_state, mesh)
-  batch = training.global_batch(local_batch, mesh)
+  train_step = make_train_step(model_def, tx, schedule, loss_config(), mesh)
+  state = replicate(host_state, mesh)
+  batch = global_batch(local_batch, mesh)
   losses = []
   for _ in range(steps):
     state, metrics = train_step(state, batch)
@@ -194,9 +195,9 @@ def main():
   join(args.process_id, args.num_processes, args.port)
   import jax
 
-  from ccnet_jax import training
+  from ccnet_jax.training.mesh import make_mesh
 
-  mesh = training.make_mesh()
+  mesh = make_mesh()
   per_process = BATCH // args.num_processes
   rows = slice(args.process_id * per_process, (args.process_id + 1) * per_process)
   local_batch = {name: value[rows] for name, value in fixed_batch().items()}

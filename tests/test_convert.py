@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 
 from ccnet_jax import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ccnet_jax.convert import __main__ as cli  # pylint: disable=wrong-import-position
-from ccnet_jax.models import build_model, model_dir  # pylint: disable=wrong-import-position
+from ccnet_jax.models import model_dir  # pylint: disable=wrong-import-position
+from ccnet_jax.models.registry import build_model  # pylint: disable=wrong-import-position
 from tests import torch_reference  # pylint: disable=wrong-import-position
 
 torch.set_num_threads(1)
@@ -250,7 +251,7 @@ def test_full_size_resnet101_releases_map_every_name_and_shape(release):
   else:
     config = convert.mmseg_config(state)
     expected = "ccnet_r101_d8_mmseg"
-  from ccnet_jax.models import model_config  # pylint: disable=g-import-not-at-top
+  from ccnet_jax.models.registry import model_config  # pylint: disable=g-import-not-at-top
 
   # The inferred config is the registry's preset for that release (whose head
   # width is implicit: 2048 // 4).

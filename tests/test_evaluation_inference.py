@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax import models
+from ccnet_jax.models.registry import build_model, model_config
 from ccnet_jax.evaluation.inference import predict_logits, sliding_window_offsets
 
 torch = pytest.importorskip("torch")
@@ -146,11 +146,11 @@ def tiny_ccnet(num_classes=5):
   initialising for real compiles one XLA program per parameter shape, which dominates
   a CPU test's run time.
   """
-  config = models.model_config("ccnet_r101_official", num_classes=num_classes)
+  config = model_config("ccnet_r101_official", num_classes=num_classes)
   config.backbone.update(depth=18, base_width=8)
   config.head.update(channels=16, out_channels=16, recurrence=1)
   config.aux.enabled = False
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: models.build_model(config)))
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config)))
   rng = np.random.default_rng(0)
 
   def fill(path, leaf):

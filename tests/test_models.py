@@ -8,8 +8,11 @@ import pytest
 from absl.testing import parameterized
 from flax import nnx
 
-from ccnet_jax import models
-from ccnet_jax.models import CrissCrossAttention, ResNet, registry
+from ccnet_jax.models import resnet
+from ccnet_jax.models.ccnet import CCNet
+from ccnet_jax.models.heads import CrissCrossAttention, NonLocalAttention
+from ccnet_jax.models.registry import build_model, construct_model, model_config
+from ccnet_jax.models.resnet import ResNet
 
 
 def _num_params(module) -> int:
@@ -33,7 +36,7 @@ def _eval_shapes(module, input_shape):
 
 
 def tiny_config(**head):
-  config = models.model_config("ccnet_r101_official", num_classes=5)
+  config = model_config("ccnet_r101_official", num_classes=5)
   config.backbone.update(depth=18, base_width=8)
   config.head.update(channels=16, out_channels=16, **head)
   config.aux.channels = 16
@@ -74,19 +77,19 @@ def _official_parameter_count(num_classes):
 class OfficialModelTest(parameterized.TestCase):
 
   def test_official_ccnet_r101_has_the_official_codes_parameter_count(self):
-    model = _abstract(lambda: models.build_model(models.model_config("ccnet_r101_official")))
+    model = _abstract(lambda: build_model(model_config("ccnet_r101_official")))
     # BatchNorm running statistics are BatchStat, not Param, so they are excluded.
     self.assertEqual(_official_parameter_count(num_classes=19), 71_287_911)
     self.assertEqual(_num_params(model), _official_parameter_count(num_classes=19))
 
   def test_769_crop_gives_97x97_logits_for_both_heads(self):
-    model = _abstract(lambda: models.build_model(models.model_config("ccnet_r101_official")))
+    model = _abstract(lambda: build_model(model_config("ccnet_r101_official")))
     logits, aux_logits = _eval_shapes(model, (2, 769, 769, 3))
     chex.assert_shape([logits, aux_logits], (2, 97, 97, 19))
     chex.assert_type([logits, aux_logits], jnp.float32)
 
   def test_official_layer3_and_layer4_are_dilated_not_strided(self):
-    model = _abstract(lambda: models.build_model(models.model_config("ccnet_r101_official")))
+    model = _abstract(lambda: build_model(model_config("ccnet_r101_official")))
     backbone = model.backbone
     self.assertEqual(backbone.layer3[0].conv2.kernel_dilation, 2)
     self.assertEqual(backbone.layer3[0].conv2.strides, 1)
@@ -126,7 +129,7 @@ class ResNetTest(parameterized.TestCase):
                                        padding=padding)
     probe = torch.nn.functional.max_pool2d(probe, 3, 2, 1, ceil_mode=(stem == "deep"))
     expected = [tuple(probe.shape[-2:])]
-    for stride in models.resnet.OUTPUT_STRIDES[output_stride][0][1:]:
+    for stride in resnet.OUTPUT_STRIDES[output_stride][0][1:]:
       probe = torch.nn.functional.conv2d(probe, torch.zeros(1, 1, 3, 3), stride=stride,
                                          padding=1)
       expected.append(tuple(probe.shape[-2:]))
@@ -135,7 +138,7 @@ class ResNetTest(parameterized.TestCase):
     self.assertEqual([f.shape[3] for f in features], [32, 64, 128, 256])
 
   def test_mmseg_contract_dilation_and_multi_grid(self):
-    dilations = models.resnet.block_dilations
+    dilations = resnet.block_dilations
     self.assertEqual(dilations(3, 4, multi_grid=None, contract_dilation=True), [2, 4, 4])
     self.assertEqual(dilations(3, 4, multi_grid=(1, 2, 4), contract_dilation=False), [4, 8, 16])
     self.assertEqual(dilations(2, 1, multi_grid=None, contract_dilation=True), [1, 1])
@@ -149,7 +152,7 @@ class ResNetTest(parameterized.TestCase):
 class HeadTest(parameterized.TestCase):
 
   def test_tiny_ccnet_forward_in_train_and_eval_mode(self):
-    model = models.build_model(tiny_config())
+    model = build_model(tiny_config())
     images = jax.random.normal(jax.random.key(0), (2, 33, 47, 3))
     logits, aux_logits = model(images)
     # 33 x 47 -> stem conv 17 x 24 -> ceil-mode pool 9 x 13 -> stride 8: 5 x 7.
@@ -163,29 +166,29 @@ class HeadTest(parameterized.TestCase):
   def test_bfloat16_compute_returns_float32_logits_and_float32_params(self):
     config = tiny_config()
     config.dtype = "bfloat16"
-    model = models.build_model(config)
+    model = build_model(config)
     logits, aux_logits = model(jnp.ones((1, 32, 32, 3)))
     chex.assert_type([logits, aux_logits], jnp.float32)
     dtypes = {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))}
     self.assertEqual(dtypes, {jnp.dtype(jnp.float32)})
 
   def test_recurrence_zero_is_the_fcn_baseline_without_attention_weights(self):
-    fcn = models.build_model(tiny_config(recurrence=0))
-    ccnet = models.build_model(tiny_config(recurrence=2))
+    fcn = build_model(tiny_config(recurrence=0))
+    ccnet = build_model(tiny_config(recurrence=2))
     self.assertIsNone(fcn.head.attention)
     # q and k: 16 -> 2 channels with bias, v: 16 -> 16 with bias, and gamma.
     self.assertEqual(_num_params(ccnet) - _num_params(fcn), 2 * (16 * 2 + 2) + 16 * 16 + 16 + 1)
 
   def test_recurrence_shares_one_attention_block(self):
     for recurrence in (1, 2, 3):
-      model = models.build_model(tiny_config(recurrence=recurrence))
-      self.assertEqual(_num_params(model), _num_params(models.build_model(tiny_config())))
+      model = build_model(tiny_config(recurrence=recurrence))
+      self.assertEqual(_num_params(model), _num_params(build_model(tiny_config())))
 
   def test_non_local_head_and_disabled_aux(self):
     config = tiny_config(attention="non_local", recurrence=1)
     config.aux.enabled = False
-    model = models.build_model(config)
-    self.assertIsInstance(model.head.attention, models.NonLocalAttention)
+    model = build_model(config)
+    self.assertIsInstance(model.head.attention, NonLocalAttention)
     logits, aux_logits = model(jnp.ones((1, 24, 24, 3)))
     chex.assert_shape(logits, (1, 4, 4, 5))  # 24 -> 12 -> ceil-mode pool 7 -> 4.
     self.assertIsNone(aux_logits)
@@ -197,26 +200,26 @@ class HeadTest(parameterized.TestCase):
 
   def test_bad_head_fields_are_named(self):
     with pytest.raises(ValueError, match="model.head.attention"):
-      models.build_model(tiny_config(attention="global"))
+      build_model(tiny_config(attention="global"))
     with pytest.raises(ValueError, match="model.cca_impl"):
       config = tiny_config()
       config.cca_impl = "cuda"
-      models.build_model(config)
+      build_model(config)
     with pytest.raises(ValueError, match="Unknown model"):
-      models.model_config("ccnet_r999")
+      model_config("ccnet_r999")
 
   def test_float64_model_needs_64_bit_jax(self):
     config = tiny_config()
     config.dtype = "float64"
     assert not jax.config.jax_enable_x64
     with pytest.raises(ValueError, match="JAX_ENABLE_X64=1"):
-      models.build_model(config)
+      build_model(config)
 
   def test_float64_model_has_float64_parameters_and_statistics(self):
     config = tiny_config()
     config.dtype = "float64"
     with jax.enable_x64(True):
-      model = _abstract(lambda: registry.construct_model(config))
+      model = _abstract(lambda: construct_model(config))
     dtypes = {x.dtype for x in jax.tree.leaves(nnx.state(model, (nnx.Param, nnx.BatchStat)))}
     assert dtypes == {jnp.dtype(jnp.float64)}
 
@@ -224,7 +227,7 @@ class HeadTest(parameterized.TestCase):
   def test_bn_fast_variance_reaches_every_norm(self, fast):
     config = tiny_config()
     config.bn_fast_variance = fast
-    model = _abstract(lambda: registry.construct_model(config))
+    model = _abstract(lambda: construct_model(config))
     norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)]
     assert len(norms) > 20 and {m.use_fast_variance for m in norms} == {fast}
 

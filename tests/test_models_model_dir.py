@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax import models
+from ccnet_jax.models.registry import build_model, model_config
 from ccnet_jax.models import model_dir
 
 
 def tiny_config(depth=18, num_classes=5):
-  config = models.model_config("ccnet_r101_official", num_classes=num_classes)
+  config = model_config("ccnet_r101_official", num_classes=num_classes)
   config.backbone.update(depth=depth, base_width=8)
   config.head.update(channels=16, out_channels=16)
   config.aux.channels = 16
@@ -22,7 +22,7 @@ def tiny_config(depth=18, num_classes=5):
 
 def randomised(config, seed):
   """A model whose every array (gamma and BatchNorm statistics included) is random."""
-  model = model_dir.empty_module(lambda: models.build_model(config, seed=seed))
+  model = model_dir.empty_module(lambda: build_model(config, seed=seed))
   state = nnx.state(model, (nnx.Param, nnx.BatchStat))
   leaves, treedef = jax.tree.flatten(state.to_pure_dict())
   rng = np.random.default_rng(seed)
@@ -90,7 +90,7 @@ def test_backbone_only_export_initialises_a_ccnet_but_is_not_a_model(tmp_path):
   config = tiny_config(num_classes=3)
   backbone = randomised(config, seed=3).backbone
   model_dir.save_model(tmp_path / "bb", backbone, config, preprocessing=None)
-  target = model_dir.empty_module(lambda: models.build_model(tiny_config(num_classes=7)))
+  target = model_dir.empty_module(lambda: build_model(tiny_config(num_classes=7)))
   info = model_dir.load_state_into(target, tmp_path / "bb", part="backbone")
   assert info["part"] == "backbone"
   assert info["preprocessing"] == model_dir.IMAGENET_PREPROCESSING
@@ -104,10 +104,10 @@ def test_backbone_only_export_initialises_a_ccnet_but_is_not_a_model(tmp_path):
 
 def test_shape_and_name_mismatches_are_listed(saved):
   _, _, directory = saved
-  other_classes = model_dir.empty_module(lambda: models.build_model(tiny_config(num_classes=6)))
+  other_classes = model_dir.empty_module(lambda: build_model(tiny_config(num_classes=6)))
   with pytest.raises(ValueError, match=r"head/classifier/kernel: \(1, 1, 16, 5\) vs model"):
     model_dir.load_state_into(other_classes, directory)
-  deeper = model_dir.empty_module(lambda: models.build_model(tiny_config(depth=34)))
+  deeper = model_dir.empty_module(lambda: build_model(tiny_config(depth=34)))
   with pytest.raises(ValueError, match=r"missing \['backbone/layer1/2/bn1/bias'"):
     model_dir.load_state_into(deeper, directory, part="backbone")
 

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax import models
+from ccnet_jax.models import layers
+from ccnet_jax.models.registry import build_model, model_config
 from ccnet_jax.models import remat as remat_lib
 
 
 def _tiny_config(remat: str):
-  config = models.model_config("ccnet_r101_official", num_classes=5, remat=remat)
+  config = model_config("ccnet_r101_official", num_classes=5, remat=remat)
   config.backbone.update(depth=18, base_width=8)
   config.head.update(channels=16, out_channels=16, dropout=0.0)
   config.aux.update(channels=16, dropout=0.0)
@@ -21,7 +22,7 @@ def _tiny_config(remat: str):
 
 def _loss_and_grads_fn(remat: str):
   """A jitted (params, batch_stats, images) -> (loss, new batch stats, grads) of a tiny CCNet."""
-  model = models.build_model(_tiny_config(remat), seed=0)
+  model = build_model(_tiny_config(remat), seed=0)
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -91,11 +92,11 @@ def test_the_stem_and_every_block_run_under_checkpoint_with_the_policy(remat):
 
 def test_unknown_remat_is_named():
   with pytest.raises(ValueError, match="model.remat='all'"):
-    models.build_model(_tiny_config("all"))
+    build_model(_tiny_config("all"))
 
 
 def test_conv_outputs_carry_the_name_the_policy_saves():
-  conv = models.layers.conv2d(3, 4, 3, rngs=nnx.Rngs(0))
+  conv = layers.conv2d(3, 4, 3, rngs=nnx.Rngs(0))
   jaxpr = jax.make_jaxpr(conv)(np.zeros((1, 5, 5, 3), np.float32))
   names = [e.params.get("name") for e in jaxpr.eqns if e.primitive.name == "name"]
   assert names == [remat_lib.CONV_OUTPUT]

@@ -15,8 +15,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 from flax import nnx
 
-from ccnet_jax import models, ops
-from ccnet_jax.models import RCCAHead
+from ccnet_jax import ops
+from ccnet_jax.models.heads import RCCAHead
+from ccnet_jax.models.registry import build_model, model_config
 from ccnet_jax.ops.pallas import TUNING_GRID
 from ccnet_jax.ops.pallas import BlockSizes
 from ccnet_jax.ops.pallas import criss_cross_attention_pallas
@@ -246,11 +247,11 @@ class InsideModelsTest(parameterized.TestCase):
     images = jax.random.normal(jax.random.key(0), (2, 65, 65, 3))
     labels = jax.random.randint(jax.random.key(1), (2, 9, 9), 0, 5)
 
-    config = models.model_config("ccnet_r101_official", num_classes=5)
+    config = model_config("ccnet_r101_official", num_classes=5)
     config.backbone.update(depth=18, base_width=8)
     config.head.update(channels=16, out_channels=16, dropout=0.0)
     config.aux.enabled = False
-    model = models.build_model(config)
+    model = build_model(config)
     _set_gamma(model.head, 0.5)
 
     def losses(impl):

@@ -35,10 +35,13 @@ import numpy as np
 import optax
 import pytest
 
-from ccnet_jax import training
 from ccnet_jax.convert import loaders, mapping
 from ccnet_jax.models import model_dir
 from ccnet_jax.models.registry import construct_model
+from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
+from ccnet_jax.training.optim import make_optimizer
+from ccnet_jax.training.state import create_train_state
+from ccnet_jax.training.step import make_train_step
 from configs import common
 
 torch = pytest.importorskip("torch")
@@ -145,12 +148,12 @@ def _jax_run(state_dict, batch, dtype: str, *, steps, ohem=None):
   loss_config = common.loss_config()
   if ohem:
     loss_config.update(ohem=True, ohem_thresh=ohem[0], ohem_min_kept=ohem[1])
-  tx, schedule = training.make_optimizer(common.optim_config(), STEPS)
-  model_def, state = training.create_train_state(model, tx, seed=0)
-  mesh = training.make_mesh(jax.devices()[:1])
-  state = training.replicate(state, mesh)
-  batch = training.global_batch(batch, mesh)
-  train_step = training.make_train_step(model_def, tx, schedule, loss_config, mesh)
+  tx, schedule = make_optimizer(common.optim_config(), STEPS)
+  model_def, state = create_train_state(model, tx, seed=0)
+  mesh = make_mesh(jax.devices()[:1])
+  state = replicate(state, mesh)
+  batch = global_batch(batch, mesh)
+  train_step = make_train_step(model_def, tx, schedule, loss_config, mesh)
   train_step = train_step.lower(state, batch).compile(FAST_COMPILE)
   records = []
   for _ in range(steps):

@@ -5,22 +5,21 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ccnet_jax import training
 from ccnet_jax.training import mesh as mesh_lib
 
 
 def test_make_mesh_defaults_to_every_device_on_the_data_axis():
-  mesh = training.make_mesh()
+  mesh = mesh_lib.make_mesh()
   assert mesh.axis_names == ("data",)
   assert list(mesh.devices.flat) == jax.devices()
-  assert training.make_mesh(jax.devices()[:1]).size == 1
+  assert mesh_lib.make_mesh(jax.devices()[:1]).size == 1
 
 
 def test_global_batch_shards_the_leading_axis():
-  mesh = training.make_mesh()
+  mesh = mesh_lib.make_mesh()
   local = {"image": np.arange(16 * 2 * 3, dtype=np.float32).reshape(16, 2, 3),
            "label": np.arange(16, dtype=np.int32)}
-  batch = training.global_batch(local, mesh)
+  batch = mesh_lib.global_batch(local, mesh)
   for name, value in local.items():
     assert batch[name].sharding.spec == P("data")
     np.testing.assert_array_equal(batch[name], value)
@@ -31,12 +30,12 @@ def test_global_batch_shards_the_leading_axis():
 
 def test_global_batch_rejects_a_batch_that_does_not_divide():
   with pytest.raises(ValueError, match=r"batch\['label'\].*multiple of this process's 8"):
-    training.global_batch({"label": np.zeros((6, 2), np.int32)}, training.make_mesh())
+    mesh_lib.global_batch({"label": np.zeros((6, 2), np.int32)}, mesh_lib.make_mesh())
 
 
 def test_replicate_puts_a_copy_on_every_device():
-  mesh = training.make_mesh()
-  tree = training.replicate({"w": np.arange(5.0)}, mesh)
+  mesh = mesh_lib.make_mesh()
+  tree = mesh_lib.replicate({"w": np.arange(5.0)}, mesh)
   assert tree["w"].sharding.is_fully_replicated
   assert len(tree["w"].addressable_shards) == 8
   np.testing.assert_array_equal(tree["w"], np.arange(5.0))
@@ -69,7 +68,7 @@ def test_initialize_distributed_is_a_no_op_for_one_process(monkeypatch):
   monkeypatch.delenv("OMPI_COMM_WORLD_SIZE", raising=False)
   monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
   monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-  assert training.initialize_distributed() is False
+  assert mesh_lib.initialize_distributed() is False
 
 
 def test_initialize_distributed_names_missing_variables(monkeypatch):
@@ -77,4 +76,4 @@ def test_initialize_distributed_names_missing_variables(monkeypatch):
   monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
   with pytest.raises(ValueError, match="JAX_PROCESS_ID"):
-    training.initialize_distributed()
+    mesh_lib.initialize_distributed()

@@ -8,7 +8,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ccnet_jax import training
+from ccnet_jax.training.state import TrainState, create_train_state, merge_model
 
 
 class _Toy(nnx.Module):
@@ -28,7 +28,7 @@ class _Toy(nnx.Module):
 def _create(seed=3):
   model = _Toy(nnx.Rngs(0))
   tx = optax.sgd(0.1, momentum=0.9)
-  return model, tx, *training.create_train_state(model, tx, seed=seed)
+  return model, tx, *create_train_state(model, tx, seed=seed)
 
 
 def test_state_holds_only_arrays_taken_from_the_model():
@@ -50,22 +50,22 @@ def test_orbax_round_trip_restores_the_same_state(tmp_path):
   with ocp.StandardCheckpointer() as checkpointer:
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     restored = checkpointer.restore(tmp_path / "state", target)
-  assert type(restored) is training.TrainState
+  assert type(restored) is TrainState
   chex.assert_trees_all_equal(restored, state)
-  model = training.merge_model(model_def, restored, train=False)
+  model = merge_model(model_def, restored, train=False)
   chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(model, nnx.Param)), state.params)
 
 
 def test_merge_model_sets_train_or_eval_mode():
   _, _, model_def, state = _create()
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
-  eval_model = training.merge_model(model_def, state, train=False)
+  eval_model = merge_model(model_def, state, train=False)
   a, b = eval_model(x)
   chex.assert_trees_all_equal(a, b)  # no dropout in eval mode
   # Running statistics at init are mean 0, var 1: eval normalisation is x / sqrt(1 + eps).
   hidden = eval_model.layers[1](eval_model.layers[0](x))
   np.testing.assert_allclose(a, hidden / np.sqrt(1 + 1e-5), rtol=1e-5, atol=1e-6)
-  assert training.merge_model(model_def, state, train=True).norm.use_running_average is False
+  assert merge_model(model_def, state, train=True).norm.use_running_average is False
 
 
 def test_dropout_keys_follow_rng_and_step():

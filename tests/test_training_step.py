@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax import training
+from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
+from ccnet_jax.training.state import merge_model
+from ccnet_jax.training.step import make_train_step
 from ccnet_jax.models import layers
 from tests import distributed_worker as worker
 
@@ -29,20 +31,20 @@ class _Run:
 
   def __init__(self, devices, dtype="float32"):
     self.model_def, self.tx, self.schedule, self.initial = worker.build(dtype)
-    self.mesh = training.make_mesh(devices)
-    train_step = training.make_train_step(
+    self.mesh = make_mesh(devices)
+    train_step = make_train_step(
         self.model_def, self.tx, self.schedule, worker.loss_config(), self.mesh
     )
     # Compiled ahead of time with the same shardings; only backend optimisation is cut.
     self.step = train_step.lower(
-        training.replicate(self.initial, self.mesh),
-        training.global_batch(worker.fixed_batch(), self.mesh),
+        replicate(self.initial, self.mesh),
+        global_batch(worker.fixed_batch(), self.mesh),
     ).compile(worker.FAST_COMPILE)
 
   def run(self, steps, batch=None, state=None):
     """Host copies of the state after each step, and the metrics of each step."""
-    state = training.replicate(self.initial if state is None else state, self.mesh)
-    batch = training.global_batch(worker.fixed_batch() if batch is None else batch, self.mesh)
+    state = replicate(self.initial if state is None else state, self.mesh)
+    batch = global_batch(worker.fixed_batch() if batch is None else batch, self.mesh)
     states, metrics = [], []
     for _ in range(steps):
       state, step_metrics = self.step(state, batch)
@@ -93,7 +95,7 @@ def test_statistics_are_global_not_per_device(one_device, reference):
   """The first BN layer's running mean moved by 0.1 x the whole batch's mean, not one image's."""
   # The running mean after one step is 0.9 * 0 + 0.1 * batch mean: compare the first
   # BN layer's update with numpy statistics of its input over the whole batch.
-  model = training.merge_model(one_device.model_def, one_device.initial, train=True)
+  model = merge_model(one_device.model_def, one_device.initial, train=True)
   images = jnp.asarray(worker.fixed_batch()["image"])
   conv_out = np.asarray(model.backbone.stem.conv1(images), np.float64)
   whole = conv_out.mean(axis=(0, 1, 2))
@@ -120,7 +122,7 @@ def test_non_finite_loss_is_flagged(one_device):
 def test_merge_model_carries_the_state_and_the_mode(one_device, reference):
   state = reference[0][0]
   for train in (True, False):
-    model = training.merge_model(one_device.model_def, state, train=train)
+    model = merge_model(one_device.model_def, state, train=train)
     chex.assert_trees_all_equal(nnx.to_pure_dict(nnx.state(model, nnx.Param)), state.params)
     chex.assert_trees_all_equal(
         nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), state.batch_stats
