@@ -66,16 +66,17 @@ def wait_for_all(args, poll_seconds: float = 0.2) -> None:
 def run(args) -> dict:
   import jax
 
-  from ccnet_jax import training
   from ccnet_jax.data.pipeline import make_train_loader
   from ccnet_jax.training.checkpointing import RunCheckpoints
+  from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
+  from ccnet_jax.training.step import make_train_step
 
-  mesh = training.make_mesh()
+  mesh = make_mesh()
   with open(args.weights, "rb") as f:
     weights = pickle.load(f)
   model_def, tx, schedule, host_state = worker.build(weights=weights)
-  train_step = training.make_train_step(model_def, tx, schedule, worker.loss_config(), mesh)
-  state = training.replicate(host_state, mesh)
+  train_step = make_train_step(model_def, tx, schedule, worker.loss_config(), mesh)
+  state = replicate(host_state, mesh)
   loader = make_train_loader(data_config(args.data_root), global_batch_size=GLOBAL_BATCH, seed=0)
   checkpoints = RunCheckpoints(args.checkpoints, keep=2)
   step, checksum = 0, None
@@ -88,7 +89,7 @@ def run(args) -> dict:
   while step < args.steps:
     batch = next(loader)
     records[step + 1] = records_read(batch["label"])
-    batch = training.global_batch(
+    batch = global_batch(
         {"image": batch["image"], "label": as_model_labels(batch["label"])}, mesh)
     if compiled is None:
       compiled = train_step.lower(state, batch).compile()

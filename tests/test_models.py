@@ -9,7 +9,6 @@ from absl.testing import parameterized
 from flax import nnx
 
 from ccnet_jax.models import resnet
-from ccnet_jax.models.ccnet import CCNet
 from ccnet_jax.models.heads import CrissCrossAttention, NonLocalAttention
 from ccnet_jax.models.registry import build_model, construct_model, model_config
 from ccnet_jax.models.resnet import ResNet

@@ -74,7 +74,7 @@ def test_the_stem_and_every_block_run_under_checkpoint_with_the_policy(remat):
   """What 'remat' changes is the program's structure; its memory effect needs full-size maps
   (README: XLA plans 8.5 GB for the Cityscapes step with 'blocks' against 19.7 GB without, on
   a GPU); at CPU test sizes XLA's plan is the same within 5% for every policy."""
-  model = models.build_model(_tiny_config(remat), seed=0)
+  model = build_model(_tiny_config(remat), seed=0)
   graphdef, state = nnx.split(model)
 
   def forward(state, images):

@@ -16,11 +16,8 @@ import json
 import sys
 from typing import Sequence
 
-from flax import nnx
-
 from ccnet_jax.convert import io, loaders, mapping
 from ccnet_jax.models import model_dir
-from ccnet_jax.models.registry import build_model
 from ccnet_jax.models.resnet import ResNet
 
 
@@ -45,29 +42,9 @@ def convert(format: str, path: str, output: str, *,  # pylint: disable=redefined
             depth: int | None = None) -> dict:
   """Reads, converts and writes one checkpoint; returns a summary of what was written."""
   state_dict, meta = io.read_checkpoint(path)
-  if format == "official":
-    config = loaders.official_config(
-        state_dict, num_classes=num_classes, recurrence=2 if recurrence is None else recurrence
-    )
-    if depth is not None and depth != config.backbone.depth:
-      raise ValueError(f"--depth={depth} but the checkpoint is a ResNet-{config.backbone.depth}.")
-    model = model_dir.empty_module(lambda: build_model(config))
-    preprocessing = loaders.OFFICIAL_PREPROCESSING
-  elif format == "mmseg":
-    config = loaders.mmseg_config(
-        state_dict, depth=depth, num_classes=num_classes, recurrence=recurrence, meta=meta
-    )
-    model = model_dir.empty_module(lambda: build_model(config))
-    preprocessing = loaders.IMAGENET_PREPROCESSING
-  else:
-    if num_classes is not None or recurrence is not None:
-      raise ValueError(
-          f"--num-classes and --recurrence do not apply to the backbone-only {format!r} format."
-      )
-    config = loaders.backbone_config(state_dict, format, depth=depth)
-    model = model_dir.empty_module(lambda: ResNet(**config.backbone.to_dict(), rngs=nnx.Rngs(0)))
-    preprocessing = loaders.IMAGENET_PREPROCESSING
-  mapping.load_into(model, state_dict, format)
+  model, config, preprocessing = loaders.load_checkpoint(
+      format, state_dict, meta=meta, num_classes=num_classes, recurrence=recurrence, depth=depth
+  )
   directory = model_dir.save_model(output, model, config, preprocessing=preprocessing)
   return {
       "wrote": directory,

@@ -189,6 +189,52 @@ def backbone_config(
   return config
 
 
+def load_checkpoint(
+    format: str,  # pylint: disable=redefined-builtin
+    checkpoint: Mapping[str, Any],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    num_classes: int | None = None,
+    recurrence: int | None = None,
+    depth: int | None = None,
+    output_stride: int | None = None,
+) -> tuple[nnx.Module, ml_collections.ConfigDict, dict[str, Any]]:
+  """Any supported checkpoint as (module in eval mode, its model config, its preprocessing).
+
+  'official' and 'mmseg' give a whole CCNet (R from ``recurrence``, else the checkpoint's
+  meta, else 2); the ImageNet formats give the dilated ResNet backbone alone, at
+  ``output_stride`` (default the config's, 8).
+  """
+  state_dict, found_meta = _unwrap(checkpoint)
+  if format == "official":
+    config = official_config(
+        state_dict, num_classes=num_classes, recurrence=2 if recurrence is None else recurrence
+    )
+    if depth is not None and depth != config.backbone.depth:
+      raise ValueError(f"--depth={depth} but the checkpoint is a ResNet-{config.backbone.depth}.")
+    build, preprocessing = (lambda: build_model(config)), OFFICIAL_PREPROCESSING
+  elif format == "mmseg":
+    config = mmseg_config(
+        state_dict, depth=depth, num_classes=num_classes, recurrence=recurrence,
+        meta=meta or found_meta,
+    )
+    build, preprocessing = (lambda: build_model(config)), IMAGENET_PREPROCESSING
+  else:
+    if num_classes is not None or recurrence is not None:
+      raise ValueError(
+          f"--num-classes and --recurrence do not apply to the backbone-only {format!r} format."
+      )
+    config = backbone_config(state_dict, format, depth=depth)
+    if output_stride is not None:
+      config.backbone.output_stride = output_stride
+    build = lambda: ResNet(**config.backbone.to_dict(), rngs=nnx.Rngs(0))  # noqa: E731
+    preprocessing = IMAGENET_PREPROCESSING
+  model = model_dir.empty_module(build)
+  mapping.load_into(model, state_dict, format)
+  model.eval()
+  return model, config, preprocessing
+
+
 def load_official_ccnet(
     state_dict: Mapping[str, np.ndarray], *, num_classes: int = 19, recurrence: int = 2
 ) -> CCNet:
@@ -199,12 +245,9 @@ def load_official_ccnet(
   ``(logits, aux_logits)`` at output stride 8. R is not stored in the
   checkpoint: the released Cityscapes models use R=2.
   """
-  state_dict, _ = _unwrap(state_dict)
-  config = official_config(state_dict, num_classes=num_classes, recurrence=recurrence)
-  model = model_dir.empty_module(lambda: build_model(config))
-  mapping.load_into(model, state_dict, "official")
-  model.eval()
-  return model
+  return load_checkpoint(
+      "official", state_dict, num_classes=num_classes, recurrence=recurrence
+  )[0]
 
 
 def load_mmseg_ccnet(
@@ -218,11 +261,9 @@ def load_mmseg_ccnet(
 
   Inputs are RGB normalised with ``IMAGENET_PREPROCESSING``.
   """
-  config = mmseg_config(state_dict, depth=depth, num_classes=num_classes, recurrence=recurrence)
-  model = model_dir.empty_module(lambda: build_model(config))
-  mapping.load_into(model, _unwrap(state_dict)[0], "mmseg")
-  model.eval()
-  return model
+  return load_checkpoint(
+      "mmseg", state_dict, depth=depth, num_classes=num_classes, recurrence=recurrence
+  )[0]
 
 
 def load_backbone(
@@ -232,13 +273,7 @@ def load_backbone(
     output_stride: int = 8,
 ) -> ResNet:
   """An ImageNet ResNet ('mit', 'torchvision' or 'v1c') as a dilated ResNet in eval mode."""
-  config = backbone_config(state_dict, format)
-  fields = config.backbone.to_dict()
-  fields["output_stride"] = output_stride
-  model = model_dir.empty_module(lambda: ResNet(**fields, rngs=nnx.Rngs(0)))
-  mapping.load_into(model, state_dict, format)
-  model.eval()
-  return model
+  return load_checkpoint(format, state_dict, output_stride=output_stride)[0]
 
 
 def load_backbone_into(
