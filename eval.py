@@ -19,8 +19,10 @@ from ccnet_jax.evaluation.run import evaluate_from_workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, CONFIG_HELP)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "The run's directory; outputs go to WORKDIR/eval (default: runs/<config"
-    " name>).")
+    "workdir",
+    None,
+    "The run's directory; outputs go to WORKDIR/eval (default: runs/<config" " name>).",
+)
 _MODEL = flags.DEFINE_string("model", "latest", "'latest', 'best', 'final' or a model directory.")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print every config field and exit.")
 flags.mark_flags_as_required(["config"])

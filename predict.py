@@ -25,7 +25,8 @@ from ccnet_jax.evaluation.predict import ON_ERROR, Predictor, predict_paths
 _MODEL = flags.DEFINE_string("model", None, "Model directory or training workdir.")
 _OUT = flags.DEFINE_string("out", None, "Folder for the outputs (created if needed).")
 _DATASET = flags.DEFINE_enum(
-    "dataset", None, DATASET_NAMES, "Palette and label ids (default: from the class count).")
+    "dataset", None, DATASET_NAMES, "Palette and label ids (default: from the class count)."
+)
 _MODE = flags.DEFINE_enum("mode", "whole", MODES, "Whole-image or sliding-window inference.")
 _CROP = flags.DEFINE_list("crop_size", ["769", "769"], "Sliding window height,width.")
 _OVERLAP = flags.DEFINE_float("overlap", 1 / 3, "Fraction of a window shared with the next.")
@@ -33,10 +34,12 @@ _SCALES = flags.DEFINE_list("scales", ["1.0"], "Image scales whose predictions a
 _FLIP = flags.DEFINE_bool("flip", False, "Also average the horizontally flipped prediction.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Images (of one size) or frames per forward pass.")
 _DTYPE = flags.DEFINE_enum(
-    "dtype", None, ["float32", "bfloat16"], "Computation dtype (default: the model's).")
+    "dtype", None, ["float32", "bfloat16"], "Computation dtype (default: the model's)."
+)
 _LABEL_IDS = flags.DEFINE_bool("label_ids", False, "Also write raw label-id PNGs.")
 _ON_ERROR = flags.DEFINE_enum(
-    "on_error", "stop", ON_ERROR, "On a bad input: stop with its error, or skip it and go on.")
+    "on_error", "stop", ON_ERROR, "On a bad input: stop with its error, or skip it and go on."
+)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["model", "out"])
 
@@ -50,18 +53,30 @@ def _numbers(values, kind, flag):
 
 def _predict(inputs):
   predictor = Predictor(
-      _MODEL.value, dataset=_DATASET.value, mode=_MODE.value,
-      crop_size=_numbers(_CROP.value, int, "crop_size"), overlap=_OVERLAP.value,
-      scales=_numbers(_SCALES.value, float, "scales"), flip=_FLIP.value,
-      batch_size=_BATCH.value, dtype=_DTYPE.value,
+      _MODEL.value,
+      dataset=_DATASET.value,
+      mode=_MODE.value,
+      crop_size=_numbers(_CROP.value, int, "crop_size"),
+      overlap=_OVERLAP.value,
+      scales=_numbers(_SCALES.value, float, "scales"),
+      flip=_FLIP.value,
+      batch_size=_BATCH.value,
+      dtype=_DTYPE.value,
   )
   print(f"Model: {predictor.model_dir} ({predictor.dataset.name} classes).", flush=True)
   counts = predict_paths(
-      predictor, inputs, _OUT.value, label_ids=_LABEL_IDS.value, on_error=_ON_ERROR.value,
+      predictor,
+      inputs,
+      _OUT.value,
+      label_ids=_LABEL_IDS.value,
+      on_error=_ON_ERROR.value,
       progress=_PROGRESS.value,
   )
-  print(f"Wrote {counts['images']} images and {counts['videos']} videos ({counts['frames']}"
-        f" frames) to {_OUT.value}; {counts['skipped']} inputs skipped.", flush=True)
+  print(
+      f"Wrote {counts['images']} images and {counts['videos']} videos ({counts['frames']}"
+      f" frames) to {_OUT.value}; {counts['skipped']} inputs skipped.",
+      flush=True,
+  )
 
 
 def main(argv):

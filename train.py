@@ -17,7 +17,8 @@ from ccnet_jax.training.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, CONFIG_HELP)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Checkpoints, logs and predictions go here (default: runs/<config name>).")
+    "workdir", None, "Checkpoints, logs and predictions go here (default: runs/<config name>)."
+)
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print every config field and exit.")
 flags.mark_flags_as_required(["config"])
 

@@ -16,12 +16,14 @@ import argparse
 
 from xla_analysis import Cost, program_cost  # Before jax: configures XLA on CPU.
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
+# isort: split
 
-from ccnet_jax.models.heads import RCCAHead  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ccnet_jax.models.heads import RCCAHead
 
 IN_FEATURES = 2048
 NUM_CLASSES = 19
@@ -33,13 +35,21 @@ PAPER = {"non_local": (108.0, 1411.0), "criss_cross R=2": (16.5, 127.0)}
 def _head(attention: str, recurrence: int, cca_impl: str = "einsum") -> RCCAHead:
   extra = {"cca_impl": cca_impl} if attention == "criss_cross" else {}
   return RCCAHead(
-      IN_FEATURES, NUM_CLASSES, attention=attention, recurrence=recurrence, rngs=nnx.Rngs(0),
+      IN_FEATURES,
+      NUM_CLASSES,
+      attention=attention,
+      recurrence=recurrence,
+      rngs=nnx.Rngs(0),
       **extra,
   )
 
 
 def head_cost(
-    attention: str, recurrence: int, size: int, batch: int, training: bool,
+    attention: str,
+    recurrence: int,
+    size: int,
+    batch: int,
+    training: bool,
     cca_impl: str = "einsum",
 ) -> Cost:
   """Cost of one inference pass, or of one SGD step, of the head on a size x size map."""
@@ -99,7 +109,7 @@ def paper_table(batch: int) -> str:
   ]
   for name in inference:
     paper_flops, paper_memory = PAPER.get(name, (None, None))
-    paper = (f"{paper_flops:.1f} | {paper_memory:.0f}" if paper_flops else " | ")
+    paper = f"{paper_flops:.1f} | {paper_memory:.0f}" if paper_flops else " | "
     lines.append(
         f"| {name} | {inference[name].gflops:.1f} | {training[name].gflops:.1f}"
         f" | {inference[name].memory_mb:.0f} | {training[name].memory_mb:.0f} | {paper} |"

@@ -37,15 +37,16 @@ from unittest import mock
 
 import attention_cost  # Before jax (via xla_analysis): configures XLA on CPU.
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+# isort: split
 
-from ccnet_jax import ops  # noqa: E402
-from ccnet_jax.cli import run_user_command  # noqa: E402
-from ccnet_jax.ops.pallas import BlockSizes  # noqa: E402
-from ccnet_jax.ops.pallas import tuning_configurations  # noqa: E402
-from ccnet_jax.ops.pallas import criss_cross as pallas_criss_cross  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ccnet_jax import ops
+from ccnet_jax.cli import run_user_command
+from ccnet_jax.ops.pallas import BlockSizes, tuning_configurations
+from ccnet_jax.ops.pallas import criss_cross as pallas_criss_cross
 
 IMPLEMENTATIONS = ("einsum", "einsum_recompute", "pallas")
 
@@ -67,7 +68,8 @@ def parse_block_sizes(text: str) -> BlockSizes:
 
 def _pallas(block_sizes: BlockSizes, pad_to_power_of_two: bool | None = None):
   return functools.partial(
-      ops.criss_cross_attention_pallas, block_sizes=block_sizes,
+      ops.criss_cross_attention_pallas,
+      block_sizes=block_sizes,
       pad_to_power_of_two=pad_to_power_of_two,
   )
 
@@ -126,12 +128,21 @@ def _setting(size, batch, key_channels, channels, dtype, runs, warmup) -> str:
   )
 
 
-def timing_table(size: int, batch: int, key_channels: int, channels: int, dtype, runs: int,
-                 warmup: int, block_sizes: BlockSizes = BlockSizes()) -> str:
+def timing_table(
+    size: int,
+    batch: int,
+    key_channels: int,
+    channels: int,
+    dtype,
+    runs: int,
+    warmup: int,
+    block_sizes: BlockSizes = BlockSizes(),
+) -> str:
   args = _inputs(size, batch, key_channels, channels, dtype)
   backend = jax.default_backend()
   lines = [
-      "Op wall time on " + _setting(size, batch, key_channels, channels, dtype, runs, warmup)
+      "Op wall time on "
+      + _setting(size, batch, key_channels, channels, dtype, runs, warmup)
       + f"; pallas with {block_sizes}.",
       "",
       "| implementation | forward ms | vs einsum | forward+backward ms | vs einsum |",
@@ -265,12 +276,21 @@ def sweep_rows(size, batch, key_channels, channels, dtype, runs, warmup, configu
   Triton uses on GPU.
   """
   args = _inputs(size, batch, key_channels, channels, dtype)
-  setting = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "size": size,
-             "batch": batch, "key_channels": key_channels, "channels": channels,
-             "dtype": jnp.dtype(dtype).name}
+  setting = {
+      "device": jax.devices()[0].device_kind,
+      "jax": jax.__version__,
+      "size": size,
+      "batch": batch,
+      "key_channels": key_channels,
+      "channels": channels,
+      "dtype": jnp.dtype(dtype).name,
+  }
   expected = _programs(ops.criss_cross_attention)[1](*args)
-  yield {**setting, "implementation": "einsum",
-         **_measure(ops.criss_cross_attention, args, expected, runs, warmup)}
+  yield {
+      **setting,
+      "implementation": "einsum",
+      **_measure(ops.criss_cross_attention, args, expected, runs, warmup),
+  }
   pad = None if _accelerated() else True
   for block_sizes in configurations:
     row = {**setting, "implementation": "pallas", **dataclasses.asdict(block_sizes)}
@@ -303,11 +323,21 @@ def _sweep_line(row: dict, reference: dict) -> str:
   return f"| {tunables}{times} | {row['max_deviation']:.1e} |"
 
 
-def sweep_table(size, batch, key_channels, channels, dtype, runs, warmup, configurations,
-                json_path: str | None = None) -> str:
+def sweep_table(
+    size,
+    batch,
+    key_channels,
+    channels,
+    dtype,
+    runs,
+    warmup,
+    configurations,
+    json_path: str | None = None,
+) -> str:
   """The sweep as markdown, printed row by row; rows also appended to json_path."""
   lines = [
-      "Pallas tunables on " + _setting(size, batch, key_channels, channels, dtype, runs, warmup)
+      "Pallas tunables on "
+      + _setting(size, batch, key_channels, channels, dtype, runs, warmup)
       + ". 'x einsum': time over the einsum's in this run; 'max deviation': largest"
       " difference from the einsum's output and gradients, relative to the largest entry.",
       "",
@@ -316,8 +346,7 @@ def sweep_table(size, batch, key_channels, channels, dtype, runs, warmup, config
   ]
   print("\n".join(lines), flush=True)
   reference = None
-  for row in sweep_rows(size, batch, key_channels, channels, dtype, runs, warmup,
-                        configurations):
+  for row in sweep_rows(size, batch, key_channels, channels, dtype, runs, warmup, configurations):
     reference = reference or row
     lines.append(_sweep_line(row, reference))
     print(lines[-1], flush=True)
@@ -325,8 +354,10 @@ def sweep_table(size, batch, key_channels, channels, dtype, runs, warmup, config
       with open(json_path, "a") as file:
         file.write(json.dumps(row) + "\n")
   if not _accelerated():
-    lines += ["", f"Not timed on {jax.default_backend()}: the kernels ran in the Pallas"
-              " interpreter."]
+    lines += [
+        "",
+        f"Not timed on {jax.default_backend()}: the kernels ran in the Pallas" " interpreter.",
+    ]
     print("\n".join(lines[-2:]), flush=True)
   return "\n".join(lines)
 
@@ -337,16 +368,27 @@ def _parse_args():
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--key-channels", type=int, default=64)
   parser.add_argument("--channels", type=int, default=512)
-  parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
-                      help="default: float32, and both with --sweep")
+  parser.add_argument(
+      "--dtype",
+      default=None,
+      choices=("float32", "bfloat16"),
+      help="default: float32, and both with --sweep",
+  )
   parser.add_argument("--runs", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--skip-memory", action="store_true")
-  parser.add_argument("--sweep", action="store_true",
-                      help="time the Pallas kernels for every configuration of TUNING_GRID")
-  parser.add_argument("--block-sizes", default="", metavar="NAME=N,...",
-                      help="one Pallas configuration (BlockSizes fields) for the table, or the"
-                      " only one the sweep runs")
+  parser.add_argument(
+      "--sweep",
+      action="store_true",
+      help="time the Pallas kernels for every configuration of TUNING_GRID",
+  )
+  parser.add_argument(
+      "--block-sizes",
+      default="",
+      metavar="NAME=N,...",
+      help="one Pallas configuration (BlockSizes fields) for the table, or the"
+      " only one the sweep runs",
+  )
   parser.add_argument("--json", metavar="PATH", help="with --sweep: append each row to PATH")
   return parser.parse_args()
 
@@ -364,8 +406,9 @@ def run(args) -> None:
       sweep_table(*shape, jnp.dtype(dtype), args.runs, args.warmup, configurations, args.json)
       print()
     return
-  print(timing_table(*shape, jnp.dtype(args.dtype or "float32"), args.runs, args.warmup,
-                     block_sizes))
+  print(
+      timing_table(*shape, jnp.dtype(args.dtype or "float32"), args.runs, args.warmup, block_sizes)
+  )
   if not args.skip_memory:
     print()
     print(memory_table(args.size, args.batch))

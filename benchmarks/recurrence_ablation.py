@@ -18,9 +18,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ccnet_jax.data.labels import dataset_info  # noqa: E402
-from ccnet_jax.training.trainer import train_and_evaluate  # noqa: E402
-from configs import synthetic  # noqa: E402
+from ccnet_jax.data.labels import dataset_info
+from ccnet_jax.training.trainer import train_and_evaluate
+from configs import synthetic
 
 
 def main():

@@ -80,7 +80,8 @@ class Variant:
       return cls("torch", parts[1], channels_last=parts[2:] == ["channels_last"])
     fields = [p for p in parts[2:] if "=" not in p]
     overrides = tuple(
-        (name, json.loads(value)) for name, _, value in (p.partition("=") for p in parts[2:])
+        (name, json.loads(value))
+        for name, _, value in (p.partition("=") for p in parts[2:])
         if value
     )
     return cls("jax", parts[1], *fields[:2], model_overrides=overrides)
@@ -218,7 +219,9 @@ def measure_jax(setting: Setting, variant: Variant, turn: DeviceTurn, compiled_m
     pass
   memory = compiled.memory_analysis()
   planned = (
-      memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      + memory.temp_size_in_bytes
       - memory.alias_size_in_bytes
   )
   holder = {"state": state}
@@ -253,6 +256,7 @@ def _torch_reference_model(setting: Setting, variant: Variant):
   from tests import torch_reference  # pylint: disable=import-outside-toplevel
 
   class BatchNormAct(nn.Sequential):
+
     def __init__(self, channels: int, activation: str):
       act = nn.LeakyReLU(0.01) if activation == "leaky_relu" else nn.Identity()
       super().__init__(nn.BatchNorm2d(channels), act)
@@ -320,8 +324,14 @@ def measure_torch(setting: Setting, variant: Variant, turn: DeviceTurn):
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
   name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
   return {
-      "ms": ms, "compile_s": None, "flops": None, "peak_bytes": peak, "planned_bytes": None,
-      "loss": loss, "device": f"{device} {name}", "versions": f"torch {torch.__version__}",
+      "ms": ms,
+      "compile_s": None,
+      "flops": None,
+      "peak_bytes": peak,
+      "planned_bytes": None,
+      "loss": loss,
+      "device": f"{device} {name}",
+      "versions": f"torch {torch.__version__}",
   }
 
 
@@ -340,8 +350,9 @@ def _child(args) -> None:
     json.dump(result, f)
 
 
-def _run_children(setting: Setting, specs, timeout: float, jobs: int, env,
-                  lock: str | None) -> dict[str, dict]:
+def _run_children(
+    setting: Setting, specs, timeout: float, jobs: int, env, lock: str | None
+) -> dict[str, dict]:
   """Starts one process per variant; the device is theirs one at a time."""
   workdir = tempfile.mkdtemp(prefix="train_step_bench_")
   lock = lock or os.path.join(workdir, "device.lock")
@@ -355,8 +366,20 @@ def _run_children(setting: Setting, specs, timeout: float, jobs: int, env,
     while pending and len(running) < jobs:
       spec = pending.pop(0)
       path = os.path.join(workdir, f"{len(results) + len(running)}.json")
-      command = [sys.executable, os.path.abspath(__file__), "--child", spec, "--lock", lock,
-                 "--barrier", barrier, "--result", path, "--setting", setting_json]
+      command = [
+          sys.executable,
+          os.path.abspath(__file__),
+          "--child",
+          spec,
+          "--lock",
+          lock,
+          "--barrier",
+          barrier,
+          "--result",
+          path,
+          "--setting",
+          setting_json,
+      ]
       running[spec] = (subprocess.Popen(command, env=env), time.monotonic(), path)
     for spec, (process, started, path) in list(running.items()):
       if process.poll() is None and time.monotonic() - started > timeout:
@@ -374,7 +397,8 @@ def _run_children(setting: Setting, specs, timeout: float, jobs: int, env,
       del running[spec]
       _print_row(spec, results[spec])
     compiling = [
-        spec for spec, (_, _, path) in running.items()
+        spec
+        for spec, (_, _, path) in running.items()
         if spec.startswith("jax") and not os.path.exists(path + ".compiled")
     ]
     # With fewer slots than variants, later ones compile while earlier ones are timed.
@@ -455,10 +479,14 @@ def main(argv=None) -> None:
   parser.add_argument("--jobs", type=int, default=8, help="variants compiling at once")
   parser.add_argument("--timeout", type=float, default=480, help="seconds per variant")
   parser.add_argument("--json", help="also write the results here (JSON)")
-  parser.add_argument("--cpu-smoke", action="store_true",
-                      help="the official layout shrunk to CPU size, 65x65 crops, batch 2")
-  parser.add_argument("--lock", help="a file other GPU programs flock while they run; timed"
-                      " steps wait for it")
+  parser.add_argument(
+      "--cpu-smoke",
+      action="store_true",
+      help="the official layout shrunk to CPU size, 65x65 crops, batch 2",
+  )
+  parser.add_argument(
+      "--lock", help="a file other GPU programs flock while they run; timed" " steps wait for it"
+  )
   parser.add_argument("--child", help=argparse.SUPPRESS)
   parser.add_argument("--barrier", help=argparse.SUPPRESS)
   parser.add_argument("--result", help=argparse.SUPPRESS)

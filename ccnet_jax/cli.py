@@ -37,8 +37,10 @@ def _describe_os_error(error: OSError) -> str:
   """``[Errno 28] ...`` as a sentence naming the path and what to do."""
   where = f" {error.filename}" if error.filename else ""
   reason = error.strerror or str(error)
-  return (f"cannot write or read{where}: {reason}. Fix it (free disk space, permissions) and run"
-          " the same command again: training resumes from the last complete checkpoint.")
+  return (
+      f"cannot write or read{where}: {reason}. Fix it (free disk space, permissions) and run"
+      " the same command again: training resumes from the last complete checkpoint."
+  )
 
 
 def _ignore_closed_event_loops(unraisable) -> None:
@@ -78,7 +80,7 @@ def _config_from_argv(argv: Sequence[str]) -> ml_collections.ConfigDict | None:
   """The config named by ``--config=FILE`` in ``argv``, loaded without its overrides."""
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      path = arg[len("--config="):]
+      path = arg[len("--config=") :]
     elif arg == "--config" and i + 1 < len(argv):
       path = argv[i + 1]
     else:
@@ -96,14 +98,16 @@ def _config_field_error(error: Exception, argv: Sequence[str]) -> str:
   for arg in argv[1:]:
     if config is None or not arg.startswith("--config."):
       continue
-    path = arg[len("--config."):].split("=", 1)[0].split(".")
+    path = arg[len("--config.") :].split("=", 1)[0].split(".")
     node = config
     for depth, key in enumerate(path):
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
         section = ".".join(["config", *path[:depth]])
         fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        return (f"{arg.split('=', 1)[0]}: {section} has no field {key!r}; its fields are "
-                f"{', '.join(fields)} (--print_config lists them all).")
+        return (
+            f"{arg.split('=', 1)[0]}: {section} has no field {key!r}; its fields are "
+            f"{', '.join(fields)} (--print_config lists them all)."
+        )
       node = node[key]
   return f"the command line cannot be parsed: {error}"
 
@@ -140,8 +144,10 @@ def default_workdir(workdir: str | None, flag_name: str = "config") -> str:
     return workdir
   stem = os.path.splitext(os.path.basename(config_file(flag_name)))[0]
   workdir = os.path.join("runs", stem)
-  print(f"Workdir: {workdir} (the default for {config_file(flag_name)}; --workdir changes it).",
-        flush=True)
+  print(
+      f"Workdir: {workdir} (the default for {config_file(flag_name)}; --workdir changes it).",
+      flush=True,
+  )
   return workdir
 
 

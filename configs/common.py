@@ -23,19 +23,21 @@ def base_config(*, model: str, dataset: str) -> ml_collections.ConfigDict:
 
   config.loss = loss_config()
   config.optim = optim_config()
-  config.train = ml_collections.ConfigDict({
-      "total_steps": 60_000,
-      "global_batch_size": 8,
-      "seed": 0,
-      "log_every": 20,
-      "eval_every": 5_000,
-      "checkpoint_every": 1_000,
-      "keep_checkpoints": 3,
-      # A model directory written by `python -m ccnet_jax.convert` or by a run's export.
-      "init_from": "",
-      "init_part": "backbone",  # 'backbone' (ImageNet weights) or 'all' (a full model).
-      "num_summary_images": 4,
-  })
+  config.train = ml_collections.ConfigDict(
+      {
+          "total_steps": 60_000,
+          "global_batch_size": 8,
+          "seed": 0,
+          "log_every": 20,
+          "eval_every": 5_000,
+          "checkpoint_every": 1_000,
+          "keep_checkpoints": 3,
+          # A model directory written by `python -m ccnet_jax.convert` or by a run's export.
+          "init_from": "",
+          "init_part": "backbone",  # 'backbone' (ImageNet weights) or 'all' (a full model).
+          "num_summary_images": 4,
+      }
+  )
   config.eval = base_eval_config()  # Official: 769 sliding windows, 1/3 overlap.
   config.eval.crop_size = config.data.crop_size
   return config
@@ -43,14 +45,16 @@ def base_config(*, model: str, dataset: str) -> ml_collections.ConfigDict:
 
 def loss_config() -> ml_collections.ConfigDict:
   """The official criterion: CE (or OHEM CE) on the main head + 0.4 x CE on the aux head."""
-  return ml_collections.ConfigDict({
-      "align_corners": True,  # The official code upsamples logits with align_corners=True.
-      "ohem": False,
-      "ohem_thresh": 0.7,
-      "ohem_min_kept": 100_000,
-      "aux_weight": 0.4,
-      "ignore_label": 255,
-  })
+  return ml_collections.ConfigDict(
+      {
+          "align_corners": True,  # The official code upsamples logits with align_corners=True.
+          "ohem": False,
+          "ohem_thresh": 0.7,
+          "ohem_min_kept": 100_000,
+          "aux_weight": 0.4,
+          "ignore_label": 255,
+      }
+  )
 
 
 def optim_config() -> ml_collections.ConfigDict:
@@ -60,18 +64,20 @@ def optim_config() -> ml_collections.ConfigDict:
   (``--weight-decay 1e-4``, since its 2018-12-16 revision); ``train.py``'s default
   and ``run_local.sh`` keep an earlier 5e-4, which the README overrides.
   """
-  return ml_collections.ConfigDict({
-      "name": "sgd",  # Or 'adamw'.
-      "learning_rate": 1e-2,
-      "power": 0.9,
-      "momentum": 0.9,
-      "nesterov": False,
-      "weight_decay": 1e-4,
-      "weight_decay_on": "all",  # torch SGD decays every parameter, as the official run did.
-      "warmup_steps": 0,
-      "warmup_start_ratio": 0.1,
-      "clip_grad_norm": config_dict.placeholder(float),
-  })
+  return ml_collections.ConfigDict(
+      {
+          "name": "sgd",  # Or 'adamw'.
+          "learning_rate": 1e-2,
+          "power": 0.9,
+          "momentum": 0.9,
+          "nesterov": False,
+          "weight_decay": 1e-4,
+          "weight_decay_on": "all",  # torch SGD decays every parameter, as the official run did.
+          "warmup_steps": 0,
+          "warmup_start_ratio": 0.1,
+          "clip_grad_norm": config_dict.placeholder(float),
+      }
+  )
 
 
 def mmseg_schedule(
@@ -82,7 +88,9 @@ def mmseg_schedule(
   config.loss.align_corners = False
   config.optim.weight_decay = 5e-4
   config.train.update(
-      total_steps=total_steps, global_batch_size=16, eval_every=eval_every,
+      total_steps=total_steps,
+      global_batch_size=16,
+      eval_every=eval_every,
       checkpoint_every=4_000,
   )
   config.eval.update(mode="whole", align_corners=False)

@@ -28,6 +28,8 @@ def get_config():
       num_summary_images=4,
   )
   # From scratch in a few hundred steps, AdamW learns the long-range rule; SGD does not.
-  config.optim.update(name="adamw", learning_rate=2e-3, weight_decay=1e-4, weight_decay_on="kernels")
+  config.optim.update(
+      name="adamw", learning_rate=2e-3, weight_decay=1e-4, weight_decay_on="kernels"
+  )
   config.eval.update(mode="whole", batch_size=8, num_images_to_save=4)
   return config

@@ -144,18 +144,27 @@ def free_port() -> int:
 
 def worker_env(repo: str) -> dict:
   """Two host devices per process; the low backend optimisation only shortens compilation."""
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-                        "--xla_backend_optimization_level=0",
-              PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+  return dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=2 " "--xla_backend_optimization_level=0",
+      PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
+  )
 
 
-def run_processes(module: str, process_args: list[list[str]], *, repo: str,
-                  timeout: float) -> list[dict]:
+def run_processes(
+    module: str, process_args: list[list[str]], *, repo: str, timeout: float
+) -> list[dict]:
   """Runs ``python -m module ARGS`` for each ARGS at once; each one's last stdout line as JSON."""
   processes = [
-      subprocess.Popen([sys.executable, "-m", module, *args], cwd=repo, env=worker_env(repo),
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      subprocess.Popen(
+          [sys.executable, "-m", module, *args],
+          cwd=repo,
+          env=worker_env(repo),
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
       for args in process_args
   ]
   outputs = []
@@ -204,12 +213,17 @@ def main():
   with open(args.weights, "rb") as f:
     weights = pickle.load(f)
   losses, checksum = train(mesh, local_batch, args.steps, weights)
-  print(json.dumps({
-      "process_id": args.process_id,
-      "global_devices": jax.device_count(),
-      "losses": losses,
-      "checksum": checksum,
-  }), flush=True)
+  print(
+      json.dumps(
+          {
+              "process_id": args.process_id,
+              "global_devices": jax.device_count(),
+              "losses": losses,
+              "checksum": checksum,
+          }
+      ),
+      flush=True,
+  )
   jax.distributed.shutdown()
 
 

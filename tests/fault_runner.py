@@ -18,8 +18,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ccnet_jax.evaluation import run as evaluation_run  # noqa: E402
-from ccnet_jax.training import checkpointing, trainer  # noqa: E402
+from ccnet_jax.evaluation import run as evaluation_run
+from ccnet_jax.training import checkpointing, trainer
 
 AT_STEP = int(os.environ.get("FAULT_AT_STEP", "0"))
 
@@ -49,6 +49,7 @@ def sigterm_in_evaluation():
   def before(args, kwargs):
     _signal_self(signal.SIGTERM)
     return True
+
   _wrap(evaluation_run.ModelEvaluation, "__call__", before)
 
 
@@ -56,6 +57,7 @@ def sigterm_in_export():
   def before(args, kwargs):
     _signal_self(signal.SIGTERM)
     return True
+
   _wrap(trainer, "save_model", before)
 
 
@@ -65,12 +67,14 @@ def sigterm_in_save():
       return False
     _signal_self(signal.SIGTERM)
     return True
+
   _wrap(checkpointing.RunCheckpoints, "save", before)
 
 
 def kill_in_save():
   """SIGKILL once orbax has started writing the checkpoint, before it is committed."""
   import orbax.checkpoint as ocp
+
   original = ocp.CheckpointManager.save
 
   def save(self, step, *args, **kwargs):
@@ -85,6 +89,7 @@ def kill_in_save():
 def disk_full_in_save():
   """The checkpoint writer fails as on a full disk (ENOSPC)."""
   import orbax.checkpoint as ocp
+
   original = ocp.CheckpointManager.save
 
   def save(self, step, *args, **kwargs):

@@ -83,14 +83,14 @@ def run(args) -> dict:
   if args.phase == "resume":
     state, position, step = checkpoints.restore(state)
     loader.set_state(position)
-    checksum = worker.params_checksum(jax.device_get(
-        jax.tree.map(lambda x: x.addressable_data(0), state.params)))
+    checksum = worker.params_checksum(
+        jax.device_get(jax.tree.map(lambda x: x.addressable_data(0), state.params))
+    )
   losses, records, compiled = {}, {}, None
   while step < args.steps:
     batch = next(loader)
     records[step + 1] = records_read(batch["label"])
-    batch = global_batch(
-        {"image": batch["image"], "label": as_model_labels(batch["label"])}, mesh)
+    batch = global_batch({"image": batch["image"], "label": as_model_labels(batch["label"])}, mesh)
     if compiled is None:
       compiled = train_step.lower(state, batch).compile()
       wait_for_all(args)
@@ -99,11 +99,17 @@ def run(args) -> dict:
     losses[step] = float(metrics["loss"])
     if args.phase == "first" and step == args.save_at:
       checkpoints.save(step, state, loader.get_state())
-      checksum = worker.params_checksum(jax.device_get(
-          jax.tree.map(lambda x: x.addressable_data(0), state.params)))
+      checksum = worker.params_checksum(
+          jax.device_get(jax.tree.map(lambda x: x.addressable_data(0), state.params))
+      )
   checkpoints.close()
-  return {"process_id": jax.process_index(), "process_count": jax.process_count(),
-          "losses": losses, "records": records, "checksum": checksum}
+  return {
+      "process_id": jax.process_index(),
+      "process_count": jax.process_count(),
+      "losses": losses,
+      "records": records,
+      "checksum": checksum,
+  }
 
 
 def main():

@@ -94,8 +94,14 @@ def _write(root: pathlib.Path, relative: str, text: str) -> None:
 
 def test_planted_violations_are_reported(tmp_path):
   package = tmp_path / "ccnet_jax"
-  layers = {"ccnet_jax": 0, "ccnet_jax.ops": 1, "ccnet_jax.models": 2,
-            "ccnet_jax.data": 3, "ccnet_jax.training": 3, "ccnet_jax.training.trainer": 5}
+  layers = {
+      "ccnet_jax": 0,
+      "ccnet_jax.ops": 1,
+      "ccnet_jax.models": 2,
+      "ccnet_jax.data": 3,
+      "ccnet_jax.training": 3,
+      "ccnet_jax.training.trainer": 5,
+  }
   _write(package, "__init__.py", "")
   _write(package, "ops/__init__.py", "")
   _write(package, "ops/resize.py", "def f():\n  from ccnet_jax.models import heads\n")

@@ -14,7 +14,7 @@ from ccnet_jax.ops.pallas import BlockSizes
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 _saved_flags = os.environ.get("XLA_FLAGS")
 import attention_cost  # noqa: E402  (sets an XLA flag for its own processes)
-import cca_kernels  # noqa: E402
+import cca_kernels
 
 if _saved_flags is None:
   os.environ.pop("XLA_FLAGS", None)
@@ -50,16 +50,27 @@ def _run_cca_kernels(*flags):
   env = dict(os.environ, PYTHONPATH=_ROOT)
   env.pop("XLA_FLAGS", None)
   return subprocess.run(
-      [sys.executable, "benchmarks/cca_kernels.py", *_TINY, *flags], cwd=_ROOT, env=env,
-      capture_output=True, text=True, timeout=600,
+      [sys.executable, "benchmarks/cca_kernels.py", *_TINY, *flags],
+      cwd=_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
   )
 
 
 def test_cca_sweep_of_one_configuration_writes_table_and_json(tmp_path):
   """On CPU the kernels run untimed in the interpreter; the rows still say how far they are."""
   path = tmp_path / "rows.jsonl"
-  result = _run_cca_kernels("--sweep", "--dtype", "float32", "--json", str(path),
-                            "--block-sizes", "query_block=16,channel_slice=16")
+  result = _run_cca_kernels(
+      "--sweep",
+      "--dtype",
+      "float32",
+      "--json",
+      str(path),
+      "--block-sizes",
+      "query_block=16,channel_slice=16",
+  )
   assert result.returncode == 0, result.stderr
   assert "| einsum | - | - | - | - | - | - | - |" in result.stdout
   assert "| 16 | 16 | 8 | 1 | - | - | - | - |" in result.stdout
@@ -102,6 +113,7 @@ def test_parse_block_sizes():
   with pytest.raises(ValueError, match="NAME=INTEGER"):
     cca_kernels.parse_block_sizes("block=32")
 
+
 # README "Efficiency" section: train-step memory (MB) that attention adds to the head on the
 # 97x97 map, from XLA's buffer assignment with the pinned jax on CPU.
 README_MEMORY_MB = {"non_local": 1195, "criss_cross": 195}
@@ -124,8 +136,14 @@ def test_readme_memory_figures_within_five_percent():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root)
   env.pop("XLA_FLAGS", None)
-  result = subprocess.run([sys.executable, "-c", _MEASURE_MEMORY], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+      [sys.executable, "-c", _MEASURE_MEMORY],
+      cwd=root,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr
   measured = json.loads(result.stdout.splitlines()[-1])
   for name, megabytes in README_MEMORY_MB.items():

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-import train_step  # noqa: E402
+import train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,12 +19,24 @@ def _setting(batch=4):
 
 def test_table_ratios_throughput_and_utilisation():
   results = {
-      "torch:float32": {"ms": 200.0, "compile_s": None, "flops": None, "peak_bytes": 20 * 2**30,
-                        "planned_bytes": None, "device": "cuda NVIDIA H100 80GB HBM3",
-                        "versions": "torch 2.11"},
-      "jax:float32:einsum": {"ms": 100.0, "compile_s": 61.0, "flops": 4.94e12,
-                             "peak_bytes": 10 * 2**30, "planned_bytes": 9 * 2**30,
-                             "device": "gpu NVIDIA H100 80GB HBM3", "versions": "jax 0.11"},
+      "torch:float32": {
+          "ms": 200.0,
+          "compile_s": None,
+          "flops": None,
+          "peak_bytes": 20 * 2**30,
+          "planned_bytes": None,
+          "device": "cuda NVIDIA H100 80GB HBM3",
+          "versions": "torch 2.11",
+      },
+      "jax:float32:einsum": {
+          "ms": 100.0,
+          "compile_s": 61.0,
+          "flops": 4.94e12,
+          "peak_bytes": 10 * 2**30,
+          "planned_bytes": 9 * 2**30,
+          "device": "gpu NVIDIA H100 80GB HBM3",
+          "versions": "jax 0.11",
+      },
       "jax:bfloat16:pallas": {"error": "timed out after 300 s"},
   }
   rows = train_step.table(_setting(), results).splitlines()[4:]
@@ -32,8 +44,16 @@ def test_table_ratios_throughput_and_utilisation():
   # 4 images in 100 ms; twice the PyTorch rate; 4.94 TFLOP in 0.1 s = 49.4 TFLOP/s,
   # 10% of the H100's 494 TFLOP/s TF32 peak. PyTorch's row uses XLA's FLOPs of the network.
   # Step memory: XLA's plan for JAX, the allocator's peak for PyTorch.
-  assert jax_row == ["ccnet-jax float32, einsum", "100.0", "40.0", "2.00x", "61", "9.00",
-                     "49.4", "10%"]
+  assert jax_row == [
+      "ccnet-jax float32, einsum",
+      "100.0",
+      "40.0",
+      "2.00x",
+      "61",
+      "9.00",
+      "49.4",
+      "10%",
+  ]
   assert torch_row == ["PyTorch float32", "200.0", "20.0", "1.00x", "", "20.00", "24.7", "5%"]
   assert failed[:2] == ["ccnet-jax bfloat16, pallas", "failed: timed out after 300 s"]
 
@@ -47,9 +67,20 @@ def test_bad_variants_are_refused(spec):
 def test_cpu_smoke_runs_the_real_steps(tmp_path):
   out = tmp_path / "results.json"
   subprocess.run(
-      [sys.executable, "benchmarks/train_step.py", "--cpu-smoke", "--variants",
-       "jax:float32:einsum:save_convs,torch:float32", "--json", str(out)],
-      cwd=ROOT, check=True, capture_output=True, text=True, timeout=900,
+      [
+          sys.executable,
+          "benchmarks/train_step.py",
+          "--cpu-smoke",
+          "--variants",
+          "jax:float32:einsum:save_convs,torch:float32",
+          "--json",
+          str(out),
+      ],
+      cwd=ROOT,
+      check=True,
+      capture_output=True,
+      text=True,
+      timeout=900,
   )
   results = json.loads(out.read_text())["results"]
   jax_result, torch_result = results["jax:float32:einsum:save_convs"], results["torch:float32"]

@@ -57,7 +57,11 @@ def _assert_close(got, want, name):
 
 def _official(depth=18, recurrence=2, seed=0, num_classes=5):
   net = torch_reference.OfficialCCNet(
-      depth, num_classes=num_classes, recurrence=recurrence, width=8, out_channels=16,
+      depth,
+      num_classes=num_classes,
+      recurrence=recurrence,
+      width=8,
+      out_channels=16,
       dsn_channels=12,
   )
   return torch_reference.randomise_(net, seed)
@@ -94,15 +98,17 @@ def test_official_gamma_matters_and_abn_scale_uses_abs(tmp_path):
   model = convert.load_official_ccnet(state, num_classes=5)
   np.testing.assert_allclose(
       np.asarray(model.head.conva.norm.scale[...]),
-      np.abs(state["head.conva.1.weight"]) + 1e-5, rtol=1e-7,
+      np.abs(state["head.conva.1.weight"]) + 1e-5,
+      rtol=1e-7,
   )
 
 
 @pytest.mark.parametrize("recurrence,size", [(1, (97, 97)), (2, (96, 128))])
 def test_mmseg_ccnet_matches_pytorch(tmp_path, recurrence, size):
   net = torch_reference.randomise_(
-      torch_reference.MMSegCCNet(18, num_classes=4, recurrence=recurrence, width=8, channels=16,
-                                 aux_channels=8),
+      torch_reference.MMSegCCNet(
+          18, num_classes=4, recurrence=recurrence, width=8, channels=16, aux_channels=8
+      ),
       seed=recurrence,
   )
   state = dict(net.state_dict())
@@ -135,8 +141,9 @@ def test_mmseg_ccnet_matches_pytorch(tmp_path, recurrence, size):
 )
 def test_backbones_match_pytorch(tmp_path, format, stem, dilation_style, depth, output_stride):
   net = torch_reference.randomise_(
-      torch_reference.ResNet(depth, stem=stem, width=8, dilation_style=dilation_style,
-                             fc_classes=10),
+      torch_reference.ResNet(
+          depth, stem=stem, width=8, dilation_style=dilation_style, fc_classes=10
+      ),
       seed=depth,
   )
   state = dict(net.state_dict())

@@ -74,8 +74,13 @@ _BLOCK_TORCH = (
 
 def _run_without_torch(code, *args):
   return subprocess.run(
-      [sys.executable, "-c", _BLOCK_TORCH + code, *map(str, args)], cwd=REPO, check=False,
-      capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": REPO},
+      [sys.executable, "-c", _BLOCK_TORCH + code, *map(str, args)],
+      cwd=REPO,
+      check=False,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, "PYTHONPATH": REPO},
   )
 
 
@@ -91,8 +96,7 @@ def _assert_equal_to_torch(state, tensors):
 def test_torch_free_reader_equals_torch_load(tmp_path, file_format):
   tensors = _tensors()
   path = tmp_path / "weights.pth"
-  _save({"state_dict": tensors, "meta": {"config": "recurrence=2", "epoch": 3}}, path,
-        file_format)
+  _save({"state_dict": tensors, "meta": {"config": "recurrence=2", "epoch": 3}}, path, file_format)
   state, meta = io.read_checkpoint(path, use_torch=False)
   with_torch, meta_torch = io.read_checkpoint(path, use_torch=True)
   assert meta == meta_torch == {"config": "recurrence=2", "epoch": 3}
@@ -107,8 +111,11 @@ def test_torch_free_reader_equals_torch_load(tmp_path, file_format):
 @pytest.mark.parametrize("file_format", list(FORMATS))
 def test_malicious_pickle_is_refused_without_running_it(tmp_path, file_format):
   marker = tmp_path / "executed"
-  path = _save({"weight": torch.zeros(2), "payload": _RunsACommand(marker)},
-               tmp_path / "evil.pth", file_format)
+  path = _save(
+      {"weight": torch.zeros(2), "payload": _RunsACommand(marker)},
+      tmp_path / "evil.pth",
+      file_format,
+  )
   with pytest.raises(ValueError, match=r"refusing to load (posix|os)\.system"):
     io.read_state_dict(path, use_torch=False)
   with pytest.raises(ValueError, match="weights_only=True"):
@@ -151,8 +158,12 @@ def test_torch_free_reader_reads_a_module_state_dict(tmp_path, file_format):
 def _official_release():
   from tests import torch_reference  # pylint: disable=g-import-not-at-top
 
-  net = torch_reference.randomise_(torch_reference.OfficialCCNet(
-      18, num_classes=5, recurrence=1, width=8, out_channels=16, dsn_channels=12), seed=3)
+  net = torch_reference.randomise_(
+      torch_reference.OfficialCCNet(
+          18, num_classes=5, recurrence=1, width=8, out_channels=16, dsn_channels=12
+      ),
+      seed=3,
+  )
   return {"module." + k: v for k, v in net.state_dict_like_release().items()}
 
 
@@ -166,8 +177,9 @@ def test_both_formats_are_read_and_converted_where_torch_cannot_be_imported(tmp_
   tensors = _tensors()
   release = _official_release()
   for file_format in FORMATS:
-    _save({"state_dict": tensors, "meta": {"epoch": 3}}, tmp_path / f"{file_format}.pth",
-          file_format)
+    _save(
+        {"state_dict": tensors, "meta": {"epoch": 3}}, tmp_path / f"{file_format}.pth", file_format
+    )
     _save(release, tmp_path / f"release_{file_format}.pth", file_format)
   result = _run_without_torch(
       "import pickle\n"
@@ -186,8 +198,18 @@ def test_both_formats_are_read_and_converted_where_torch_cannot_be_imported(tmp_
     assert meta == {"epoch": 3}, file_format
     _assert_equal_to_torch(state, tensors)
 
-  assert cli.main(["official", str(tmp_path / "release_zip.pth"), str(tmp_path / "from_zip"),
-                   "--recurrence", "1"]) == 0
+  assert (
+      cli.main(
+          [
+              "official",
+              str(tmp_path / "release_zip.pth"),
+              str(tmp_path / "from_zip"),
+              "--recurrence",
+              "1",
+          ]
+      )
+      == 0
+  )
   got = model_dir.read_arrays(tmp_path / "from_legacy")
   want = model_dir.read_arrays(tmp_path / "from_zip")
   assert sorted(got) == sorted(want)
@@ -197,7 +219,7 @@ def test_both_formats_are_read_and_converted_where_torch_cannot_be_imported(tmp_
 
 def _cut(path, keep_fraction):
   data = path.read_bytes()
-  path.write_bytes(data[:int(len(data) * keep_fraction)])
+  path.write_bytes(data[: int(len(data) * keep_fraction)])
   return path
 
 
@@ -205,8 +227,10 @@ def _cut(path, keep_fraction):
 def test_damaged_files_are_one_value_error_naming_them(tmp_path, file_format):
   """Without torch: files cut at several points, and a text file."""
   tensors = {"w": torch.arange(64, dtype=torch.float32)}
-  paths = [_cut(_save(tensors, tmp_path / f"cut{int(keep * 100)}.pth", file_format), keep)
-           for keep in (0.0, 0.3, 0.7, 0.99)]
+  paths = [
+      _cut(_save(tensors, tmp_path / f"cut{int(keep * 100)}.pth", file_format), keep)
+      for keep in (0.0, 0.3, 0.7, 0.99)
+  ]
   paths.append(tmp_path / "text.pth")
   paths[-1].write_text("a state dict, honestly\n")
   for path in paths:
@@ -249,8 +273,13 @@ def test_junk_inputs_to_the_command_are_one_error_line_naming_the_file(tmp_path)
     _cut(path, 0.6)
   paths = sorted(str(p) for p in tmp_path.iterdir())
   result = subprocess.run(
-      [sys.executable, "-c", _CONVERT_EACH, *paths], cwd=REPO, check=False, capture_output=True,
-      text=True, timeout=300, env={**os.environ, "PYTHONPATH": REPO},
+      [sys.executable, "-c", _CONVERT_EACH, *paths],
+      cwd=REPO,
+      check=False,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, "PYTHONPATH": REPO},
   )
   assert result.returncode == 0, result.stderr
   assert len(paths) == 7
@@ -270,6 +299,6 @@ def test_a_tensor_larger_than_its_storage_is_refused(tmp_path):
   data = path.read_bytes()
   tail = np.int64(8).tobytes() + np.arange(8, dtype=np.float32).tobytes()
   assert data.endswith(tail)
-  path.write_bytes(data[:-len(tail)] + np.int64(4).tobytes() + np.arange(4, dtype="<f4").tobytes())
+  path.write_bytes(data[: -len(tail)] + np.int64(4).tobytes() + np.arange(4, dtype="<f4").tobytes())
   with pytest.raises(ValueError, match=f"^{path}: a tensor reaches past the end of its storage"):
     io.read_state_dict(path, use_torch=False)

@@ -22,8 +22,7 @@ def test_cityscapes_id_to_train_id_matches_cityscapesscripts():
 
 def test_cityscapes_names_and_palette_in_train_id_order():
   info = labels.dataset_info("cityscapes")
-  train = sorted((l.trainId, l.name, l.color) for l in cs_labels.labels
-                 if 0 <= l.trainId < 255)
+  train = sorted((l.trainId, l.name, l.color) for l in cs_labels.labels if 0 <= l.trainId < 255)
   assert info.num_classes == 19
   assert info.class_names == tuple(name for _, name, _ in train)
   np.testing.assert_array_equal(info.palette, np.array([c for _, _, c in train], np.uint8))

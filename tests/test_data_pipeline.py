@@ -32,8 +32,9 @@ def _identify(images: np.ndarray, references: np.ndarray) -> list[int]:
 
 
 def test_train_batches_shape_and_dtype():
-  loader = make_train_loader(_config(), global_batch_size=4, seed=0,
-                             process_index=0, process_count=2)
+  loader = make_train_loader(
+      _config(), global_batch_size=4, seed=0, process_index=0, process_count=2
+  )
   batch = next(loader)
   assert batch["image"].shape == (2, 16, 16, 3) and batch["image"].dtype == np.float32
   assert batch["label"].shape == (2, 16, 16) and batch["label"].dtype == np.int32
@@ -44,12 +45,17 @@ def test_process_shards_are_disjoint_and_cover_the_data():
   config = _config()
   config.flip = False  # Without flips a training image equals its normalised source image.
   source = build_source(config, config.train_split)
-  references = np.stack([transforms.normalize(source[i]["image"], config.mean, config.std)
-                         for i in range(len(source))])
+  references = np.stack(
+      [
+          transforms.normalize(source[i]["image"], config.mean, config.std)
+          for i in range(len(source))
+      ]
+  )
   seen = []
   for process in range(2):
-    loader = make_train_loader(config, global_batch_size=4, seed=1,
-                               process_index=process, process_count=2)
+    loader = make_train_loader(
+        config, global_batch_size=4, seed=1, process_index=process, process_count=2
+    )
     epoch = np.concatenate([next(loader)["image"] for _ in range(4)])  # 8 examples per shard
     indices = _identify(epoch, references)
     assert len(set(indices)) == 8
@@ -77,8 +83,9 @@ def test_resume_yields_the_next_batch():
     next(loader)
   state = json.loads(json.dumps(loader.get_state()))
   expected = [next(loader) for _ in range(2)]
-  restarted = make_train_loader(config, global_batch_size=4, seed=2, process_count=1,
-                                process_index=0)
+  restarted = make_train_loader(
+      config, global_batch_size=4, seed=2, process_count=1, process_index=0
+  )
   restarted.set_state(state)
   for want in expected:
     got = next(restarted)
@@ -90,8 +97,9 @@ def test_train_loader_rejects_bad_batch_size():
   with pytest.raises(ValueError, match="global_batch_size"):
     make_train_loader(_config(), global_batch_size=3, seed=0, process_index=0, process_count=2)
   with pytest.raises(ValueError, match="fewer than one global batch"):
-    make_train_loader(_config(num_train=3), global_batch_size=4, seed=0, process_index=0,
-                      process_count=1)
+    make_train_loader(
+        _config(num_train=3), global_batch_size=4, seed=0, process_index=0, process_count=1
+    )
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
@@ -101,8 +109,9 @@ def test_eval_loader_shards_pad_and_cover(batch_size):
   names = [source[i]["name"] for i in range(len(source))]
   per_process = []
   for process in range(3):
-    batches = list(make_eval_loader(config, batch_size=batch_size, process_index=process,
-                                    process_count=3))
+    batches = list(
+        make_eval_loader(config, batch_size=batch_size, process_index=process, process_count=3)
+    )
     per_process.append(batches)
     for batch in batches:
       assert batch["image"].shape == (batch_size, 16, 16, 3)
@@ -112,10 +121,16 @@ def test_eval_loader_shards_pad_and_cover(batch_size):
           example = source[names.index(name)]
           np.testing.assert_array_equal(batch["label"][j], example["label"])
           np.testing.assert_allclose(
-              batch["image"][j], transforms.normalize(example["image"], config.mean, config.std))
+              batch["image"][j], transforms.normalize(example["image"], config.mean, config.std)
+          )
   assert len({len(batches) for batches in per_process}) == 1
-  valid_names = [name for batches in per_process for batch in batches
-                 for name, valid in zip(batch["name"], batch["valid"]) if valid]
+  valid_names = [
+      name
+      for batches in per_process
+      for batch in batches
+      for name, valid in zip(batch["name"], batch["valid"])
+      if valid
+  ]
   assert sorted(valid_names) == sorted(names)
   total = sum(len(batch["valid"]) for batches in per_process for batch in batches)
   assert total > len(names)  # 10 examples do not split evenly over 3 processes

@@ -30,8 +30,10 @@ def cityscapes(tmp_path_factory):
   manual.mkdir()
   rng = np.random.default_rng(0)
   expected = {}
-  with zipfile.ZipFile(manual / "leftImg8bit_trainvaltest.zip", "w") as images, \
-       zipfile.ZipFile(manual / "gtFine_trainvaltest.zip", "w") as gt:
+  with (
+      zipfile.ZipFile(manual / "leftImg8bit_trainvaltest.zip", "w") as images,
+      zipfile.ZipFile(manual / "gtFine_trainvaltest.zip", "w") as gt,
+  ):
     for n, split in enumerate(("train", "val", "test")):
       stem = f"aachen_{n:06d}_000019"
       tiles = rng.integers(0, 256, (16, 32, 3)).astype(np.uint8)
@@ -84,8 +86,9 @@ def test_ade20k_tfds_pixel_for_pixel(tmp_path):
         ids = rng.integers(0, 151, (12, 16)).astype(np.uint8)
         ids[0, :2] = (0, 150)
         archive.writestr(f"ADEChallengeData2016/images/{split}/{name}.jpg", _encode(image, "JPEG"))
-        archive.writestr(f"ADEChallengeData2016/annotations/{split}/{name}.png",
-                         _encode(ids, "PNG"))
+        archive.writestr(
+            f"ADEChallengeData2016/annotations/{split}/{name}.png", _encode(ids, "PNG")
+        )
         expected[name] = (image, np.where(ids == 0, 255, ids.astype(int) - 1))
   source = ADE20KTFDS("validation", data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path))
   assert len(source) == 2

@@ -26,8 +26,11 @@ def _torch_resize(array: np.ndarray, size, mode: str) -> np.ndarray:
 @pytest.mark.parametrize("size", [(13, 29), (4, 7), (9, 10)])
 def test_resize_bilinear_matches_torch(size):
   image = np.random.default_rng(0).integers(0, 256, (9, 10, 3)).astype(np.uint8)
-  np.testing.assert_allclose(transforms.resize_bilinear_half_pixel(image, size),
-                             _torch_resize(image, size, "bilinear"), atol=1e-3)
+  np.testing.assert_allclose(
+      transforms.resize_bilinear_half_pixel(image, size),
+      _torch_resize(image, size, "bilinear"),
+      atol=1e-3,
+  )
 
 
 @pytest.mark.parametrize("size", [(13, 29), (4, 7)])
@@ -55,7 +58,8 @@ def test_random_scale_official_set_and_sizes():
   for seed in range(40):
     scale = transforms.sample_scale(np.random.default_rng(seed), 0.5, 1.6, 0.1)
     out_image, out_label = transforms.random_scale(
-        image, label, np.random.default_rng(seed), scale_min=0.5, scale_max=1.6, scale_step=0.1)
+        image, label, np.random.default_rng(seed), scale_min=0.5, scale_max=1.6, scale_step=0.1
+    )
     assert out_image.shape == (round(20 * scale), round(30 * scale), 3)
     assert out_label.shape == out_image.shape[:2]
     assert set(np.unique(out_label)) <= {1, 2, 255}
@@ -85,7 +89,7 @@ def test_random_crop_is_a_window_of_the_input():
     out_image, out_label = transforms.random_crop(image, label, (4, 5), np.random.default_rng(seed))
     assert out_image.shape == (4, 5, 3) and out_label.shape == (4, 5)
     top, left = divmod(int(out_label[0, 0]), 12)
-    np.testing.assert_array_equal(out_image, image[top:top + 4, left:left + 5])
+    np.testing.assert_array_equal(out_image, image[top : top + 4, left : left + 5])
     offsets.add((top, left))
   assert len(offsets) > 10
   with pytest.raises(ValueError, match="pad_to"):
@@ -125,8 +129,9 @@ def test_train_transform_pads_small_images_with_ignore():
   image = rng.integers(0, 256, (16, 20, 3)).astype(np.uint8)
   label = rng.choice([0, 5, 255], (16, 20)).astype(np.uint8)
   for seed in range(5):
-    out = transforms.train_transform({"image": image, "label": label, "name": "x"}, config,
-                                     np.random.default_rng(seed))
+    out = transforms.train_transform(
+        {"image": image, "label": label, "name": "x"}, config, np.random.default_rng(seed)
+    )
     assert out["image"].shape == (40, 48, 3) and out["image"].dtype == np.float32
     assert out["label"].shape == (40, 48) and out["label"].dtype == np.int32
     assert set(np.unique(out["label"])) <= {0, 5, 255}
@@ -145,8 +150,9 @@ def test_eval_transform_keeps_full_size():
   assert out["name"] == "a"
 
 
-@pytest.mark.parametrize("name,crop", [("cityscapes", (24, 40)), ("ade20k", (50, 20)),
-                                       ("synthetic", (16, 16))])
+@pytest.mark.parametrize(
+    "name,crop", [("cityscapes", (24, 40)), ("ade20k", (50, 20)), ("synthetic", (16, 16))]
+)
 def test_train_transform_equals_the_composition_of_the_steps(name, crop):
   """The windowed fast path against the plain chain: scale, normalise, pad, crop, flip."""
   config = data_config(name)
@@ -158,13 +164,19 @@ def test_train_transform_equals_the_composition_of_the_steps(name, crop):
     want_image, want_label = image, label
     if (config.scale_min, config.scale_max) != (1.0, 1.0):
       want_image, want_label = transforms.random_scale(
-          image, label, rng, scale_min=config.scale_min, scale_max=config.scale_max,
-          scale_step=config.scale_step)
+          image,
+          label,
+          rng,
+          scale_min=config.scale_min,
+          scale_max=config.scale_max,
+          scale_step=config.scale_step,
+      )
     want_image = transforms.normalize(want_image, config.mean, config.std, config.channel_order)
     want_image, want_label = transforms.pad_to(want_image, want_label, crop)
     want_image, want_label = transforms.random_crop(want_image, want_label, crop, rng)
     want_image, want_label = transforms.random_flip(want_image, want_label, rng)
-    got = transforms.train_transform({"image": image, "label": label, "name": "x"}, config,
-                                     np.random.default_rng(seed))
+    got = transforms.train_transform(
+        {"image": image, "label": label, "name": "x"}, config, np.random.default_rng(seed)
+    )
     np.testing.assert_allclose(got["image"], want_image, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got["label"], want_label)

@@ -15,9 +15,14 @@ from ccnet_jax.data.sources import build_source
 from ccnet_jax.data.voc import VOCFolders
 
 # (id, in val, has a VOC palette PNG): SBD-only images have only SegmentationClassAug.
-_IDS = (("2007_000032", True, True), ("2007_000039", False, True),
-        ("2008_000002", False, False), ("2009_000012", False, False),
-        ("2010_000038", True, True), ("2011_000003", False, False))
+_IDS = (
+    ("2007_000032", True, True),
+    ("2007_000039", False, True),
+    ("2008_000002", False, False),
+    ("2009_000012", False, False),
+    ("2010_000038", True, True),
+    ("2011_000003", False, False),
+)
 # The VOC devkit's colour map (VOClabelcolormap.m), for four of the classes.
 _VOC_COLOURS = {0: (0, 0, 0), 1: (128, 0, 0), 15: (192, 128, 128), 20: (0, 64, 128)}
 
@@ -80,8 +85,10 @@ def test_palette_is_the_voc_colour_map():
 @pytest.mark.parametrize("subdir", ["", "VOCdevkit", "VOCdevkit/VOC2012"])
 def test_splits_pixel_for_pixel_from_any_root(tmp_path, subdir):
   expected = voc_tree(tmp_path)
-  for split, ids in (("val", ["2007_000032", "2010_000038"]),
-                     ("train_aug", ["2007_000039", "2008_000002", "2009_000012", "2011_000003"])):
+  for split, ids in (
+      ("val", ["2007_000032", "2010_000038"]),
+      ("train_aug", ["2007_000039", "2008_000002", "2009_000012", "2011_000003"]),
+  ):
     source = VOCFolders(os.path.join(tmp_path, subdir), split)
     assert [source[i]["name"] for i in range(len(source))] == ids
     for i in range(len(source)):
@@ -93,8 +100,9 @@ def test_splits_pixel_for_pixel_from_any_root(tmp_path, subdir):
       # JPEG is lossy: the decoded image is close to what was written.
       assert np.abs(example["image"].astype(int) - image).mean() < 3
   # The palette PNG of a VOC id is read as class indices, not colours.
-  assert VOCFolders(tmp_path, "train_aug").label_paths[0].endswith(
-      "SegmentationClass/2007_000039.png")
+  assert (
+      VOCFolders(tmp_path, "train_aug").label_paths[0].endswith("SegmentationClass/2007_000039.png")
+  )
 
 
 def test_mmseg_train_plus_aug_lists_are_one_split(tmp_path):
@@ -115,8 +123,7 @@ def test_config_and_loaders(tmp_path):
   batches = list(make_eval_loader(config, batch_size=1, process_index=0, process_count=1))
   assert [b["name"][0] for b in batches] == ["2007_000032", "2010_000038"]
   np.testing.assert_array_equal(batches[1]["label"][0], expected["2010_000038"][1])
-  loader = make_train_loader(config, global_batch_size=4, seed=0, process_index=0,
-                             process_count=1)
+  loader = make_train_loader(config, global_batch_size=4, seed=0, process_index=0, process_count=1)
   batch = next(loader)
   assert batch["image"].shape == (4, 8, 8, 3) and batch["label"].shape == (4, 8, 8)
   # Each crop shows one training image: its class (its index in _IDS), or 255 padding.
@@ -155,8 +162,7 @@ def test_voc_config_is_mmsegs_ccnet_schedule():
   assert config.model.name == "ccnet_r101_d8_mmseg" and config.model.backbone.depth == 101
   assert config.model.backbone.output_stride == 8 and config.model.num_classes == 21
   assert (config.train.total_steps, config.train.global_batch_size) == (40_000, 16)
-  assert (config.optim.learning_rate, config.optim.momentum, config.optim.power) == (
-      0.01, 0.9, 0.9)
+  assert (config.optim.learning_rate, config.optim.momentum, config.optim.power) == (0.01, 0.9, 0.9)
   assert config.optim.weight_decay == 5e-4 and config.loss.aux_weight == 0.4
   assert config.data.crop_size == (512, 512) and config.data.channel_order == "rgb"
   assert config.data.mean == pytest.approx((123.675, 116.28, 103.53))

@@ -42,16 +42,23 @@ def get_config():
 
 def _one_device_env():
   """The environment of a user's run: one CPU device (conftest.py simulates eight)."""
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  return {**os.environ, "XLA_FLAGS": " ".join(flags), "PYTHONPATH": ROOT,
-          "CCNET_JAX_TRACEBACK": ""}
+  flags = [
+      f
+      for f in os.environ.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count")
+  ]
+  return {**os.environ, "XLA_FLAGS": " ".join(flags), "PYTHONPATH": ROOT, "CCNET_JAX_TRACEBACK": ""}
 
 
 def _run(script, *args, timeout=600):
   return subprocess.run(
-      [sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT, check=False,
-      capture_output=True, text=True, timeout=timeout, env=_one_device_env(),
+      [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+      cwd=ROOT,
+      check=False,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      env=_one_device_env(),
   )
 
 
@@ -83,8 +90,9 @@ def test_training_evaluates_every_eval_every_steps_and_at_the_end(run):
   steps = [step for step, _ in _eval_records(workdir)]
   assert steps == list(range(EVAL_EVERY, TOTAL_STEPS + 1, EVAL_EVERY))
   for step in steps:
-    assert any(name.endswith("_pred.png")
-               for name in os.listdir(workdir / "predictions" / f"step_{step}")), step
+    assert any(
+        name.endswith("_pred.png") for name in os.listdir(workdir / "predictions" / f"step_{step}")
+    ), step
 
 
 def test_only_the_last_keep_checkpoints_remain(run):

@@ -13,8 +13,9 @@ from ccnet_jax.evaluation.evaluator import Evaluator, model_predict_fn
 from ccnet_jax.evaluation.visualize import colorize, denormalize, overlay, save_predictions
 from tests.test_evaluation_inference import official_sliding, tiny_ccnet
 
-PALETTE = np.array([[128, 64, 128], [244, 35, 232], [70, 70, 70], [220, 20, 60],
-                    [0, 0, 142]], np.uint8)
+PALETTE = np.array(
+    [[128, 64, 128], [244, 35, 232], [70, 70, 70], [220, 20, 60], [0, 0, 142]], np.uint8
+)
 NUM_CLASSES = len(PALETTE)
 NORMALIZATION = {"mean": (104.0, 117.0, 123.0), "std": (58.0, 57.0, 57.5), "channel_order": "bgr"}
 
@@ -37,7 +38,8 @@ def test_overlay_and_denormalize():
   np.testing.assert_array_equal(denormalize(normalized, **NORMALIZATION), rgb)
   white = np.full_like(rgb, 255)
   np.testing.assert_array_equal(
-      overlay(rgb, white, alpha=0.25), np.round(0.75 * rgb + 0.25 * 255).astype(np.uint8))
+      overlay(rgb, white, alpha=0.25), np.round(0.75 * rgb + 0.25 * 255).astype(np.uint8)
+  )
   with pytest.raises(ValueError, match="channel_order"):
     denormalize(normalized, (0, 0, 0), (1, 1, 1), "hsv")
 
@@ -49,11 +51,16 @@ def test_save_predictions_writes_readable_pngs(tmp_path):
   label = rng.integers(0, NUM_CLASSES, size=(6, 8))
   paths = save_predictions(str(tmp_path), "city/frame_1", image, prediction, label, PALETTE)
   assert sorted(os.path.basename(p) for p in paths) == [
-      "city_frame_1_gt.png", "city_frame_1_overlay.png", "city_frame_1_pred.png"]
+      "city_frame_1_gt.png",
+      "city_frame_1_overlay.png",
+      "city_frame_1_pred.png",
+  ]
   np.testing.assert_array_equal(
-      np.asarray(Image.open(tmp_path / "city_frame_1_pred.png")), colorize(prediction, PALETTE))
+      np.asarray(Image.open(tmp_path / "city_frame_1_pred.png")), colorize(prediction, PALETTE)
+  )
   np.testing.assert_array_equal(
-      np.asarray(Image.open(tmp_path / "city_frame_1_gt.png")), colorize(label, PALETTE))
+      np.asarray(Image.open(tmp_path / "city_frame_1_gt.png")), colorize(label, PALETTE)
+  )
   assert np.asarray(Image.open(tmp_path / "city_frame_1_overlay.png")).shape == (6, 8, 3)
 
 
@@ -65,12 +72,14 @@ def _batches(sizes, shape=(33, 41), seed=3):
     label[rng.random(label.shape) < 0.1] = 255
     valid = np.ones(size, bool)
     valid[-1] = b != 0  # the first batch ends with a padding example
-    batches.append({
-        "image": rng.normal(size=(size, *shape, 3)).astype(np.float32),
-        "label": label,
-        "valid": valid,
-        "name": [f"b{b}_{i}" for i in range(size)],
-    })
+    batches.append(
+        {
+            "image": rng.normal(size=(size, *shape, 3)).astype(np.float32),
+            "label": label,
+            "valid": valid,
+            "name": [f"b{b}_{i}" for i in range(size)],
+        }
+    )
   return batches
 
 
@@ -92,8 +101,9 @@ def test_evaluate_ccnet_matches_numpy_on_its_predictions(tmp_path, axis_type):
   batches = _batches([5, 3])
   mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
   evaluator = Evaluator(predict_fn, eval_config=eval_config, num_classes=NUM_CLASSES, mesh=mesh)
-  metrics = evaluator.evaluate(state, batches, out_dir=str(tmp_path), palette=PALETTE,
-                               normalization=NORMALIZATION)
+  metrics = evaluator.evaluate(
+      state, batches, out_dir=str(tmp_path), palette=PALETTE, normalization=NORMALIZATION
+  )
 
   # The expected predictions come from a transcription of the official sliding-window
   # evaluation (numpy tiling, torch upsampling) around the bare network, not predict_logits.
@@ -101,8 +111,7 @@ def test_evaluate_ccnet_matches_numpy_on_its_predictions(tmp_path, axis_type):
   predictions, labels = [], []
   for batch in batches:
     for image, label in zip(batch["image"][batch["valid"]], batch["label"][batch["valid"]]):
-      logits = official_sliding(image[None], (24, 32),
-                                network=lambda tile: network(state, tile))[0]
+      logits = official_sliding(image[None], (24, 32), network=lambda tile: network(state, tile))[0]
       top2 = np.sort(logits, axis=-1)[..., -2:]
       # No near-tie that float32 round-off between the two paths could flip.
       assert (top2[..., 1] - top2[..., 0]).min() > 1e-4
@@ -116,7 +125,8 @@ def test_evaluate_ccnet_matches_numpy_on_its_predictions(tmp_path, axis_type):
   kinds = ("gt", "overlay", "pred")
   assert saved == sorted(f"b0_{i}_{kind}.png" for i in range(3) for kind in kinds)
   np.testing.assert_array_equal(
-      np.asarray(Image.open(tmp_path / "b0_1_pred.png")), colorize(predictions[1], PALETTE))
+      np.asarray(Image.open(tmp_path / "b0_1_pred.png")), colorize(predictions[1], PALETTE)
+  )
 
 
 def test_evaluator_takes_new_weights_without_recompiling_and_rejects_empty_data():

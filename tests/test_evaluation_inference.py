@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax.models.registry import build_model, model_config
 from ccnet_jax.evaluation.inference import predict_logits, sliding_window_offsets
+from ccnet_jax.models.registry import build_model, model_config
 
 torch = pytest.importorskip("torch")
 
@@ -25,9 +25,12 @@ BIAS = _rng.normal(size=(NUM_CLASSES,)).astype(np.float32)
 
 def pooled_linear(images):
   """Average pooling (stride 8, valid) then a fixed linear map: position-dependent logits."""
-  pooled = jax.lax.reduce_window(
-      images, 0.0, jax.lax.add, (1, STRIDE, STRIDE, 1), (1, STRIDE, STRIDE, 1), "VALID"
-  ) / STRIDE**2
+  pooled = (
+      jax.lax.reduce_window(
+          images, 0.0, jax.lax.add, (1, STRIDE, STRIDE, 1), (1, STRIDE, STRIDE, 1), "VALID"
+      )
+      / STRIDE**2
+  )
   return pooled @ WEIGHTS + BIAS
 
 
@@ -36,17 +39,23 @@ def pooled_linear_numpy(images):
   out = np.zeros((b, h // STRIDE, w // STRIDE, NUM_CLASSES), np.float64)
   for i in range(h // STRIDE):
     for j in range(w // STRIDE):
-      patch = images[:, i * STRIDE:(i + 1) * STRIDE, j * STRIDE:(j + 1) * STRIDE]
+      patch = images[:, i * STRIDE : (i + 1) * STRIDE, j * STRIDE : (j + 1) * STRIDE]
       out[:, i, j] = patch.mean(axis=(1, 2)) @ WEIGHTS + BIAS
   return out
 
 
 def _interp(x, size):
   """NHWC numpy bilinear resize with torch (align_corners=True)."""
-  return torch.nn.functional.interpolate(
-      torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2), size=tuple(size),
-      mode="bilinear", align_corners=True,
-  ).permute(0, 2, 3, 1).numpy()
+  return (
+      torch.nn.functional.interpolate(
+          torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2),
+          size=tuple(size),
+          mode="bilinear",
+          align_corners=True,
+      )
+      .permute(0, 2, 3, 1)
+      .numpy()
+  )
 
 
 def official_sliding(image, tile_size, overlap=1 / 3, network=pooled_linear_numpy):
@@ -64,12 +73,13 @@ def official_sliding(image, tile_size, overlap=1 / 3, network=pooled_linear_nump
       x2, y2 = min(x1 + tile_size[1], width), min(y1 + tile_size[0], height)
       x1, y1 = max(x2 - tile_size[1], 0), max(y2 - tile_size[0], 0)
       img = image[:, y1:y2, x1:x2]
-      padded = np.pad(img, ((0, 0), (0, tile_size[0] - img.shape[1]),
-                            (0, tile_size[1] - img.shape[2]), (0, 0)))
+      padded = np.pad(
+          img, ((0, 0), (0, tile_size[0] - img.shape[1]), (0, tile_size[1] - img.shape[2]), (0, 0))
+      )
       prediction = _interp(np.asarray(network(padded), np.float32), tile_size)
       if np.ndim(full_probs) == 0:
         full_probs = np.zeros(image.shape[:3] + prediction.shape[-1:])
-      full_probs[:, y1:y2, x1:x2] += prediction[:, :img.shape[1], :img.shape[2]]
+      full_probs[:, y1:y2, x1:x2] += prediction[:, : img.shape[1], : img.shape[2]]
       count[:, y1:y2, x1:x2] += 1
   return full_probs / count
 
@@ -99,11 +109,14 @@ def _predict(images, **kwargs):
   return fn(images)
 
 
-@pytest.mark.parametrize("shape,crop", [
-    ((2, 50, 75, 3), (24, 24)),   # 3 x 4 windows, last row and column snapped.
-    ((1, 20, 53, 3), (24, 32)),   # shorter than the crop: zero-padded at the bottom.
-    ((1, 16, 16, 3), (24, 24)),   # a single padded window.
-])
+@pytest.mark.parametrize(
+    "shape,crop",
+    [
+        ((2, 50, 75, 3), (24, 24)),  # 3 x 4 windows, last row and column snapped.
+        ((1, 20, 53, 3), (24, 32)),  # shorter than the crop: zero-padded at the bottom.
+        ((1, 16, 16, 3), (24, 24)),  # a single padded window.
+    ],
+)
 def test_sliding_matches_official_tiling(shape, crop):
   images = _images(shape)
   actual = _predict(images, mode="sliding", crop_size=crop)
@@ -156,8 +169,9 @@ def tiny_ccnet(num_classes=5):
   def fill(path, leaf):
     name = jax.tree_util.keystr(path)
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # dropout keys
-      return jax.random.key(0) if leaf.shape == () else jax.random.split(
-          jax.random.key(0), leaf.shape)
+      return (
+          jax.random.key(0) if leaf.shape == () else jax.random.split(jax.random.key(0), leaf.shape)
+      )
     if not jnp.issubdtype(leaf.dtype, jnp.floating):  # key counters
       return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
     if "var" in name or "scale" in name:
@@ -179,8 +193,10 @@ def test_ccnet_sliding_on_one_crop_equals_whole_image():
   @jax.jit
   def whole_and_sliding(state, images):
     apply_fn = lambda x: nnx.merge(graphdef, state)(x)[0]
-    return [predict_logits(apply_fn, images, num_classes=5, mode=mode, crop_size=(33, 41))
-            for mode in ("whole", "sliding")]
+    return [
+        predict_logits(apply_fn, images, num_classes=5, mode=mode, crop_size=(33, 41))
+        for mode in ("whole", "sliding")
+    ]
 
   whole, sliding = whole_and_sliding(state, _images((1, 33, 41, 3)))
   assert float(jnp.std(whole)) > 0

@@ -6,10 +6,13 @@ import chex
 import jax
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ccnet_jax.evaluation.metrics import (
-    confusion_matrix, format_results_table, metrics_from_confusion,
+    confusion_matrix,
+    format_results_table,
+    metrics_from_confusion,
 )
 
 NUM_CLASSES = 6
@@ -41,8 +44,9 @@ def _numpy_confusion(predictions, labels, valid):
 
 def test_confusion_matrix_matches_numpy_loop():
   predictions, labels, valid = _random_maps(0)
-  actual = jax.jit(confusion_matrix, static_argnums=2)(predictions, labels, NUM_CLASSES,
-                                                       valid=valid)
+  actual = jax.jit(confusion_matrix, static_argnums=2)(
+      predictions, labels, NUM_CLASSES, valid=valid
+  )
   chex.assert_type(actual, np.int32)
   np.testing.assert_array_equal(actual, _numpy_confusion(predictions, labels, valid))
 
@@ -69,8 +73,9 @@ def test_confusion_matrix_is_global_on_a_sharded_batch(axis_type):
 
 def test_metrics_match_per_class_pixel_sets():
   predictions, labels, valid = _random_maps(3)
-  metrics = metrics_from_confusion(np.asarray(confusion_matrix(
-      predictions, labels, NUM_CLASSES, valid=valid)))
+  metrics = metrics_from_confusion(
+      np.asarray(confusion_matrix(predictions, labels, NUM_CLASSES, valid=valid))
+  )
   counted = (labels != 255) & valid[:, None, None]
   truth, predicted = labels[counted], predictions[counted]
   ious, accuracies = [], []
@@ -111,6 +116,7 @@ def test_bad_shapes_are_reported():
 def test_iou_matches_cityscapes_scripts():
   cs_eval = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
   from cityscapesscripts.helpers.labels import trainId2label
+
   rng = np.random.default_rng(4)
   labels = rng.integers(0, 19, size=(2, 16, 24)).astype(np.int32)
   labels[rng.random(labels.shape) < 0.15] = 255
@@ -123,9 +129,12 @@ def test_iou_matches_cityscapes_scripts():
   to_id = np.array([trainId2label[t].id for t in range(19)] + [0] * 237)
   cs_matrix = cs_eval.generateMatrix(cs_eval.args)
   np.add.at(cs_matrix, (to_id[labels].ravel(), to_id[predictions].ravel()), 1)
-  expected = {t: cs_eval.getIouScoreForLabel(trainId2label[t].id, cs_matrix, cs_eval.args)
-              for t in range(19)}
+  expected = {
+      t: cs_eval.getIouScoreForLabel(trainId2label[t].id, cs_matrix, cs_eval.args)
+      for t in range(19)
+  }
   np.testing.assert_allclose(metrics["iou"], [expected[t] for t in range(19)], rtol=1e-12)
-  np.testing.assert_allclose(metrics["miou"], cs_eval.getScoreAverage(expected, cs_eval.args),
-                             rtol=1e-12)
+  np.testing.assert_allclose(
+      metrics["miou"], cs_eval.getScoreAverage(expected, cs_eval.args), rtol=1e-12
+  )
   assert math.isnan(metrics["iou"][16]) and 0 < metrics["miou"] < 1

@@ -17,7 +17,10 @@ from ccnet_jax.evaluation import media
 from ccnet_jax.evaluation.evaluator import model_predict_fn
 from ccnet_jax.evaluation.inference import predict_logits
 from ccnet_jax.evaluation.predict import (
-    Predictor, dataset_for_model, predict_paths, resolve_model_dir,
+    Predictor,
+    dataset_for_model,
+    predict_paths,
+    resolve_model_dir,
 )
 from ccnet_jax.models import model_dir
 from tests.test_models_model_dir import randomised, tiny_config
@@ -59,7 +62,9 @@ def reference_logits(model, image):
   x = ((image.astype(np.float32) - MEAN) / STD)[None]
   logits = np.array(model(x)[0])  # A writable copy for torch.
   upsampled = torch.nn.functional.interpolate(
-      torch.from_numpy(logits).permute(0, 3, 1, 2), size=image.shape[:2], mode="bilinear",
+      torch.from_numpy(logits).permute(0, 3, 1, 2),
+      size=image.shape[:2],
+      mode="bilinear",
       align_corners=True,
   )
   return upsampled.permute(0, 2, 3, 1).numpy()[0]
@@ -126,8 +131,9 @@ def test_video_frames_in_equal_frames_out_and_labels_equal_eval_inference(
   decoded = np.stack([frame[..., :3] for frame in imageio.mimread(video)])
   predict_fn, state = model_predict_fn(model)
   normalized = (decoded.astype(np.float32) - MEAN) / STD
-  logits = np.asarray(predict_logits(
-      functools.partial(predict_fn, state), normalized, num_classes=NUM_CLASSES))
+  logits = np.asarray(
+      predict_logits(functools.partial(predict_fn, state), normalized, num_classes=NUM_CLASSES)
+  )
   for index, name in enumerate(label_files):
     labels = np.asarray(Image.open(out / "clip_labelIds" / name))
     assert_labels_match(labels, logits[index])
@@ -138,9 +144,19 @@ def test_cli_stops_on_a_bad_input_with_one_line_naming_it(workdir, tmp_path):
   folder.mkdir()
   (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
   result = subprocess.run(
-      [sys.executable, "predict.py", f"--model={workdir[0]}", str(folder), "--out",
-       str(tmp_path / "out"), "--noprogress"],
-      cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO},
+      [
+          sys.executable,
+          "predict.py",
+          f"--model={workdir[0]}",
+          str(folder),
+          "--out",
+          str(tmp_path / "out"),
+          "--noprogress",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      env={**os.environ, "PYTHONPATH": REPO},
       timeout=600,
   )
   assert result.returncode == 1, result.stderr
@@ -203,5 +219,4 @@ def test_bfloat16_computes_in_bfloat16_on_float32_parameters(workdir):
   assert info["model"].dtype == "bfloat16" and network.dtype == jnp.bfloat16
   kernel = network.head.classifier.kernel
   assert kernel.dtype == jnp.float32
-  np.testing.assert_array_equal(
-      np.asarray(kernel), np.asarray(workdir[1].head.classifier.kernel))
+  np.testing.assert_array_equal(np.asarray(kernel), np.asarray(workdir[1].head.classifier.kernel))

@@ -48,10 +48,12 @@ def _forward(model, x):
 
 
 def reference_logits(model, rgb):
-  normalised = np.stack([
-      transforms.normalize(image, PREPROCESSING["mean"], PREPROCESSING["std"], "bgr")
-      for image in rgb
-  ])
+  normalised = np.stack(
+      [
+          transforms.normalize(image, PREPROCESSING["mean"], PREPROCESSING["std"], "bgr")
+          for image in rgb
+      ]
+  )
   return np.asarray(_forward(model, normalised))
 
 
@@ -71,8 +73,7 @@ def test_stablehlo_any_size_deserialises_and_matches(saved, tmp_path):
   assert "stablehlo" in (tmp_path / export.STABLEHLO_TEXT_FILE).read_text()
   for shape in SHAPES:
     x = images(shape)
-    assert_close_to_scale(np.asarray(exported.call(x)), reference_logits(model, x),
-                          EXACT_FRACTION)
+    assert_close_to_scale(np.asarray(exported.call(x)), reference_logits(model, x), EXACT_FRACTION)
 
 
 def test_saved_model_runs_in_tensorflow_at_any_size(saved, tmp_path):

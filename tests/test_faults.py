@@ -37,11 +37,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
 TOTAL_STEPS = 4
 TINY = {
-    "data.synthetic.num_train": 8, "data.synthetic.num_eval": 2,
-    "data.synthetic.image_size": (33, 33), "data.crop_size": (33, 33),
-    "eval.mode": "whole", "eval.num_images_to_save": 1, "train.num_summary_images": 1,
-    "train.global_batch_size": 2, "train.total_steps": TOTAL_STEPS, "train.log_every": 1,
-    "train.eval_every": 0, "train.checkpoint_every": 2,
+    "data.synthetic.num_train": 8,
+    "data.synthetic.num_eval": 2,
+    "data.synthetic.image_size": (33, 33),
+    "data.crop_size": (33, 33),
+    "eval.mode": "whole",
+    "eval.num_images_to_save": 1,
+    "train.num_summary_images": 1,
+    "train.global_batch_size": 2,
+    "train.total_steps": TOTAL_STEPS,
+    "train.log_every": 1,
+    "train.eval_every": 0,
+    "train.checkpoint_every": 2,
 }
 
 
@@ -73,7 +80,8 @@ def environment(tmp_path_factory):
   """One device (no forced host devices) and a compilation cache shared by all runs."""
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CCNET_JAX_TRACEBACK")}
   env.update(
-      PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+      PYTHONPATH=ROOT,
+      JAX_PLATFORMS="cpu",
       JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
@@ -85,7 +93,12 @@ def start(environment, script, *args, fault="none", at_step=0, cwd=ROOT):
   env = dict(environment, FAULT_AT_STEP=str(at_step))
   return subprocess.Popen(
       [sys.executable, os.path.join(ROOT, "tests", "fault_runner.py"), fault, script, *args],
-      cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=cwd,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
 
 
 def run(environment, script, *args, timeout=420, **kwargs):
@@ -139,7 +152,7 @@ def restorable_step(workdir, messages=None):
   _, state = create_train_state(initial_model(config), tx, seed=config.train.seed)
   checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), keep=3)
   try:
-    report = (messages.append if messages is not None else print)
+    report = messages.append if messages is not None else print
     return checkpoints.restore_newest(state, report=report)[2]
   finally:
     checkpoints.close()
@@ -160,8 +173,9 @@ def reference(environment, tmp_path_factory):
 def test_sigterm_during_evaluation_saves_the_step_and_zero_means_never(environment, tmp_path):
   # Evaluation every 2 steps, no periodic checkpoints or logs: the preempted step must be saved.
   args = flags(train__eval_every=2, train__checkpoint_every=0, train__log_every=0)
-  returncode, stdout, stderr = run(environment, "train.py", *args, f"--workdir={tmp_path}",
-                                   fault="sigterm_in_evaluation")
+  returncode, stdout, stderr = run(
+      environment, "train.py", *args, f"--workdir={tmp_path}", fault="sigterm_in_evaluation"
+  )
   assert_clean_exit(returncode, stderr)
   assert "Received SIGTERM: saved the checkpoint of step 2" in stdout
   assert saved_steps(tmp_path) == [2] and restorable_step(tmp_path) == 2
@@ -169,8 +183,13 @@ def test_sigterm_during_evaluation_saves_the_step_and_zero_means_never(environme
 
 
 def test_sigterm_during_export_saves_the_step_and_a_whole_model(environment, tmp_path):
-  returncode, stdout, stderr = run(environment, "train.py", *flags(train__eval_every=2),
-                                   f"--workdir={tmp_path}", fault="sigterm_in_export")
+  returncode, stdout, stderr = run(
+      environment,
+      "train.py",
+      *flags(train__eval_every=2),
+      f"--workdir={tmp_path}",
+      fault="sigterm_in_export",
+  )
   assert_clean_exit(returncode, stderr)
   assert "Received SIGTERM: saved the checkpoint of step 2" in stdout
   assert saved_steps(tmp_path) == [2] and restorable_step(tmp_path) == 2
@@ -178,17 +197,20 @@ def test_sigterm_during_export_saves_the_step_and_a_whole_model(environment, tmp
 
 
 def test_sigterm_during_a_save_completes_it(environment, tmp_path):
-  returncode, stdout, stderr = run(environment, "train.py", *flags(), f"--workdir={tmp_path}",
-                                   fault="sigterm_in_save")
+  returncode, stdout, stderr = run(
+      environment, "train.py", *flags(), f"--workdir={tmp_path}", fault="sigterm_in_save"
+  )
   assert_clean_exit(returncode, stderr)
   assert "Received SIGTERM: saved the checkpoint of step 2" in stdout
   assert saved_steps(tmp_path) == [2] and restorable_step(tmp_path) == 2
 
 
 def test_kill_during_a_save_resumes_from_the_last_complete_checkpoint(
-    environment, reference, tmp_path):
-  returncode, _, stderr = run(environment, "train.py", *flags(), f"--workdir={tmp_path}",
-                              fault="kill_in_save", at_step=2)
+    environment, reference, tmp_path
+):
+  returncode, _, stderr = run(
+      environment, "train.py", *flags(), f"--workdir={tmp_path}", fault="kill_in_save", at_step=2
+  )
   assert returncode == -signal.SIGKILL, stderr
   assert restorable_step(tmp_path) in (2, 4)  # 4 only if orbax committed before the kill.
 
@@ -200,16 +222,32 @@ def test_kill_during_a_save_resumes_from_the_last_complete_checkpoint(
 
 
 def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(environment, tmp_path):
-  returncode, _, stderr = run(environment, "train.py", *flags(), f"--workdir={tmp_path}",
-                              fault="disk_full_in_save", at_step=2)
-  assert_one_error_line(returncode, stderr, tmp_path / "checkpoints", "step 4",
-                        "No space left on device", "step 2 is intact")
+  returncode, _, stderr = run(
+      environment,
+      "train.py",
+      *flags(),
+      f"--workdir={tmp_path}",
+      fault="disk_full_in_save",
+      at_step=2,
+  )
+  assert_one_error_line(
+      returncode,
+      stderr,
+      tmp_path / "checkpoints",
+      "step 4",
+      "No space left on device",
+      "step 2 is intact",
+  )
   assert saved_steps(tmp_path) == [2] and restorable_step(tmp_path) == 2
 
 
 def _truncate_a_chunk(step_dir):
-  chunks = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(step_dir, "state"))
-            for n in names if os.sep + "d" + os.sep in os.path.join(d, n)]
+  chunks = [
+      os.path.join(d, n)
+      for d, _, names in os.walk(os.path.join(step_dir, "state"))
+      for n in names
+      if os.sep + "d" + os.sep in os.path.join(d, n)
+  ]
   assert chunks, os.listdir(step_dir)
   for chunk in chunks:
     with open(chunk, "r+b") as f:
@@ -224,8 +262,9 @@ def _empty(step_dir, name):
 
 
 def _garbage_data_position(step_dir):
-  paths = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(step_dir, "data"))
-           for n in names]
+  paths = [
+      os.path.join(d, n) for d, _, names in os.walk(os.path.join(step_dir, "data")) for n in names
+  ]
   assert paths
   for path in paths:
     with open(path, "w") as f:
@@ -238,7 +277,9 @@ CORRUPTIONS = {
     "deleted state/": lambda step_dir: shutil.rmtree(os.path.join(step_dir, "state")),
     "deleted _METADATA": lambda step_dir: [
         os.remove(os.path.join(d, "_METADATA"))
-        for d, _, names in os.walk(step_dir) if "_METADATA" in names],
+        for d, _, names in os.walk(step_dir)
+        if "_METADATA" in names
+    ],
     "garbage data position": _garbage_data_position,
 }
 
@@ -282,16 +323,20 @@ def test_train_py_resumes_past_a_damaged_checkpoint(environment, reference, tmp_
 def test_an_unwritable_workdir_is_refused_first(environment, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  returncode, stdout, stderr = run(environment, "train.py", *flags(),
-                                   f"--workdir={blocker / 'run'}")
+  returncode, stdout, stderr = run(
+      environment, "train.py", *flags(), f"--workdir={blocker / 'run'}"
+  )
   assert_one_error_line(returncode, stderr, blocker / "run", "--workdir")
 
 
 def test_a_read_only_file_in_the_workdir_is_named(tmp_path, monkeypatch):
   (tmp_path / "metrics.jsonl").write_text("")
   real_access = os.access
-  monkeypatch.setattr(os, "access", lambda path, mode: (
-      not str(path).endswith("metrics.jsonl") and real_access(path, mode)))
+  monkeypatch.setattr(
+      os,
+      "access",
+      lambda path, mode: (not str(path).endswith("metrics.jsonl") and real_access(path, mode)),
+  )
   with pytest.raises(UserError, match=r"metrics\.jsonl is not writable"):
     workdir_lib.check_writable(str(tmp_path))
 
@@ -314,8 +359,7 @@ def _alive(pid):
 
 
 def test_a_second_run_is_refused_and_workers_end_with_a_killed_run(environment, tmp_path):
-  args = flags(train__total_steps=100_000, train__checkpoint_every=100_000,
-               data__num_workers=1)
+  args = flags(train__total_steps=100_000, train__checkpoint_every=100_000, data__num_workers=1)
   first = start(environment, "train.py", *args, f"--workdir={tmp_path}")
   try:
     deadline = time.time() + 600  # Start-up and compilation on a busy 2-core machine.
@@ -350,18 +394,21 @@ def test_a_bad_crop_size_is_refused_up_front(crop):
 
 
 def test_a_bad_crop_size_is_one_line(environment, tmp_path):
-  returncode, _, stderr = run(environment, "train.py", *flags(), "--config.data.crop_size=64",
-                              f"--workdir={tmp_path}")
+  returncode, _, stderr = run(
+      environment, "train.py", *flags(), "--config.data.crop_size=64", f"--workdir={tmp_path}"
+  )
   assert_one_error_line(returncode, stderr, "data.crop_size")
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
 def test_a_negative_interval_and_an_unknown_field_are_one_line(environment, tmp_path):
-  returncode, _, stderr = run(environment, "train.py", *flags(train__log_every=-1),
-                              f"--workdir={tmp_path}")
+  returncode, _, stderr = run(
+      environment, "train.py", *flags(train__log_every=-1), f"--workdir={tmp_path}"
+  )
   assert_one_error_line(returncode, stderr, "train.log_every")
-  returncode, _, stderr = run(environment, "train.py", *flags(), "--config.train.steps=40",
-                              f"--workdir={tmp_path}")
+  returncode, _, stderr = run(
+      environment, "train.py", *flags(), "--config.train.steps=40", f"--workdir={tmp_path}"
+  )
   assert_one_error_line(returncode, stderr, "--config.train.steps", "total_steps", "log_every")
 
 
@@ -369,12 +416,23 @@ def test_another_config_on_a_run_names_the_fields(environment, reference, tmp_pa
   workdir = str(tmp_path / "run")
   shutil.copytree(reference, workdir)
   returncode, _, stderr = run(
-      environment, "train.py", *flags(), f"--workdir={workdir}",
-      "--config.model.head.out_channels=32", "--config.train.global_batch_size=4")
-  assert_one_error_line(returncode, stderr, "model.head.out_channels: 64 -> 32",
-                        "train.global_batch_size: 2 -> 4", "config.json")
-  returncode, _, stderr = run(environment, "eval.py", *flags(), f"--workdir={workdir}",
-                              "--config.model.head.recurrence=1")
+      environment,
+      "train.py",
+      *flags(),
+      f"--workdir={workdir}",
+      "--config.model.head.out_channels=32",
+      "--config.train.global_batch_size=4",
+  )
+  assert_one_error_line(
+      returncode,
+      stderr,
+      "model.head.out_channels: 64 -> 32",
+      "train.global_batch_size: 2 -> 4",
+      "config.json",
+  )
+  returncode, _, stderr = run(
+      environment, "eval.py", *flags(), f"--workdir={workdir}", "--config.model.head.recurrence=1"
+  )
   assert_one_error_line(returncode, stderr, "model.head.recurrence: 2 -> 1")
 
 
@@ -388,8 +446,9 @@ def test_eval_on_a_mistyped_workdir_creates_nothing(environment, tmp_path):
 def test_eval_py_reads_the_default_workdir_without_an_optimizer(environment, reference):
   cwd = os.path.dirname(os.path.dirname(reference))
   # An optimiser the checkpoint was not trained with: evaluation does not build one.
-  returncode, stdout, stderr = run(environment, "eval.py", *flags(), "--config.optim.name=sgd",
-                                   cwd=cwd)
+  returncode, stdout, stderr = run(
+      environment, "eval.py", *flags(), "--config.optim.name=sgd", cwd=cwd
+  )
   assert_clean_exit(returncode, stderr)
   assert "Evaluated the checkpoint of step 4" in stdout
   with open(os.path.join(reference, "eval", "metrics.json"), encoding="utf-8") as f:
@@ -410,10 +469,19 @@ def test_a_second_signal_is_not_deferred():
 
 
 def test_evaluation_and_the_cli_do_not_import_the_training_loop(environment):
-  code = ("import sys, ccnet_jax.cli, ccnet_jax.evaluation.run;"
-          " print('ccnet_jax.training.trainer' in sys.modules)")
-  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=300, check=True)
+  code = (
+      "import sys, ccnet_jax.cli, ccnet_jax.evaluation.run;"
+      " print('ccnet_jax.training.trainer' in sys.modules)"
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=ROOT,
+      env=environment,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=True,
+  )
   assert result.stdout.strip() == "False", result
 
 

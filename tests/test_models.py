@@ -46,6 +46,7 @@ def _official_parameter_count(num_classes):
   """Counted by hand from the modules of networks/ccnet.py in github.com/speedinghzl/CCNet
   (Res_Deeplab: ResNet(Bottleneck, [3, 4, 23, 3]) with RCCAModule(2048, 512) and the dsn
   head); an InPlaceABNSync of C channels holds a weight and a bias."""
+
   def conv(c_in, c_out, k, bias=False):
     return c_in * c_out * k * k + (c_out if bias else 0)
 
@@ -118,19 +119,18 @@ class ResNetTest(parameterized.TestCase):
   def test_stage_shapes_follow_torch_arithmetic(self, size, stem, output_stride):
     torch = pytest.importorskip("torch")
     backbone = _abstract(
-        lambda: ResNet(50, stem=stem, output_stride=output_stride, base_width=8,
-                       rngs=nnx.Rngs(0))
+        lambda: ResNet(50, stem=stem, output_stride=output_stride, base_width=8, rngs=nnx.Rngs(0))
     )
     # The spatial path of the stem in torch: strided conv, then the max-pool.
     kernel, padding = (7, 3) if stem == "classic" else (3, 1)
     probe = torch.zeros(1, 1, *size)
-    probe = torch.nn.functional.conv2d(probe, torch.zeros(1, 1, kernel, kernel), stride=2,
-                                       padding=padding)
+    probe = torch.nn.functional.conv2d(
+        probe, torch.zeros(1, 1, kernel, kernel), stride=2, padding=padding
+    )
     probe = torch.nn.functional.max_pool2d(probe, 3, 2, 1, ceil_mode=(stem == "deep"))
     expected = [tuple(probe.shape[-2:])]
     for stride in resnet.OUTPUT_STRIDES[output_stride][0][1:]:
-      probe = torch.nn.functional.conv2d(probe, torch.zeros(1, 1, 3, 3), stride=stride,
-                                         padding=1)
+      probe = torch.nn.functional.conv2d(probe, torch.zeros(1, 1, 3, 3), stride=stride, padding=1)
       expected.append(tuple(probe.shape[-2:]))
     features = _eval_shapes(backbone, (1, *size, 3))
     self.assertEqual([f.shape[1:3] for f in features], expected)

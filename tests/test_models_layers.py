@@ -31,8 +31,9 @@ class ConvTest(parameterized.TestCase):
       dilation=[1, 2],
   )
   def test_conv2d_matches_torch(self, size, kernel, stride, dilation):
-    conv = layers.conv2d(3, 4, kernel, stride=stride, dilation=dilation, use_bias=True,
-                         rngs=nnx.Rngs(0))
+    conv = layers.conv2d(
+        3, 4, kernel, stride=stride, dilation=dilation, use_bias=True, rngs=nnx.Rngs(0)
+    )
     conv.bias[...] = jax.random.normal(jax.random.key(1), (4,))
     x = jax.random.normal(jax.random.key(2), (2, *size, 3))
     expected = F.conv2d(
@@ -117,7 +118,8 @@ class BatchNormTest(parameterized.TestCase):
     np.testing.assert_allclose(norm.mean[...], 0.1 * mean, rtol=1e-5)
     np.testing.assert_allclose(norm.var[...], 0.9 + 0.1 * var * n / (n - 1), rtol=1e-6)
     expected = (x64 - mean) / np.sqrt(var + 1e-5) * np.linspace(0.5, 1.5, 4) + np.linspace(
-        -0.2, 0.2, 4)
+        -0.2, 0.2, 4
+    )
     np.testing.assert_allclose(y, expected, atol=2e-6)
     # PyTorch's own BatchNorm2d, float64, the same step.
     reference = torch.nn.BatchNorm2d(4).double().train()
@@ -138,8 +140,7 @@ class BatchNormTest(parameterized.TestCase):
     want_var = 0.9 + 0.1 * var * n / (n - 1)
 
     def errors(y, running_var):
-      return (np.max(np.abs(y - want_y)),
-              np.max(np.abs(running_var - want_var) / want_var))
+      return (np.max(np.abs(y - want_y)), np.max(np.abs(running_var - want_var) / want_var))
 
     reference = torch.nn.BatchNorm2d(4).train()
     with torch.no_grad():
@@ -151,9 +152,11 @@ class BatchNormTest(parameterized.TestCase):
     ours = errors(y, np.asarray(norm.var[...], np.float64))
     fast_norm, fast_y = self._train_step(x, fast_variance=True)
     fast = errors(fast_y, np.asarray(fast_norm.var[...], np.float64))
-    print(f"\nmean/std {mean_over_std}: output / running-var error: ours {ours[0]:.1e} /"
-          f" {ours[1]:.1e}, PyTorch float32 {torch_errors[0]:.1e} / {torch_errors[1]:.1e},"
-          f" one-pass variance {fast[0]:.1e} / {fast[1]:.1e}")
+    print(
+        f"\nmean/std {mean_over_std}: output / running-var error: ours {ours[0]:.1e} /"
+        f" {ours[1]:.1e}, PyTorch float32 {torch_errors[0]:.1e} / {torch_errors[1]:.1e},"
+        f" one-pass variance {fast[0]:.1e} / {fast[1]:.1e}"
+    )
     # The running variance is float32 in both: its rounding (6e-8) is the floor. The
     # outputs of both are at the rounding of x - mean in float32 (eps x mean/std in
     # units of std), where the order of operations decides: 2x is that noise.
@@ -174,4 +177,4 @@ class BatchNormTest(parameterized.TestCase):
     y = norm(x)
     self.assertEqual(y.dtype, jnp.bfloat16)
     # Only the output's rounding to bfloat16 (2^-8 relative) remains.
-    np.testing.assert_allclose(np.asarray(y, np.float64)[0, 0, 0], want, rtol=2 ** -8)
+    np.testing.assert_allclose(np.asarray(y, np.float64)[0, 0, 0], want, rtol=2**-8)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax.models.registry import build_model, model_config
 from ccnet_jax.models import model_dir
+from ccnet_jax.models.registry import build_model, model_config
 
 
 def tiny_config(depth=18, num_classes=5):
@@ -67,7 +67,9 @@ def test_round_trip_restores_every_array_config_and_preprocessing(saved):
     np.testing.assert_array_equal(restored[name], original[name], err_msg=name)
   assert info["model"].to_dict() == config.to_dict()
   assert info["preprocessing"] == {
-      "channel_order": "bgr", "mean": (104.0, 116.7, 122.7), "std": (1.0, 1.0, 1.0)
+      "channel_order": "bgr",
+      "mean": (104.0, 116.7, 122.7),
+      "std": (1.0, 1.0, 1.0),
   }
   x = np.random.default_rng(0).normal(size=(1, 33, 41, 3)).astype(np.float32)
   assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(nnx.state(loaded)))
@@ -126,7 +128,9 @@ def test_overwrite_replaces_and_bad_inputs_fail_clearly(saved, tmp_path):
     model_dir.load_model(tmp_path / "nothing")
   with pytest.raises(ValueError, match="channel_order"):
     model_dir.save_model(
-        tmp_path / "x", model, config,
+        tmp_path / "x",
+        model,
+        config,
         preprocessing={"channel_order": "RGBA", "mean": (0, 0, 0), "std": (1, 1, 1)},
     )
   with pytest.raises(ValueError, match="part="):

@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from ccnet_jax.models import layers
-from ccnet_jax.models.registry import build_model, model_config
 from ccnet_jax.models import remat as remat_lib
+from ccnet_jax.models.registry import build_model, model_config
 
 
 def _tiny_config(remat: str):
@@ -51,7 +51,8 @@ def test_remat_gives_the_same_loss_gradients_and_batch_stats(remat):
   for tree_r, tree in ((grads_r, grads), (stats_r, stats)):
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max()),
-        tree_r, tree,
+        tree_r,
+        tree,
     )
 
 

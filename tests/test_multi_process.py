@@ -18,13 +18,21 @@ TRAIN_RECORDS = {1, 2, 3, 5}
 def run_two_processes(phase, tmp_path, **flags):
   """Runs the worker's ``phase`` in two processes of two CPU devices each; their outputs."""
   port = worker.free_port()
-  arguments = [f"--phase={phase}", "--num_processes=2", f"--port={port}",
-               f"--weights={tmp_path / 'weights.pkl'}", f"--data_root={tmp_path / 'data'}",
-               f"--checkpoints={tmp_path / 'checkpoints'}"]
+  arguments = [
+      f"--phase={phase}",
+      "--num_processes=2",
+      f"--port={port}",
+      f"--weights={tmp_path / 'weights.pkl'}",
+      f"--data_root={tmp_path / 'data'}",
+      f"--checkpoints={tmp_path / 'checkpoints'}",
+  ]
   arguments += [f"--{name}={value}" for name, value in flags.items()]
   return worker.run_processes(
-      "tests.multi_process_worker", [[f"--process_id={i}", *arguments] for i in range(2)],
-      repo=REPO, timeout=600)
+      "tests.multi_process_worker",
+      [[f"--process_id={i}", *arguments] for i in range(2)],
+      repo=REPO,
+      timeout=600,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +68,11 @@ def test_checkpoint_saved_and_restored_together_resumes_identically(runs):
     assert after["checksum"] == before["checksum"]
     assert after["records"] == {s: r for s, r in before["records"].items() if int(s) > 2}
     # Same compiled program on the same inputs: CPU execution is deterministic.
-    np.testing.assert_allclose([after["losses"][s] for s in ("3", "4")],
-                               [before["losses"][s] for s in ("3", "4")], rtol=1e-6)
+    np.testing.assert_allclose(
+        [after["losses"][s] for s in ("3", "4")],
+        [before["losses"][s] for s in ("3", "4")],
+        rtol=1e-6,
+    )
   # The loss is global: both processes report the same value.
   assert first[0]["losses"] == first[1]["losses"]
 
@@ -75,8 +86,9 @@ def test_one_saved_data_position_resumes_every_process(tmp_path):
   config = data_config(str(tmp_path))
 
   def loader(process):
-    return make_train_loader(config, global_batch_size=GLOBAL_BATCH, seed=0,
-                             process_index=process, process_count=2)
+    return make_train_loader(
+        config, global_batch_size=GLOBAL_BATCH, seed=0, process_index=process, process_count=2
+    )
 
   uninterrupted = [loader(0), loader(1)]
   read = [[records_read(next(l)["label"]) for _ in range(3)] for l in uninterrupted]

@@ -42,15 +42,11 @@ class CrissCrossAttentionTest(parameterized.TestCase):
     out, attention = self.variant(
         lambda q, k, v: criss_cross_attention(q, k, v, return_attention=True)
     )(q, k, v)
-    expected, expected_attention = reference.criss_cross_attention(
-        q, k, v, return_attention=True
-    )
+    expected, expected_attention = reference.criss_cross_attention(q, k, v, return_attention=True)
     chex.assert_shape(out, v.shape)
     chex.assert_type(out, jnp.float32)
     chex.assert_trees_all_close(out, expected.astype(np.float32), atol=1e-5, rtol=1e-5)
-    chex.assert_trees_all_close(
-        attention, expected_attention.astype(np.float32), atol=1e-6
-    )
+    chex.assert_trees_all_close(attention, expected_attention.astype(np.float32), atol=1e-6)
 
   def test_attention_rows_sum_to_one_and_mask_the_pixel_itself(self):
     q, k, v = _qkv((2, 6, 4, 3), 2, seed=1)

@@ -11,17 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl.testing import absltest
-from absl.testing import parameterized
+from absl.testing import absltest, parameterized
 from flax import nnx
 
 from ccnet_jax import ops
 from ccnet_jax.models.heads import RCCAHead
 from ccnet_jax.models.registry import build_model, model_config
-from ccnet_jax.ops.pallas import TUNING_GRID
-from ccnet_jax.ops.pallas import BlockSizes
-from ccnet_jax.ops.pallas import criss_cross_attention_pallas
-from ccnet_jax.ops.pallas import tuning_configurations
+from ccnet_jax.ops.pallas import (
+    TUNING_GRID,
+    BlockSizes,
+    criss_cross_attention_pallas,
+    tuning_configurations,
+)
 from tests import reference
 
 IMPLEMENTATIONS = ("pallas", "einsum_recompute")
@@ -173,16 +174,23 @@ class BFloat16AccuracyTest(absltest.TestCase):
       true = np.asarray(true, np.float64)
       scale, rms = np.abs(true).max(), np.sqrt(np.mean(true**2))
       error = lambda x: np.abs(np.asarray(x, np.float64) - true)
-      self.assertLessEqual(np.sqrt(np.mean(error(got) ** 2)) / rms,
-                           np.sqrt(np.mean(error(baseline) ** 2)) / rms, msg=name)
-      self.assertLessEqual(error(got).max() / scale, error(baseline).max() / scale + 2.0**-9,
-                           msg=name)
+      self.assertLessEqual(
+          np.sqrt(np.mean(error(got) ** 2)) / rms,
+          np.sqrt(np.mean(error(baseline) ** 2)) / rms,
+          msg=name,
+      )
+      self.assertLessEqual(
+          error(got).max() / scale, error(baseline).max() / scale + 2.0**-9, msg=name
+      )
 
 
 class BlockSizesTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      dict(query_block=48), dict(query_block=8), dict(channel_slice=100), dict(num_warps=3),
+      dict(query_block=48),
+      dict(query_block=8),
+      dict(channel_slice=100),
+      dict(num_warps=3),
       dict(num_stages=0),
   )
   def test_invalid_values_are_reported(self, **fields):
@@ -195,8 +203,11 @@ class BlockSizesTest(parameterized.TestCase):
     self.assertEqual(len(set(tuning_configurations())), 12)
     q = jnp.zeros((1, 3, 5, 8))
     attend = jax.jit(criss_cross_attention_pallas, static_argnames="block_sizes")
-    np.testing.assert_allclose(attend(q, q, q, block_sizes=BlockSizes(query_block=16)),
-                               ops.criss_cross_attention(q, q, q), atol=1e-6)
+    np.testing.assert_allclose(
+        attend(q, q, q, block_sizes=BlockSizes(query_block=16)),
+        ops.criss_cross_attention(q, q, q),
+        atol=1e-6,
+    )
 
 
 def _set_gamma(module, value):
@@ -295,7 +306,11 @@ def _lower(platform, dtype, block_sizes):
 
   def forward_backward(q, k, v):
     attend = lambda q, k, v: criss_cross_attention_pallas(
-        q, k, v, block_sizes=block_sizes, interpret=False,
+        q,
+        k,
+        v,
+        block_sizes=block_sizes,
+        interpret=False,
         pad_to_power_of_two=platform == "cuda",
     )
     out, vjp = jax.vjp(attend, q, k, v)

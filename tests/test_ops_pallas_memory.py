@@ -32,9 +32,7 @@ def test_no_attention_sized_residuals(impl):
   shapes = _residual_shapes(impl, height, width)
   assert not attention_shapes & set(shapes), shapes
   # q, k, v, the output and the (B, H, W) log-sum-exp at most.
-  assert sum(jnp.prod(jnp.array(s)) for s in shapes) <= (
-      height * width * (8 + 8 + 16 + 16 + 1)
-  )
+  assert sum(jnp.prod(jnp.array(s)) for s in shapes) <= (height * width * (8 + 8 + 16 + 16 + 1))
 
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -54,8 +52,13 @@ def _extra_training_memory_mb():
   env = dict(os.environ, PYTHONPATH=_ROOT)
   env.pop("XLA_FLAGS", None)
   result = subprocess.run(
-      [sys.executable, "-c", _MEASURE % SIZE], cwd=_ROOT, env=env, capture_output=True,
-      text=True, timeout=600, check=True,
+      [sys.executable, "-c", _MEASURE % SIZE],
+      cwd=_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=True,
   )
   return json.loads(result.stdout.strip().splitlines()[-1])
 

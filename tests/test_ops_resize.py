@@ -13,15 +13,27 @@ torch = pytest.importorskip("torch")
 @pytest.mark.parametrize("align_corners", [True, False])
 @pytest.mark.parametrize(
     "in_size,out_size",
-    [((13, 13), (97, 97)), ((12, 17), (96, 128)), ((97, 97), (13, 13)), ((7, 9), (7, 9)),
-     ((1, 5), (4, 20)), ((5, 6), (1, 1))],
+    [
+        ((13, 13), (97, 97)),
+        ((12, 17), (96, 128)),
+        ((97, 97), (13, 13)),
+        ((7, 9), (7, 9)),
+        ((1, 5), (4, 20)),
+        ((5, 6), (1, 1)),
+    ],
 )
 def test_matches_torch_interpolate(in_size, out_size, align_corners):
   x = np.random.default_rng(0).normal(size=(2, *in_size, 3)).astype(np.float32)
-  expected = torch.nn.functional.interpolate(
-      torch.from_numpy(x).permute(0, 3, 1, 2), size=out_size, mode="bilinear",
-      align_corners=align_corners,
-  ).permute(0, 2, 3, 1).numpy()
+  expected = (
+      torch.nn.functional.interpolate(
+          torch.from_numpy(x).permute(0, 3, 1, 2),
+          size=out_size,
+          mode="bilinear",
+          align_corners=align_corners,
+      )
+      .permute(0, 2, 3, 1)
+      .numpy()
+  )
   actual = jax.jit(resize_bilinear, static_argnums=1, static_argnames="align_corners")(
       x, out_size, align_corners=align_corners
   )

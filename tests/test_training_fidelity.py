@@ -78,7 +78,7 @@ def _release_names(net) -> dict[int, str]:
   """id(parameter) -> its name in the released state dict (backbone names at the top)."""
   names = {}
   for name, param in net.named_parameters():
-    names[id(param)] = name[len("backbone."):] if name.startswith("backbone.") else name
+    names[id(param)] = name[len("backbone.") :] if name.startswith("backbone.") else name
   return names
 
 
@@ -111,10 +111,15 @@ def _torch_run(net, batch, dtype, *, steps, ohem=None, scale_decay=False):
   net = copy.deepcopy(net).to(dtype).train()
   abn_weights = _abn_weights(net) if scale_decay else []
   abn_ids = {id(w) for w in abn_weights}
-  optimizer = torch.optim.SGD([
-      {"params": [p for p in net.parameters() if id(p) not in abn_ids]},
-      {"params": abn_weights, "weight_decay": 0.0},
-  ], lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+  optimizer = torch.optim.SGD(
+      [
+          {"params": [p for p in net.parameters() if id(p) not in abn_ids]},
+          {"params": abn_weights, "weight_decay": 0.0},
+      ],
+      lr=LR,
+      momentum=MOMENTUM,
+      weight_decay=WEIGHT_DECAY,
+  )
   names = _release_names(net)
   images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).to(dtype)
   labels = torch.from_numpy(batch["label"]).long()
@@ -129,11 +134,13 @@ def _torch_run(net, batch, dtype, *, steps, ohem=None, scale_decay=False):
     _decay_effective_scales(abn_weights)
     optimizer.step()
     momentum = {names[id(p)]: optimizer.state[p]["momentum_buffer"] for p in net.parameters()}
-    records.append({
-        "loss": loss.item(),
-        "state": _numpy(net.state_dict_like_release()),
-        "momentum": _numpy(momentum),
-    })
+    records.append(
+        {
+            "loss": loss.item(),
+            "state": _numpy(net.state_dict_like_release()),
+            "momentum": _numpy(momentum),
+        }
+    )
   return records
 
 
@@ -160,12 +167,14 @@ def _jax_run(state_dict, batch, dtype: str, *, steps, ohem=None):
     state, metrics = train_step(state, batch)
     host = jax.device_get(state)
     flat = lambda tree: {k: np.asarray(v, np.float64) for k, v in model_dir.flatten(tree).items()}
-    records.append({
-        "loss": float(metrics["loss"]),
-        "params": flat(host.params),
-        "momentum": flat(optax.tree_utils.tree_get(host.opt_state, "trace")),
-        "stats": flat(host.batch_stats),
-    })
+    records.append(
+        {
+            "loss": float(metrics["loss"]),
+            "params": flat(host.params),
+            "momentum": flat(optax.tree_utils.tree_get(host.opt_state, "trace")),
+            "stats": flat(host.batch_stats),
+        }
+    )
   return records
 
 
@@ -196,8 +205,10 @@ def _abn_offsets(steps: int) -> tuple[float, float]:
   wd x eps x (1 + 0.9 + ... + 0.9^k) in the momentum after step k, and the scale
   drifts by -sum_k lr_k e_k (terms of order wd x drift are below 1e-20).
   """
-  excess = [WEIGHT_DECAY * mapping.INPLACE_ABN_EPS * sum(MOMENTUM ** i for i in range(k + 1))
-            for k in range(steps)]
+  excess = [
+      WEIGHT_DECAY * mapping.INPLACE_ABN_EPS * sum(MOMENTUM**i for i in range(k + 1))
+      for k in range(steps)
+  ]
   return -sum(_poly(k) * excess[k] for k in range(steps)), excess[-1]
 
 
@@ -282,9 +293,10 @@ def test_x64_stays_inside_the_float64_runs(float64_runs):
 
 
 def test_one_float64_step_equals_pytorch(setting, float64_runs):
-  _report("one float64 step, worst relative error",
-          _assert_step_equal(float64_runs["ours"][0], float64_runs["torch"][0],
-                             setting["template"], 1))
+  _report(
+      "one float64 step, worst relative error",
+      _assert_step_equal(float64_runs["ours"][0], float64_runs["torch"][0], setting["template"], 1),
+  )
 
 
 def test_five_float64_steps_with_poly_schedule_equal_pytorch(setting, float64_runs):
@@ -295,20 +307,32 @@ def test_five_float64_steps_with_poly_schedule_equal_pytorch(setting, float64_ru
   official, scale_decay = [], []
   for step in range(STEPS):
     ours = float64_runs["ours"][step]
-    official.append(_assert_step_equal(ours, float64_runs["torch"][step], setting["template"],
-                                       step + 1, parts=("params", "stats")))
-    scale_decay.append(_assert_step_equal(ours, float64_runs["torch_scale_decay"][step],
-                                          setting["template"], None))
+    official.append(
+        _assert_step_equal(
+            ours,
+            float64_runs["torch"][step],
+            setting["template"],
+            step + 1,
+            parts=("params", "stats"),
+        )
+    )
+    scale_decay.append(
+        _assert_step_equal(ours, float64_runs["torch_scale_decay"][step], setting["template"], None)
+    )
   for title, errors in (("official", official), ("scale decay as ours", scale_decay)):
-    _report(f"five float64 steps ({title}), worst relative error",
-            {k: max(e[k] for e in errors) for k in errors[0]})
+    _report(
+        f"five float64 steps ({title}), worst relative error",
+        {k: max(e[k] for e in errors) for k in errors[0]},
+    )
 
 
 def test_one_float64_ohem_step_equals_pytorch(setting, float64_runs):
   labels = torch.from_numpy(setting["batch"]["label"]).long()
   mined = torch_reference.official_ohem_labels(
-      _initial_main_logits(setting["net"], setting["batch"]["image"]), labels,
-      thresh=OHEM[0], min_kept=OHEM[1],
+      _initial_main_logits(setting["net"], setting["batch"]["image"]),
+      labels,
+      thresh=OHEM[0],
+      min_kept=OHEM[1],
   )
   valid, kept = int((labels != IGNORE).sum()), int((mined != IGNORE).sum())
   assert OHEM[1] < kept < valid  # OHEM drops easy pixels but keeps more than min_kept.
@@ -316,8 +340,9 @@ def test_one_float64_ohem_step_equals_pytorch(setting, float64_runs):
   worst_errors = _assert_step_equal(
       float64_runs["ours_ohem"][0], float64_runs["torch_ohem"][0], setting["template"], 1
   )
-  _report(f"one float64 OHEM step ({kept} of {valid} pixels kept), worst relative error",
-          worst_errors)
+  _report(
+      f"one float64 OHEM step ({kept} of {valid} pixels kept), worst relative error", worst_errors
+  )
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +376,8 @@ def test_float32_updates_are_as_close_to_float64_as_pytorch_float32s(
     floor = np.linalg.norm(want.astype(np.float32).astype(np.float64) - want) / update
     ratios[name] = ours_error / max(theirs_error, floor)
   worst = max(ratios, key=ratios.get)
-  print(f"\nfloat32 update error / PyTorch float32's: worst {ratios[worst]:.2f} ({worst}),"
-        f" median {np.median(list(ratios.values())):.2f}")
+  print(
+      f"\nfloat32 update error / PyTorch float32's: worst {ratios[worst]:.2f} ({worst}),"
+      f" median {np.median(list(ratios.values())):.2f}"
+  )
   assert ratios[worst] <= 2.0, (worst, ratios[worst])

@@ -98,7 +98,8 @@ def test_ohem_without_mining_is_cross_entropy():
   logits, labels = _random_problem(5)
   np.testing.assert_allclose(
       losses.ohem_cross_entropy(logits, labels, min_kept=0),
-      losses.cross_entropy(logits, labels), rtol=1e-6,
+      losses.cross_entropy(logits, labels),
+      rtol=1e-6,
   )
 
 
@@ -153,7 +154,8 @@ def test_segmentation_loss_with_ohem_mines_the_upsampled_main_logits_only():
   main, branch, _ = _numpy_ohem(upsampled, labels, thresh=0.3, min_kept=50)
   assert branch == "thresh"
   aux = torch.nn.functional.cross_entropy(
-      _torch_upsampled(aux_logits, (13, 13), True), torch.from_numpy(labels).long(),
+      _torch_upsampled(aux_logits, (13, 13), True),
+      torch.from_numpy(labels).long(),
       ignore_index=IGNORE,
   ).item()
   config = _loss_config(ohem=True, ohem_thresh=0.3, ohem_min_kept=50, aux_weight=0.25)
@@ -165,9 +167,7 @@ def test_segmentation_loss_with_ohem_mines_the_upsampled_main_logits_only():
 
 def test_segmentation_loss_without_aux_head_is_the_main_loss():
   logits, labels = _random_problem(9)
-  loss, metrics = losses.segmentation_loss(
-      logits, None, labels, _loss_config(ohem=False)
-  )
+  loss, metrics = losses.segmentation_loss(logits, None, labels, _loss_config(ohem=False))
   nll, _ = _numpy_pixel_losses(logits, labels)
   np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)
   assert float(metrics["aux"]) == 0.0

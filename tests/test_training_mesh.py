@@ -17,8 +17,10 @@ def test_make_mesh_defaults_to_every_device_on_the_data_axis():
 
 def test_global_batch_shards_the_leading_axis():
   mesh = mesh_lib.make_mesh()
-  local = {"image": np.arange(16 * 2 * 3, dtype=np.float32).reshape(16, 2, 3),
-           "label": np.arange(16, dtype=np.int32)}
+  local = {
+      "image": np.arange(16 * 2 * 3, dtype=np.float32).reshape(16, 2, 3),
+      "label": np.arange(16, dtype=np.int32),
+  }
   batch = mesh_lib.global_batch(local, mesh)
   for name, value in local.items():
     assert batch[name].sharding.spec == P("data")
@@ -55,8 +57,13 @@ def test_replicate_puts_a_copy_on_every_device():
     ],
 )
 def test_several_processes_is_read_from_the_environment(monkeypatch, env, expected):
-  for name in ("JAX_NUM_PROCESSES", "SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-               "TPU_WORKER_HOSTNAMES"):
+  for name in (
+      "JAX_NUM_PROCESSES",
+      "SLURM_JOB_ID",
+      "SLURM_NTASKS",
+      "OMPI_COMM_WORLD_SIZE",
+      "TPU_WORKER_HOSTNAMES",
+  ):
     monkeypatch.delenv(name, raising=False)
   for name, value in env.items():
     monkeypatch.setenv(name, value)

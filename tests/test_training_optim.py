@@ -62,13 +62,16 @@ def test_weight_decay_mask_selects_kernels_or_everything():
   kernels = optim.weight_decay_mask("kernels")(params)
   assert jax.tree.leaves(optim.weight_decay_mask("all")(params)) == [True] * 5
   assert kernels["conv"]["kernel"] is True
-  assert not any([kernels["conv"]["bias"], kernels["bn"]["scale"], kernels["bn"]["bias"],
-                  kernels["gamma"]])
+  assert not any(
+      [kernels["conv"]["bias"], kernels["bn"]["scale"], kernels["bn"]["bias"], kernels["gamma"]]
+  )
 
 
 def _paths(tree):
-  return [(jax.tree_util.keystr(path), np.asarray(leaf))
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+  return [
+      (jax.tree_util.keystr(path), np.asarray(leaf))
+      for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  ]
 
 
 @pytest.mark.parametrize(
@@ -88,8 +91,9 @@ def test_steps_match_torch_sgd(overrides):
 
   names_and_values = _paths(params)
   torch_params = [torch.tensor(value, requires_grad=True) for _, value in names_and_values]
-  decayed = [config.weight_decay_on == "all" or name.endswith("['kernel']")
-             for name, _ in names_and_values]
+  decayed = [
+      config.weight_decay_on == "all" or name.endswith("['kernel']") for name, _ in names_and_values
+  ]
   groups = [
       {"params": [p for p, d in zip(torch_params, decayed) if d], "weight_decay": 0.05},
       {"params": [p for p, d in zip(torch_params, decayed) if not d], "weight_decay": 0.0},
@@ -118,5 +122,10 @@ def test_steps_match_torch_sgd(overrides):
     sgd.step()
 
     for (name, actual), expected in zip(_paths(params), torch_params):
-      np.testing.assert_allclose(actual, expected.detach().numpy(), rtol=1e-5, atol=1e-6,
-                                 err_msg=f"{name} after step {step}")
+      np.testing.assert_allclose(
+          actual,
+          expected.detach().numpy(),
+          rtol=1e-5,
+          atol=1e-6,
+          err_msg=f"{name} after step {step}",
+      )

@@ -35,9 +35,7 @@ def test_state_holds_only_arrays_taken_from_the_model():
   model, _, _, state = _create()
   assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
   chex.assert_trees_all_equal(state.params, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  chex.assert_trees_all_equal(
-      state.batch_stats, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-  )
+  chex.assert_trees_all_equal(state.batch_stats, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
   assert int(state.step) == 0
   np.testing.assert_array_equal(state.rng, jax.random.key_data(jax.random.key(3)))
 

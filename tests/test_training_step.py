@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ccnet_jax.models import layers
 from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
 from ccnet_jax.training.state import merge_model
 from ccnet_jax.training.step import make_train_step
-from ccnet_jax.models import layers
 from tests import distributed_worker as worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,16 +68,18 @@ def test_step_trains_and_reports_metrics(one_device, reference):
   states, metrics = reference
   assert [int(s.step) for s in states] == [1, 2, 3]
   assert set(metrics[0]) == {"loss", "main", "aux", "lr", "grad_norm", "finite"}
-  np.testing.assert_allclose(metrics[0]["loss"], metrics[0]["main"] + 0.4 * metrics[0]["aux"],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      metrics[0]["loss"], metrics[0]["main"] + 0.4 * metrics[0]["aux"], rtol=1e-6
+  )
   expected_lr = [0.01 * (1 - i / 10) ** 0.9 for i in range(3)]
   np.testing.assert_allclose([m["lr"] for m in metrics], expected_lr, rtol=1e-6)
   assert all(m["finite"] == 1.0 for m in metrics)
   assert metrics[2]["loss"] < metrics[0]["loss"]  # the same batch three times: it fits
   # BN running statistics moved from their initial values (mean 0, var 1).
   initial_stats = jax.tree.leaves(one_device.initial.batch_stats)
-  assert any(not np.allclose(a, b) for a, b in zip(initial_stats,
-                                                   jax.tree.leaves(states[0].batch_stats)))
+  assert any(
+      not np.allclose(a, b) for a, b in zip(initial_stats, jax.tree.leaves(states[0].batch_stats))
+  )
 
 
 def test_sync_batch_norm_eight_devices_equal_one_device(reference):
@@ -180,9 +182,19 @@ def test_two_processes_train_like_one(reference, tmp_path):
   port = worker.free_port()
   outputs = worker.run_processes(
       "tests.distributed_worker",
-      [[f"--process_id={i}", "--num_processes=2", f"--port={port}", "--steps=3",
-        f"--weights={weights}"] for i in range(2)],
-      repo=REPO, timeout=600)
+      [
+          [
+              f"--process_id={i}",
+              "--num_processes=2",
+              f"--port={port}",
+              "--steps=3",
+              f"--weights={weights}",
+          ]
+          for i in range(2)
+      ],
+      repo=REPO,
+      timeout=600,
+  )
   assert [o["global_devices"] for o in outputs] == [4, 4]
   expected_losses = [m["loss"] for m in reference[1]]
   expected_checksum = worker.params_checksum(reference[0][2].params)

@@ -56,11 +56,13 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
   # train.init_from: a run can start from an exported model, whole or backbone only.
   exported = read_arrays(tmp_path / "whole" / "model")
   for part in ("all", "backbone"):
-    start = trainer.initial_model(tiny_config(init_from=str(tmp_path / "whole" / "model"),
-                                              init_part=part, seed=1))
+    start = trainer.initial_model(
+        tiny_config(init_from=str(tmp_path / "whole" / "model"), init_part=part, seed=1)
+    )
     arrays = flatten(model_arrays(start))
-    same = {name: np.array_equal(np.asarray(arrays[name]), value)
-            for name, value in exported.items()}
+    same = {
+        name: np.array_equal(np.asarray(arrays[name]), value) for name, value in exported.items()
+    }
     loaded = [n for n in same if part == "all" or n.startswith("backbone/")]
     assert all(same[n] for n in loaded), part
     assert part == "all" or not same["head/classifier/kernel"]
@@ -74,7 +76,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
   # What the run leaves for the user: TensorBoard events and prediction PNGs.
   assert any(n.startswith("events.") for n in os.listdir(tmp_path / "split" / "tensorboard"))
   pngs = os.listdir(tmp_path / "split" / "predictions" / "step_6")
-  assert any(n.endswith("_overlay.png") for n in pngs) and any(n.endswith("_pred.png") for n in pngs)
+  assert any(n.endswith("_overlay.png") for n in pngs) and any(
+      n.endswith("_pred.png") for n in pngs
+  )
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -84,6 +88,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     loader = make_loader(*args, **kwargs)
 
     class Poisoned:
+
       def __init__(self):
         self.count = 0
 
@@ -115,8 +120,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def _run(script, *args, **kwargs):
   return subprocess.Popen(
-      [sys.executable, script, *args], cwd=ROOT, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True, **kwargs,
+      [sys.executable, script, *args],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      **kwargs,
   )
 
 
@@ -135,8 +144,13 @@ TINY_FLAGS = [
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
   workdir = tmp_path / "run"
-  process = _run("train.py", *TINY_FLAGS, f"--workdir={workdir}",
-                 "--config.train.total_steps=100000", "--config.train.checkpoint_every=100000")
+  process = _run(
+      "train.py",
+      *TINY_FLAGS,
+      f"--workdir={workdir}",
+      "--config.train.total_steps=100000",
+      "--config.train.checkpoint_every=100000",
+  )
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 600  # Start-up and compilation on a busy 2-core machine.
   while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
@@ -150,8 +164,9 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
   saved = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
   assert len(saved) == 1 and saved[0] >= 2
 
-  resumed = _run("train.py", *TINY_FLAGS, f"--workdir={workdir}",
-                 f"--config.train.total_steps={saved[0] + 2}")
+  resumed = _run(
+      "train.py", *TINY_FLAGS, f"--workdir={workdir}", f"--config.train.total_steps={saved[0] + 2}"
+  )
   stdout, stderr = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, stderr
   assert f"Resuming from the checkpoint of step {saved[0]}" in stdout
@@ -159,8 +174,12 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
 
 
 def test_missing_cityscapes_is_one_clear_error(tmp_path):
-  process = _run("train.py", "--config=configs/cityscapes.py", f"--workdir={tmp_path}",
-                 f"--config.data.root={tmp_path / 'nowhere'}")
+  process = _run(
+      "train.py",
+      "--config=configs/cityscapes.py",
+      f"--workdir={tmp_path}",
+      f"--config.data.root={tmp_path / 'nowhere'}",
+  )
   _, stderr = process.communicate(timeout=300)
   assert process.returncode == 1
   lines = [line for line in stderr.strip().splitlines() if line.startswith("error:")]
@@ -170,6 +189,7 @@ def test_missing_cityscapes_is_one_clear_error(tmp_path):
 
 
 class _Checkpoints:
+
   def __init__(self, latest):
     self.latest = latest
 
@@ -177,9 +197,13 @@ class _Checkpoints:
     return self.latest
 
 
-@pytest.mark.parametrize("latest, kept", [
-    (3, "the last good checkpoint (step 3)"), (None, "no checkpoint was written yet"),
-])
+@pytest.mark.parametrize(
+    "latest, kept",
+    [
+        (3, "the last good checkpoint (step 3)"),
+        (None, "no checkpoint was written yet"),
+    ],
+)
 def test_the_divergence_message_names_what_is_kept(tmp_path, latest, kept):
   run = trainer.Run(tiny_config(), str(tmp_path), None, _Checkpoints(latest), None, None)
   run.check_finite(2, {"finite": 1.0, "loss": 0.5})  # Finite: nothing happens.

@@ -22,7 +22,8 @@ PIXELS = [(10, 20), (36, 0), (0, 52)]
 def normalized(image):
   preprocessing = model_dir.IMAGENET_PREPROCESSING
   return (image.astype(np.float32) - np.array(preprocessing["mean"], np.float32)) / np.array(
-      preprocessing["std"], np.float32)
+      preprocessing["std"], np.float32
+  )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def saved(tmp_path_factory):
   scale = 1 / (np.sqrt(np.mean(features**2)) * np.sqrt(features.shape[-1]))
   for projection in (model.head.attention.query, model.head.attention.key):
     projection.kernel.value = jnp.asarray(
-        rng.normal(0, scale, projection.kernel.shape), jnp.float32)
+        rng.normal(0, scale, projection.kernel.shape), jnp.float32
+    )
     projection.bias.value = jnp.zeros_like(projection.bias.value)
   directory = tmp_path_factory.mktemp("attention") / "model"
   model_dir.save_model(directory, model, config, preprocessing=None)
@@ -111,8 +113,9 @@ def test_figure_shows_image_maps_and_prediction(saved, computed, tmp_path):
   prediction, _ = computed
   (tmp_path / "in").mkdir()
   Image.fromarray(image).save(tmp_path / "in" / "scene.png")
-  path = save_attention(directory, str(tmp_path / "in" / "scene.png"), PIXELS[:2],
-                        str(tmp_path / "out"))
+  path = save_attention(
+      directory, str(tmp_path / "in" / "scene.png"), PIXELS[:2], str(tmp_path / "out")
+  )
   assert path == str(tmp_path / "out" / "scene_attention.png")
   figure = np.asarray(Image.open(path))
   height, width = IMAGE_SIZE
@@ -126,9 +129,21 @@ def test_cli_names_a_pixel_outside_the_image(saved, tmp_path, capsys):
   directory, _, image, _ = saved
   Image.fromarray(image).save(tmp_path / "scene.png")
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(["attention", "--model", directory, "--image", str(tmp_path / "scene.png"),
-              "--pixel", "37,0", "--out", str(tmp_path / "out")])
+    cli.main(
+        [
+            "attention",
+            "--model",
+            directory,
+            "--image",
+            str(tmp_path / "scene.png"),
+            "--pixel",
+            "37,0",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
   assert exit_info.value.code == 1
   assert capsys.readouterr().err.strip() == (
-      "error: --pixel=37,0 lies outside the 37x53 image (rows 0..36, columns 0..52).")
+      "error: --pixel=37,0 lies outside the 37x53 image (rows 0..36, columns 0..52)."
+  )
   assert not os.path.exists(tmp_path / "out")

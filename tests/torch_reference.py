@@ -38,8 +38,14 @@ class InPlaceABN(nn.Module):
       self.running_mean.copy_(x.mean((0, 2, 3)))
       self.running_var.copy_(x.var((0, 2, 3)))
     x = F.batch_norm(
-        x, self.running_mean, self.running_var, self.weight.abs() + ABN_EPS, self.bias,
-        training=self.training, momentum=0.1, eps=ABN_EPS,
+        x,
+        self.running_mean,
+        self.running_var,
+        self.weight.abs() + ABN_EPS,
+        self.bias,
+        training=self.training,
+        momentum=0.1,
+        eps=ABN_EPS,
     )
     if self.activation == "leaky_relu":
       return F.leaky_relu(x, 0.01)
@@ -106,8 +112,9 @@ class ResNet(nn.Module):
   (plain strides, output stride 32).
   """
 
-  def __init__(self, depth, *, stem="deep", width=64, norm="bn", dilation_style="official",
-               fc_classes=0):
+  def __init__(
+      self, depth, *, stem="deep", width=64, norm="bn", dilation_style="official", fc_classes=0
+  ):
     super().__init__()
     block, sizes = LAYOUTS[depth]
     norm_layer = _norm(norm)
@@ -124,9 +131,15 @@ class ResNet(nn.Module):
     elif stem == "v1c":
       half = width // 2
       self.stem = nn.Sequential(
-          nn.Conv2d(3, half, 3, 2, 1, bias=False), norm_layer(half), nn.ReLU(),
-          nn.Conv2d(half, half, 3, 1, 1, bias=False), norm_layer(half), nn.ReLU(),
-          nn.Conv2d(half, width, 3, 1, 1, bias=False), norm_layer(width), nn.ReLU(),
+          nn.Conv2d(3, half, 3, 2, 1, bias=False),
+          norm_layer(half),
+          nn.ReLU(),
+          nn.Conv2d(half, half, 3, 1, 1, bias=False),
+          norm_layer(half),
+          nn.ReLU(),
+          nn.Conv2d(half, width, 3, 1, 1, bias=False),
+          norm_layer(width),
+          nn.ReLU(),
       )
       self.maxpool = nn.MaxPool2d(3, 2, 1)
       self.inplanes = width
@@ -143,8 +156,11 @@ class ResNet(nn.Module):
       per_block = [dilation] * size
       if dilation_style == "contract" and dilation > 1:
         per_block[0] = dilation // 2
-      setattr(self, f"layer{index}",
-              self._make_layer(block, width * 2 ** (index - 1), stride, per_block, norm_layer))
+      setattr(
+          self,
+          f"layer{index}",
+          self._make_layer(block, width * 2 ** (index - 1), stride, per_block, norm_layer),
+      )
     if fc_classes:
       self.fc = nn.Linear(self.inplanes, fc_classes)
 
@@ -222,14 +238,15 @@ class RCCAModule(nn.Module):
   def __init__(self, in_channels, out_channels, num_classes):
     super().__init__()
     inter = in_channels // 4
-    self.conva = nn.Sequential(nn.Conv2d(in_channels, inter, 3, padding=1, bias=False),
-                               InPlaceABN(inter))
+    self.conva = nn.Sequential(
+        nn.Conv2d(in_channels, inter, 3, padding=1, bias=False), InPlaceABN(inter)
+    )
     self.cca = CrissCrossAttention(inter)
-    self.convb = nn.Sequential(nn.Conv2d(inter, inter, 3, padding=1, bias=False),
-                               InPlaceABN(inter))
+    self.convb = nn.Sequential(nn.Conv2d(inter, inter, 3, padding=1, bias=False), InPlaceABN(inter))
     self.bottleneck = nn.Sequential(
         nn.Conv2d(in_channels + inter, out_channels, 3, padding=1, bias=False),
-        InPlaceABN(out_channels), nn.Dropout2d(0.1),
+        InPlaceABN(out_channels),
+        nn.Dropout2d(0.1),
         nn.Conv2d(out_channels, num_classes, 1, bias=True),
     )
 
@@ -244,8 +261,9 @@ class RCCAModule(nn.Module):
 class OfficialCCNet(nn.Module):
   """speedinghzl/CCNet's ResNet + RCCA head + DSN head (state dict keys as released)."""
 
-  def __init__(self, depth=101, num_classes=19, recurrence=2, width=64, out_channels=512,
-               dsn_channels=512):
+  def __init__(
+      self, depth=101, num_classes=19, recurrence=2, width=64, out_channels=512, dsn_channels=512
+  ):
     super().__init__()
     self.backbone = ResNet(depth, stem="deep", width=width, norm="abn")
     self.recurrence = recurrence
@@ -253,14 +271,17 @@ class OfficialCCNet(nn.Module):
     self.head = RCCAModule(features, out_channels, num_classes)
     self.dsn = nn.Sequential(
         nn.Conv2d(features // 2, dsn_channels, 3, padding=1),
-        InPlaceABN(dsn_channels), nn.Dropout2d(0.1),
+        InPlaceABN(dsn_channels),
+        nn.Dropout2d(0.1),
         nn.Conv2d(dsn_channels, num_classes, 1, bias=True),
     )
 
   def state_dict_like_release(self):
     """Backbone names at the top level, as in the official ResNet class."""
-    return {(k[len("backbone."):] if k.startswith("backbone.") else k): v
-            for k, v in self.state_dict().items()}
+    return {
+        (k[len("backbone.") :] if k.startswith("backbone.") else k): v
+        for k, v in self.state_dict().items()
+    }
 
   def forward(self, x):
     _, _, stage3, stage4 = self.backbone(x)
@@ -280,11 +301,13 @@ class ConvModule(nn.Module):
 
 
 class CCHead(nn.Module):
+
   def __init__(self, in_channels, channels, num_classes, recurrence):
     super().__init__()
     self.recurrence = recurrence
-    self.convs = nn.Sequential(ConvModule(in_channels, channels, 3),
-                               ConvModule(channels, channels, 3))
+    self.convs = nn.Sequential(
+        ConvModule(in_channels, channels, 3), ConvModule(channels, channels, 3)
+    )
     self.cca = CrissCrossAttention(channels, gamma_module=True)
     self.conv_cat = ConvModule(in_channels + channels, channels, 3)
     self.conv_seg = nn.Conv2d(channels, num_classes, 1)
@@ -299,6 +322,7 @@ class CCHead(nn.Module):
 
 
 class FCNHead(nn.Module):
+
   def __init__(self, in_channels, channels, num_classes):
     super().__init__()
     self.convs = nn.Sequential(ConvModule(in_channels, channels, 3))
@@ -311,8 +335,9 @@ class FCNHead(nn.Module):
 class MMSegCCNet(nn.Module):
   """mmseg EncoderDecoder: ResNetV1c-D8 backbone, CCHead, FCN auxiliary head."""
 
-  def __init__(self, depth=101, num_classes=19, recurrence=2, width=64, channels=512,
-               aux_channels=256):
+  def __init__(
+      self, depth=101, num_classes=19, recurrence=2, width=64, channels=512, aux_channels=256
+  ):
     super().__init__()
     self.backbone = ResNet(depth, stem="v1c", width=width, dilation_style="contract")
     features = self.backbone.inplanes
@@ -421,7 +446,9 @@ def official_criterion(main, aux, labels, *, ohem=None, ignore=255):
   main, aux = upsample_aligned(main, size), upsample_aligned(aux, size)
   main_labels = labels
   if ohem is not None:
-    main_labels = official_ohem_labels(main, labels, thresh=ohem[0], min_kept=ohem[1],
-                                       ignore=ignore)
-  return (F.cross_entropy(main, main_labels, ignore_index=ignore)
-          + 0.4 * F.cross_entropy(aux, labels, ignore_index=ignore))
+    main_labels = official_ohem_labels(
+        main, labels, thresh=ohem[0], min_kept=ohem[1], ignore=ignore
+    )
+  return F.cross_entropy(main, main_labels, ignore_index=ignore) + 0.4 * F.cross_entropy(
+      aux, labels, ignore_index=ignore
+  )

@@ -28,18 +28,36 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("format", choices=sorted(mapping.FORMATS))
   parser.add_argument("input", help="checkpoint file (.pth, .pt, .safetensors, .npz)")
   parser.add_argument("output", help="model directory to write")
-  parser.add_argument("--num-classes", type=int, default=None,
-                      help="check the classifier size (default: read from the checkpoint)")
-  parser.add_argument("--recurrence", type=int, default=None,
-                      help="R, the number of criss-cross steps (default: 2, or mmseg's meta)")
-  parser.add_argument("--depth", type=int, default=None,
-                      help="check the ResNet depth (default: read from the checkpoint)")
+  parser.add_argument(
+      "--num-classes",
+      type=int,
+      default=None,
+      help="check the classifier size (default: read from the checkpoint)",
+  )
+  parser.add_argument(
+      "--recurrence",
+      type=int,
+      default=None,
+      help="R, the number of criss-cross steps (default: 2, or mmseg's meta)",
+  )
+  parser.add_argument(
+      "--depth",
+      type=int,
+      default=None,
+      help="check the ResNet depth (default: read from the checkpoint)",
+  )
   return parser
 
 
-def convert(format: str, path: str, output: str, *,  # pylint: disable=redefined-builtin
-            num_classes: int | None = None, recurrence: int | None = None,
-            depth: int | None = None) -> dict:
+def convert(
+    format: str,
+    path: str,
+    output: str,
+    *,  # pylint: disable=redefined-builtin
+    num_classes: int | None = None,
+    recurrence: int | None = None,
+    depth: int | None = None,
+) -> dict:
   """Reads, converts and writes one checkpoint; returns a summary of what was written."""
   state_dict, meta = io.read_checkpoint(path)
   model, config, preprocessing = loaders.load_checkpoint(
@@ -62,8 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
     summary = convert(
-        args.format, args.input, args.output, num_classes=args.num_classes,
-        recurrence=args.recurrence, depth=args.depth,
+        args.format,
+        args.input,
+        args.output,
+        num_classes=args.num_classes,
+        recurrence=args.recurrence,
+        depth=args.depth,
     )
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ cannot run code on load. A damaged file of any format is one ValueError naming i
 from __future__ import annotations
 
 import collections
+import importlib.util
 import io
 import os
 import pickle
@@ -55,7 +56,7 @@ class _StorageView:
 
   @property
   def array(self):
-    return self.root.array[self.offset:self.offset + self.size]
+    return self.root.array[self.offset : self.offset + self.size]
 
 
 class _TensorRef:
@@ -68,8 +69,11 @@ class _TensorRef:
   def to_numpy(self, path: str) -> np.ndarray:
     array = self.storage.array
     # as_strided trusts its arguments: a crafted file must not read outside the storage.
-    if (self.offset < 0 or len(self.size) != len(self.stride)
-        or min(self.size + self.stride, default=0) < 0):
+    if (
+        self.offset < 0
+        or len(self.size) != len(self.stride)
+        or min(self.size + self.stride, default=0) < 0
+    ):
       raise ValueError(f"{path}: a tensor has a negative offset, size or stride (corrupt file).")
     extent = sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
     if min(self.size, default=1) > 0 and self.offset + extent > array.size:
@@ -77,13 +81,14 @@ class _TensorRef:
     if not self.size:
       return np.array(array[self.offset])
     view = np.lib.stride_tricks.as_strided(
-        array[self.offset:], shape=self.size, strides=[s * array.itemsize for s in self.stride]
+        array[self.offset :], shape=self.size, strides=[s * array.itemsize for s in self.stride]
     )
     return np.array(view)
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False,
-                    backward_hooks=None, metadata=None):
+def _rebuild_tensor(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
   del requires_grad, backward_hooks, metadata
   return _TensorRef(storage, storage_offset, size, stride)
 
@@ -94,6 +99,7 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *args):
 
 
 class _StorageType:
+
   def __init__(self, name: str):
     self.dtype = STORAGE_DTYPES[name]
 
@@ -232,17 +238,30 @@ def read_torch_legacy(path: str | os.PathLike) -> Any:
 
 
 # What a damaged or foreign file makes the readers raise; each becomes one ValueError.
-_CORRUPT_FILE_ERRORS = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError,
-                        IndexError, TypeError, AttributeError, UnicodeDecodeError, OSError,
-                        ValueError, OverflowError, MemoryError)
+_CORRUPT_FILE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    zipfile.BadZipFile,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    UnicodeDecodeError,
+    OSError,
+    ValueError,
+    OverflowError,
+    MemoryError,
+)
 
 
 def read_torch_file(path: str | os.PathLike) -> Any:
   """Loads a ``torch.save`` file, zip or legacy format, without torch."""
   path = os.fspath(path)
   if tarfile.is_tarfile(path):
-    raise ValueError(f"{path} is in torch's tar format (before torch 0.4), which needs torch:"
-                     " install it, or re-save the state dict as .safetensors.")
+    raise ValueError(
+        f"{path} is in torch's tar format (before torch 0.4), which needs torch:"
+        " install it, or re-save the state dict as .safetensors."
+    )
   reader = read_torch_zip if zipfile.is_zipfile(path) else read_torch_legacy
   try:
     return reader(path)
@@ -268,8 +287,10 @@ def _read_with_torch(path: str) -> Any:
 
 def _unreadable(path: str, kind: str, error: BaseException) -> ValueError:
   first_line = (str(error).splitlines() or [""])[0][:200]
-  return ValueError(f"{path} is not a readable {kind} (empty, truncated or corrupt:"
-                    f" {type(error).__name__}: {first_line}). Download or convert it again.")
+  return ValueError(
+      f"{path} is not a readable {kind} (empty, truncated or corrupt:"
+      f" {type(error).__name__}: {first_line}). Download or convert it again."
+  )
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -323,15 +344,11 @@ def read_checkpoint(
   if suffix == ".npz":
     return _read_npz(path), {}
   if suffix not in (".pth", ".pt", ".bin", ".ckpt"):
-    raise ValueError(f"{path}: unknown checkpoint suffix {suffix!r}; use .pth, .pt,"
-                     " .safetensors or .npz.")
+    raise ValueError(
+        f"{path}: unknown checkpoint suffix {suffix!r}; use .pth, .pt," " .safetensors or .npz."
+    )
   if use_torch is None:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top,unused-import
-
-      use_torch = True
-    except ImportError:
-      use_torch = False
+    use_torch = importlib.util.find_spec("torch") is not None
   raw = _read_with_torch(path) if use_torch else read_torch_file(path)
   if not isinstance(raw, Mapping):
     raise ValueError(f"{path} holds a {type(raw).__name__}, not a state dict.")
@@ -346,7 +363,8 @@ def read_checkpoint(
   return state_dict, dict(meta)
 
 
-def read_state_dict(path: str | os.PathLike, *, use_torch: bool | None = None
-                    ) -> dict[str, np.ndarray]:
+def read_state_dict(
+    path: str | os.PathLike, *, use_torch: bool | None = None
+) -> dict[str, np.ndarray]:
   """{name: numpy array} of a checkpoint file (see ``read_checkpoint``)."""
   return read_checkpoint(path, use_torch=use_torch)[0]

@@ -48,9 +48,7 @@ def infer_depth(state_dict: Mapping[str, np.ndarray], prefix: str = "") -> int:
   for depth, (block_kind, sizes) in DEPTHS.items():
     if block_kind == kind and tuple(sizes) == tuple(counts):
       return depth
-  raise ValueError(
-      f"Blocks per stage {counts} ({kind}) match no ResNet depth in {sorted(DEPTHS)}."
-  )
+  raise ValueError(f"Blocks per stage {counts} ({kind}) match no ResNet depth in {sorted(DEPTHS)}.")
 
 
 def _backbone_fields(state_dict, prefix: str, depth: int | None) -> dict[str, Any]:
@@ -102,8 +100,12 @@ def official_config(
   state_dict = mapping.strip_prefix(state_dict)
   backbone = _backbone_fields(state_dict, "", None)
   return _ccnet_config(
-      "ccnet_r101_official", f"ccnet_r{backbone['depth']}_official", backbone,
-      _head_fields(state_dict, "official"), num_classes=num_classes, recurrence=recurrence,
+      "ccnet_r101_official",
+      f"ccnet_r{backbone['depth']}_official",
+      backbone,
+      _head_fields(state_dict, "official"),
+      num_classes=num_classes,
+      recurrence=recurrence,
   )
 
 
@@ -158,8 +160,12 @@ def mmseg_config(
   if recurrence is None:
     recurrence = _meta_recurrence(meta or found_meta) or 2
   return _ccnet_config(
-      "ccnet_r101_d8_mmseg", f"ccnet_r{backbone['depth']}_d8_mmseg", backbone,
-      _head_fields(state_dict, "mmseg"), num_classes=num_classes, recurrence=recurrence,
+      "ccnet_r101_d8_mmseg",
+      f"ccnet_r{backbone['depth']}_d8_mmseg",
+      backbone,
+      _head_fields(state_dict, "mmseg"),
+      num_classes=num_classes,
+      recurrence=recurrence,
   )
 
 
@@ -215,7 +221,10 @@ def load_checkpoint(
     build, preprocessing = (lambda: build_model(config)), OFFICIAL_PREPROCESSING
   elif format == "mmseg":
     config = mmseg_config(
-        state_dict, depth=depth, num_classes=num_classes, recurrence=recurrence,
+        state_dict,
+        depth=depth,
+        num_classes=num_classes,
+        recurrence=recurrence,
         meta=meta or found_meta,
     )
     build, preprocessing = (lambda: build_model(config)), IMAGENET_PREPROCESSING
@@ -245,9 +254,7 @@ def load_official_ccnet(
   ``(logits, aux_logits)`` at output stride 8. R is not stored in the
   checkpoint: the released Cityscapes models use R=2.
   """
-  return load_checkpoint(
-      "official", state_dict, num_classes=num_classes, recurrence=recurrence
-  )[0]
+  return load_checkpoint("official", state_dict, num_classes=num_classes, recurrence=recurrence)[0]
 
 
 def load_mmseg_ccnet(

@@ -86,11 +86,13 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {
-    "official": Format(
-        "deep", "", _DEEP_STEM, _OFFICIAL_HEAD, ("head.", "dsn."), inplace_abn=True
-    ),
+    "official": Format("deep", "", _DEEP_STEM, _OFFICIAL_HEAD, ("head.", "dsn."), inplace_abn=True),
     "mmseg": Format(
-        "v1c", "backbone.", _V1C_STEM, _MMSEG_HEAD, ("decode_head.", "auxiliary_head."),
+        "v1c",
+        "backbone.",
+        _V1C_STEM,
+        _MMSEG_HEAD,
+        ("decode_head.", "auxiliary_head."),
         gamma_leaves=("gamma.scale", "gamma"),
     ),
     "mit": Format("deep", "", _DEEP_STEM, (), ("fc.",)),
@@ -113,14 +115,14 @@ def get_format(name: str) -> Format:
 def strip_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Drops the 'module.' that DataParallel / DistributedDataParallel put on every name."""
   if state_dict and all(k.startswith("module.") for k in state_dict):
-    return {k[len("module."):]: v for k, v in state_dict.items()}
+    return {k[len("module.") :]: v for k, v in state_dict.items()}
   return dict(state_dict)
 
 
 def _module_name(path: str, fmt: Format) -> str:
   """Our module path ('backbone/layer1/0/conv1', 'head/conva/norm') -> the PyTorch name."""
   if path.startswith("backbone/"):
-    inner = path[len("backbone/"):]
+    inner = path[len("backbone/") :]
     for pattern, replacement in fmt.stem_rules + _LAYERS:
       if re.fullmatch(pattern, inner):
         return fmt.backbone_prefix + re.sub(pattern, replacement, inner)
@@ -200,8 +202,10 @@ def convert_arrays(
     arrays[name] = _convert(state_dict[source], kind, source, dtype)
     used.add(source)
   unmatched = sorted(
-      k for k in state_dict
-      if k not in used and not _ALWAYS_IGNORED.fullmatch(k)
+      k
+      for k in state_dict
+      if k not in used
+      and not _ALWAYS_IGNORED.fullmatch(k)
       and not any(k.startswith(p) for p in ignored_prefixes)
   )
   if missing or unmatched:

@@ -16,30 +16,35 @@ class Ade20kChallenge2016(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f"Place {ADE20K_ZIP} (from http://sceneparsing.csail.mit.edu) in the manual directory.")
+      f"Place {ADE20K_ZIP} (from http://sceneparsing.csail.mit.edu) in the manual directory."
+  )
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
         description="ADE20K / SceneParsing150 (ADEChallengeData2016).",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "annotation": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-            "name": tfds.features.Text(),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "annotation": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+                "name": tfds.features.Text(),
+            }
+        ),
         homepage="http://sceneparsing.csail.mit.edu",
     )
 
   def _split_generators(self, dl_manager):
     root = dl_manager.extract(dl_manager.manual_dir / ADE20K_ZIP) / "ADEChallengeData2016"
     return {
-        "train": self._generate_examples(root / "images" / "training",
-                                          root / "annotations" / "training"),
-        "validation": self._generate_examples(root / "images" / "validation",
-                                               root / "annotations" / "validation"),
+        "train": self._generate_examples(
+            root / "images" / "training", root / "annotations" / "training"
+        ),
+        "validation": self._generate_examples(
+            root / "images" / "validation", root / "annotations" / "validation"
+        ),
     }
 
   def _generate_examples(self, image_dir, label_dir):
     for image_path in sorted(image_dir.glob("*.jpg")):
-      name = image_path.name[:-len(".jpg")]
+      name = image_path.name[: -len(".jpg")]
       yield name, {"image": image_path, "annotation": label_dir / f"{name}.png", "name": name}

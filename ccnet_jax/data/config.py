@@ -8,32 +8,34 @@ from ccnet_jax.models.model_dir import IMAGENET_PREPROCESSING, OFFICIAL_PREPROCE
 
 
 def _common() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      "name": "",
-      "source": "folders",
-      "root": "/path/to/dataset",
-      "tfds_data_dir": "",
-      "manual_dir": "",
-      "train_split": "train",
-      "eval_split": "val",
-      "num_classes": 0,
-      "ignore_label": 255,
-      "crop_size": (512, 512),
-      # Scales are drawn from {scale_min + k * scale_step} when scale_step > 0,
-      # uniformly from [scale_min, scale_max] when scale_step == 0.
-      "scale_min": 0.5,
-      "scale_max": 2.0,
-      "scale_step": 0.0,
-      "flip": True,
-      "mean": IMAGENET_PREPROCESSING["mean"],
-      "std": IMAGENET_PREPROCESSING["std"],
-      "channel_order": IMAGENET_PREPROCESSING["channel_order"],
-      # Grain worker processes for training (0 = in the main process) and batches each
-      # worker buffers; evaluation decodes with max(num_workers, 2) threads.
-      "num_workers": 0,
-      "prefetch": 2,
-      "synthetic": {"num_train": 0, "num_eval": 0, "image_size": (64, 64), "seed": 0},
-  })
+  return ml_collections.ConfigDict(
+      {
+          "name": "",
+          "source": "folders",
+          "root": "/path/to/dataset",
+          "tfds_data_dir": "",
+          "manual_dir": "",
+          "train_split": "train",
+          "eval_split": "val",
+          "num_classes": 0,
+          "ignore_label": 255,
+          "crop_size": (512, 512),
+          # Scales are drawn from {scale_min + k * scale_step} when scale_step > 0,
+          # uniformly from [scale_min, scale_max] when scale_step == 0.
+          "scale_min": 0.5,
+          "scale_max": 2.0,
+          "scale_step": 0.0,
+          "flip": True,
+          "mean": IMAGENET_PREPROCESSING["mean"],
+          "std": IMAGENET_PREPROCESSING["std"],
+          "channel_order": IMAGENET_PREPROCESSING["channel_order"],
+          # Grain worker processes for training (0 = in the main process) and batches each
+          # worker buffers; evaluation decodes with max(num_workers, 2) threads.
+          "num_workers": 0,
+          "prefetch": 2,
+          "synthetic": {"num_train": 0, "num_eval": 0, "image_size": (64, 64), "seed": 0},
+      }
+  )
 
 
 def data_config(name: str) -> ml_collections.ConfigDict:
@@ -73,5 +75,6 @@ def data_config(name: str) -> ml_collections.ConfigDict:
     config.std = (64.0, 64.0, 64.0)
   else:
     raise ValueError(
-        f"data.name={name!r} is unknown; use 'cityscapes', 'ade20k', 'voc' or 'synthetic'.")
+        f"data.name={name!r} is unknown; use 'cityscapes', 'ade20k', 'voc' or 'synthetic'."
+    )
   return config

@@ -13,11 +13,13 @@ from ccnet_jax.data import labels
 CITYSCAPES_HELP = (
     "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
     "https://www.cityscapes-dataset.com and unzip both into data.root, or train on "
-    "configs/synthetic.py, which needs no download")
+    "configs/synthetic.py, which needs no download"
+)
 ADE20K_HELP = (
     "download ADEChallengeData2016.zip from the MIT Scene Parsing benchmark "
     "(http://sceneparsing.csail.mit.edu) and set data.root to the unzipped "
-    "ADEChallengeData2016 folder, or train on configs/synthetic.py, which needs no download")
+    "ADEChallengeData2016 folder, or train on configs/synthetic.py, which needs no download"
+)
 
 
 def read_image(path: str) -> np.ndarray:
@@ -34,29 +36,35 @@ def read_label(path: str) -> np.ndarray:
   try:
     with Image.open(path) as image:
       if image.mode not in ("L", "P"):
-        raise ValueError(f"label {path} has mode {image.mode!r}; expected an 8-bit "
-                         "single-channel PNG of ids")
+        raise ValueError(
+            f"label {path} has mode {image.mode!r}; expected an 8-bit " "single-channel PNG of ids"
+        )
       return np.asarray(image)
   except (OSError, SyntaxError) as error:
     raise ValueError(f"cannot decode label {path}: {error}") from None
 
 
-def map_label(label: np.ndarray, table: np.ndarray, num_ids: int, path: str,
-              extra_valid: tuple[int, ...] = ()) -> np.ndarray:
+def map_label(
+    label: np.ndarray, table: np.ndarray, num_ids: int, path: str, extra_valid: tuple[int, ...] = ()
+) -> np.ndarray:
   """Maps ids through ``table`` after checking they are all in [0, num_ids) or ``extra_valid``."""
   values = np.unique(label)
   bad = values[(values >= num_ids) & ~np.isin(values, extra_valid)]
   if bad.size:
-    raise ValueError(f"label {path} holds ids {bad.tolist()} outside the valid ids "
-                     f"0..{num_ids - 1}{' and ' + str(list(extra_valid)) if extra_valid else ''}")
+    raise ValueError(
+        f"label {path} holds ids {bad.tolist()} outside the valid ids "
+        f"0..{num_ids - 1}{' and ' + str(list(extra_valid)) if extra_valid else ''}"
+    )
   return table[label]
 
 
 def load_pair(image_path: str, label_path: str) -> tuple[np.ndarray, np.ndarray]:
   image, label = read_image(image_path), read_label(label_path)
   if image.shape[:2] != label.shape:
-    raise ValueError(f"image {image_path} is {image.shape[0]}x{image.shape[1]} but label "
-                     f"{label_path} is {label.shape[0]}x{label.shape[1]}")
+    raise ValueError(
+        f"image {image_path} is {image.shape[0]}x{image.shape[1]} but label "
+        f"{label_path} is {label.shape[0]}x{label.shape[1]}"
+    )
   return image, label
 
 
@@ -76,11 +84,12 @@ class CityscapesFolders:
       raise FileNotFoundError(
           f"Cityscapes {split!r} not found under data.root={self.root!r}: expected "
           f"{image_dir}/<city>/*_leftImg8bit.png and {label_dir}/<city>/*_gtFine_labelIds.png; "
-          f"{CITYSCAPES_HELP}.")
+          f"{CITYSCAPES_HELP}."
+      )
     self.label_paths = []
     for image_path in self.image_paths:
       city = os.path.basename(os.path.dirname(image_path))
-      stem = os.path.basename(image_path)[:-len("_leftImg8bit.png")]
+      stem = os.path.basename(image_path)[: -len("_leftImg8bit.png")]
       train_ids = os.path.join(label_dir, city, f"{stem}_gtFine_labelTrainIds.png")
       label_ids = os.path.join(label_dir, city, f"{stem}_gtFine_labelIds.png")
       if os.path.exists(train_ids):
@@ -88,8 +97,10 @@ class CityscapesFolders:
       elif os.path.exists(label_ids):
         self.label_paths.append(label_ids)
       else:
-        raise FileNotFoundError(f"no label for {image_path}: expected {label_ids} (or "
-                                f"{os.path.basename(train_ids)}); {CITYSCAPES_HELP}.")
+        raise FileNotFoundError(
+            f"no label for {image_path}: expected {label_ids} (or "
+            f"{os.path.basename(train_ids)}); {CITYSCAPES_HELP}."
+        )
 
   def __len__(self) -> int:
     return len(self.image_paths)
@@ -101,12 +112,18 @@ class CityscapesFolders:
     image_path, label_path = self.image_paths[index], self.label_paths[index]
     image, label = load_pair(image_path, label_path)
     if label_path.endswith("_labelTrainIds.png"):
-      label = map_label(label, np.arange(256, dtype=np.uint8), labels.CITYSCAPES.num_classes,
-                        label_path, extra_valid=(labels.IGNORE_LABEL,))
+      label = map_label(
+          label,
+          np.arange(256, dtype=np.uint8),
+          labels.CITYSCAPES.num_classes,
+          label_path,
+          extra_valid=(labels.IGNORE_LABEL,),
+      )
     else:
-      label = map_label(label, labels.CITYSCAPES_ID_TO_TRAIN_ID,
-                        labels.CITYSCAPES_NUM_LABEL_IDS, label_path)
-    name = os.path.basename(image_path)[:-len("_leftImg8bit.png")]
+      label = map_label(
+          label, labels.CITYSCAPES_ID_TO_TRAIN_ID, labels.CITYSCAPES_NUM_LABEL_IDS, label_path
+      )
+    name = os.path.basename(image_path)[: -len("_leftImg8bit.png")]
     return {"image": image, "label": label, "name": name}
 
 
@@ -124,14 +141,16 @@ class ADE20KFolders:
     if not os.path.isdir(label_dir) or not self.image_paths:
       raise FileNotFoundError(
           f"ADE20K {split!r} not found under data.root={root!r}: expected {image_dir}/*.jpg "
-          f"and {label_dir}/*.png; {ADE20K_HELP}.")
+          f"and {label_dir}/*.png; {ADE20K_HELP}."
+      )
     self.label_paths = []
     for image_path in self.image_paths:
       stem = os.path.splitext(os.path.basename(image_path))[0]
       label_path = os.path.join(label_dir, f"{stem}.png")
       if not os.path.exists(label_path):
-        raise FileNotFoundError(f"no label for {image_path}: expected {label_path}; "
-                                f"{ADE20K_HELP}.")
+        raise FileNotFoundError(
+            f"no label for {image_path}: expected {label_path}; " f"{ADE20K_HELP}."
+        )
       self.label_paths.append(label_path)
 
   def __len__(self) -> int:
@@ -143,7 +162,9 @@ class ADE20KFolders:
   def __getitem__(self, index: int) -> dict:
     image_path, label_path = self.image_paths[index], self.label_paths[index]
     image, label = load_pair(image_path, label_path)
-    label = map_label(label, labels.ADE20K_ID_TO_TRAIN_ID, labels.ADE20K_NUM_LABEL_IDS,
-                      label_path)
-    return {"image": image, "label": label,
-            "name": os.path.splitext(os.path.basename(image_path))[0]}
+    label = map_label(label, labels.ADE20K_ID_TO_TRAIN_ID, labels.ADE20K_NUM_LABEL_IDS, label_path)
+    return {
+        "image": image,
+        "label": label,
+        "name": os.path.splitext(os.path.basename(image_path))[0],
+    }

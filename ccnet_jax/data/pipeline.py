@@ -25,9 +25,9 @@ from typing import Iterator
 
 import grain.python as grain
 import jax
-from absl import flags
 import ml_collections
 import numpy as np
+from absl import flags
 
 from ccnet_jax.data import transforms
 from ccnet_jax.data.sources import build_source
@@ -91,8 +91,9 @@ class TrainLoader:
     return next(self._iterator)
 
   def get_state(self) -> dict:
-    return dict(json.loads(self._iterator.get_state().decode("utf-8")),
-                shard_index=self._shard_index)
+    return dict(
+        json.loads(self._iterator.get_state().decode("utf-8")), shard_index=self._shard_index
+    )
 
   def set_state(self, state: dict) -> None:
     """Continues after ``state``, saved by this process or by another one of the same run.
@@ -111,36 +112,51 @@ class TrainLoader:
     self._iterator.set_state(json.dumps(state, indent=4).encode("utf-8"))
 
 
-def make_train_loader(config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
-                      process_index: int | None = None,
-                      process_count: int | None = None) -> TrainLoader:
+def make_train_loader(
+    config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> TrainLoader:
   """This process's share (``global_batch_size // process_count``) of every training batch."""
   index, count = _process_layout(process_index, process_count)
   if global_batch_size <= 0 or global_batch_size % count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
-                     f"the number of processes ({count}).")
+    raise ValueError(
+        f"global_batch_size={global_batch_size} must be a positive multiple of "
+        f"the number of processes ({count})."
+    )
   batch_size = global_batch_size // count
   source = build_source(config, config.train_split)
   if len(source) < count * batch_size:
-    raise ValueError(f"the {config.train_split!r} split of {config.name!r} has {len(source)} "
-                     f"examples, fewer than one global batch ({global_batch_size}).")
+    raise ValueError(
+        f"the {config.train_split!r} split of {config.name!r} has {len(source)} "
+        f"examples, fewer than one global batch ({global_batch_size})."
+    )
   if config.num_workers > 0 and not flags.FLAGS.is_parsed():
     # grain's worker processes read absl flags; outside an absl app they are never parsed.
     flags.FLAGS.mark_as_parsed()
   sampler = grain.IndexSampler(
       num_records=len(source),
       shard_options=grain.ShardOptions(shard_index=index, shard_count=count, drop_remainder=True),
-      shuffle=True, num_epochs=None, seed=int(seed))
+      shuffle=True,
+      num_epochs=None,
+      seed=int(seed),
+  )
   loader = grain.DataLoader(
-      data_source=source, sampler=sampler,
+      data_source=source,
+      sampler=sampler,
       operations=[_TrainAugment(config), grain.Batch(batch_size, drop_remainder=True)],
       worker_count=int(config.num_workers),
-      worker_buffer_size=max(1, int(config.prefetch)))
+      worker_buffer_size=max(1, int(config.prefetch)),
+  )
   return TrainLoader(loader, batch_size, shard_index=index)
 
 
-def eval_shard(num_examples: int, process_index: int, process_count: int,
-               batch_size: int) -> list[int | None]:
+def eval_shard(
+    num_examples: int, process_index: int, process_count: int, batch_size: int
+) -> list[int | None]:
   """Indices this process evaluates, padded with None to the same number of full batches."""
   per_process = -(-num_examples // process_count)
   per_process = -(-per_process // batch_size) * batch_size
@@ -148,9 +164,13 @@ def eval_shard(num_examples: int, process_index: int, process_count: int,
   return [i if i < num_examples else None for i in range(start, start + per_process)]
 
 
-def make_eval_loader(config: ml_collections.ConfigDict, *, batch_size: int = 1,
-                     process_index: int | None = None,
-                     process_count: int | None = None) -> Iterator[dict]:
+def make_eval_loader(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int = 1,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict]:
   """One pass over ``config.eval_split``: {'image', 'label', 'valid': bool (b,), 'name'}.
 
   Images keep their full size. Padding examples (``valid=False``) repeat a real image so that
@@ -185,10 +205,13 @@ def make_eval_loader(config: ml_collections.ConfigDict, *, batch_size: int = 1,
         if len(shapes) > 1:
           raise ValueError(
               f"eval batch_size={batch_size} needs images of one size, got {sorted(shapes)} "
-              f"({', '.join(example['name'] for example, _ in group)}); use batch_size=1.")
-        yield {"image": np.stack([example["image"] for example, _ in group]),
-               "label": np.stack([example["label"] for example, _ in group]),
-               "valid": np.array([valid for _, valid in group], bool),
-               "name": [example["name"] for example, _ in group]}
+              f"({', '.join(example['name'] for example, _ in group)}); use batch_size=1."
+          )
+        yield {
+            "image": np.stack([example["image"] for example, _ in group]),
+            "label": np.stack([example["label"] for example, _ in group]),
+            "valid": np.array([valid for _, valid in group], bool),
+            "name": [example["name"] for example, _ in group],
+        }
 
   return batches()

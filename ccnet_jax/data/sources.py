@@ -15,7 +15,8 @@ def _check_split(config: ml_collections.ConfigDict, split: str) -> None:
   if split not in (config.train_split, config.eval_split):
     raise ValueError(
         f"split {split!r} is neither data.train_split={config.train_split!r} nor "
-        f"data.eval_split={config.eval_split!r}; set one of them to the split you want.")
+        f"data.eval_split={config.eval_split!r}; set one of them to the split you want."
+    )
 
 
 def build_source(config: ml_collections.ConfigDict, split: str):
@@ -25,31 +26,41 @@ def build_source(config: ml_collections.ConfigDict, split: str):
     settings = config.synthetic
     if split == config.train_split:
       return SyntheticLongRange(settings.num_train, settings.image_size, settings.seed)
-    return SyntheticLongRange(settings.num_eval, settings.image_size, settings.seed,
-                              start_index=settings.num_train)
+    return SyntheticLongRange(
+        settings.num_eval, settings.image_size, settings.seed, start_index=settings.num_train
+    )
   if config.source == "folders":
     from ccnet_jax.data import folders  # pylint: disable=g-import-not-at-top
+
     if config.name == "cityscapes":
       return folders.CityscapesFolders(config.root, split)
     if config.name == "ade20k":
       return folders.ADE20KFolders(config.root, split)
     if config.name == "voc":
       from ccnet_jax.data import voc  # pylint: disable=g-import-not-at-top
+
       return voc.VOCFolders(config.root, split)
   elif config.source == "tfds":
     if config.name == "voc":
       raise ValueError(
           "data.source='tfds' has no PASCAL VOC segmentation (TFDS' voc/2012 holds boxes, "
-          "not masks); set data.source='folders' and data.root to the folder with VOCdevkit.")
+          "not masks); set data.source='folders' and data.root to the folder with VOCdevkit."
+      )
     from ccnet_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
+
     if config.name == "cityscapes":
-      return tfds_sources.CityscapesTFDS(split, data_dir=config.tfds_data_dir or None,
-                                         manual_dir=config.manual_dir or None)
+      return tfds_sources.CityscapesTFDS(
+          split, data_dir=config.tfds_data_dir or None, manual_dir=config.manual_dir or None
+      )
     if config.name == "ade20k":
-      return tfds_sources.ADE20KTFDS(split, data_dir=config.tfds_data_dir or None,
-                                     manual_dir=config.manual_dir or None)
+      return tfds_sources.ADE20KTFDS(
+          split, data_dir=config.tfds_data_dir or None, manual_dir=config.manual_dir or None
+      )
   else:
     raise ValueError(
-        f"data.source={config.source!r} is unknown; use 'folders', 'tfds' or 'synthetic'.")
-  raise ValueError(f"data.source={config.source!r} is not available for data.name="
-                   f"{config.name!r}; use 'cityscapes' or 'ade20k' with it, or source='synthetic'.")
+        f"data.source={config.source!r} is unknown; use 'folders', 'tfds' or 'synthetic'."
+    )
+  raise ValueError(
+      f"data.source={config.source!r} is not available for data.name="
+      f"{config.name!r}; use 'cityscapes' or 'ade20k' with it, or source='synthetic'."
+  )

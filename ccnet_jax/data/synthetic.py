@@ -47,16 +47,19 @@ def image_shape(image_size: int | tuple[int, int]) -> tuple[int, int]:
   """(height, width) from ``data.synthetic.image_size``: one int (square) or (height, width)."""
   shape = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
   if len(shape) != 2 or min(shape) < 16:
-    raise ValueError(f"data.synthetic.image_size={image_size!r} must be an int or "
-                     "(height, width), each at least 16.")
+    raise ValueError(
+        f"data.synthetic.image_size={image_size!r} must be an int or "
+        "(height, width), each at least 16."
+    )
   return int(shape[0]), int(shape[1])
 
 
 class SyntheticLongRange:
   """Random-access source of synthetic examples (see the module docstring for the scene)."""
 
-  def __init__(self, num_examples: int, image_size: int | tuple[int, int], seed: int, *,
-               start_index: int = 0):
+  def __init__(
+      self, num_examples: int, image_size: int | tuple[int, int], seed: int, *, start_index: int = 0
+  ):
     if num_examples <= 0:
       raise ValueError(f"data.synthetic.num_train/num_eval must be positive, got {num_examples}.")
     self.image_size = image_shape(image_size)
@@ -69,8 +72,10 @@ class SyntheticLongRange:
     return self.num_examples
 
   def __repr__(self) -> str:
-    return (f"SyntheticLongRange(num_examples={self.num_examples}, image_size={self.image_size}, "
-            f"seed={self.seed}, start_index={self.start_index})")
+    return (
+        f"SyntheticLongRange(num_examples={self.num_examples}, image_size={self.image_size}, "
+        f"seed={self.seed}, start_index={self.start_index})"
+    )
 
   def __getitem__(self, index: int) -> dict:
     if not 0 <= index < self.num_examples:
@@ -81,8 +86,7 @@ class SyntheticLongRange:
     return {"image": image, "label": label, "name": f"synthetic_{self.seed}_{global_index:06d}"}
 
 
-def render(rng: np.random.Generator,
-           shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def render(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
   """Draws one scene: uint8 RGB image (height, width, 3) and uint8 label (height, width)."""
   height, width = shape
   size = min(height, width)  # scales the objects

@@ -15,8 +15,9 @@ import ml_collections
 import numpy as np
 
 
-def sample_scale(rng: np.random.Generator, scale_min: float, scale_max: float,
-                 scale_step: float) -> float:
+def sample_scale(
+    rng: np.random.Generator, scale_min: float, scale_max: float, scale_step: float
+) -> float:
   """A scale from {min, min + step, ..., max} (step > 0) or uniform in [min, max] (step == 0)."""
   if scale_max < scale_min:
     raise ValueError(f"data.scale_max={scale_max} must be >= data.scale_min={scale_min}.")
@@ -29,8 +30,9 @@ def sample_scale(rng: np.random.Generator, scale_min: float, scale_max: float,
 Window = tuple[int, int, int, int]  # (top, left, height, width) inside the resized image
 
 
-def _source_coordinates(out_size: int, in_size: int, start: int = 0,
-                        count: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _source_coordinates(
+    out_size: int, in_size: int, start: int = 0, count: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Half-pixel-centre bilinear taps (OpenCV INTER_LINEAR, torch align_corners=False) of
   output positions ``start .. start + count``."""
   count = out_size - start if count is None else count
@@ -43,8 +45,9 @@ def _source_coordinates(out_size: int, in_size: int, start: int = 0,
   return low, high, frac
 
 
-def resize_bilinear_half_pixel(image: np.ndarray, size: tuple[int, int],
-                               window: Window | None = None) -> np.ndarray:
+def resize_bilinear_half_pixel(
+    image: np.ndarray, size: tuple[int, int], window: Window | None = None
+) -> np.ndarray:
   """Bilinear resize of an (H, W, C) numpy image to ``size`` = (h, w) with half-pixel centres
   (OpenCV INTER_LINEAR); returns float32. Logits are resized on device by
   :func:`ccnet_jax.ops.resize.resize_bilinear`, which follows torch's ``align_corners``.
@@ -66,8 +69,9 @@ def resize_bilinear_half_pixel(image: np.ndarray, size: tuple[int, int],
   return rows[:, x0] * (1.0 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
 
 
-def resize_nearest(label: np.ndarray, size: tuple[int, int],
-                   window: Window | None = None) -> np.ndarray:
+def resize_nearest(
+    label: np.ndarray, size: tuple[int, int], window: Window | None = None
+) -> np.ndarray:
   """Nearest-neighbour resize of an (H, W) label map (OpenCV INTER_NEAREST, torch 'nearest')."""
   top, left, height, width = window or (0, 0, size[0], size[1])
   in_h, in_w = label.shape
@@ -81,16 +85,28 @@ def scaled_size_half_even(shape: Sequence[int], scale: float) -> tuple[int, int]
   return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
 
 
-def random_scale(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, *,
-                 scale_min: float, scale_max: float,
-                 scale_step: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def random_scale(
+    image: np.ndarray,
+    label: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    scale_min: float,
+    scale_max: float,
+    scale_step: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
   """Rescales image (bilinear, float32 out) and label (nearest) by one random factor."""
   size = scaled_size_half_even(image.shape, sample_scale(rng, scale_min, scale_max, scale_step))
   return resize_bilinear_half_pixel(image, size), resize_nearest(label, size)
 
 
-def pad_to(image: np.ndarray, label: np.ndarray, size: Sequence[int], *,
-           image_fill: float = 0.0, ignore_label: int = 255) -> tuple[np.ndarray, np.ndarray]:
+def pad_to(
+    image: np.ndarray,
+    label: np.ndarray,
+    size: Sequence[int],
+    *,
+    image_fill: float = 0.0,
+    ignore_label: int = 255,
+) -> tuple[np.ndarray, np.ndarray]:
   """Pads bottom and right up to at least ``size`` = (h, w): image with ``image_fill``, label
   with ``ignore_label``. Call after :func:`normalize` so that 0 is the mean colour."""
   pad_h = max(0, int(size[0]) - image.shape[0])
@@ -102,28 +118,36 @@ def pad_to(image: np.ndarray, label: np.ndarray, size: Sequence[int], *,
   return image, label
 
 
-def random_crop(image: np.ndarray, label: np.ndarray, size: Sequence[int],
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_crop(
+    image: np.ndarray, label: np.ndarray, size: Sequence[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """A crop of ``size`` = (h, w) at a uniformly random offset; inputs must be at least as big."""
   height, width = int(size[0]), int(size[1])
   if image.shape[0] < height or image.shape[1] < width:
-    raise ValueError(f"random_crop needs an input of at least {height}x{width}, got "
-                     f"{image.shape[0]}x{image.shape[1]}; call pad_to first.")
+    raise ValueError(
+        f"random_crop needs an input of at least {height}x{width}, got "
+        f"{image.shape[0]}x{image.shape[1]}; call pad_to first."
+    )
   top = int(rng.integers(image.shape[0] - height + 1))
   left = int(rng.integers(image.shape[1] - width + 1))
-  return image[top:top + height, left:left + width], label[top:top + height, left:left + width]
+  return (
+      image[top : top + height, left : left + width],
+      label[top : top + height, left : left + width],
+  )
 
 
-def random_flip(image: np.ndarray, label: np.ndarray,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_flip(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """Mirrors image and label left-right together with probability 1/2."""
   if rng.random() < 0.5:
     return image[:, ::-1], label[:, ::-1]
   return image, label
 
 
-def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
-              channel_order: str = "rgb") -> np.ndarray:
+def normalize(
+    image: np.ndarray, mean: Sequence[float], std: Sequence[float], channel_order: str = "rgb"
+) -> np.ndarray:
   """RGB (H, W, 3) on the 0-255 scale -> float32 ``(x - mean) / std`` in ``channel_order``.
 
   ``mean`` and ``std`` are given in ``channel_order`` (the official CCNet weights expect BGR).
@@ -136,8 +160,9 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
   return (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def train_transform(example: dict, config: ml_collections.ConfigDict,
-                    rng: np.random.Generator) -> dict:
+def train_transform(
+    example: dict, config: ml_collections.ConfigDict, rng: np.random.Generator
+) -> dict:
   """Scale, normalise, pad, crop, flip: {'image': float32 (h, w, 3), 'label': int32 (h, w)}.
 
   The same result (and the same random draws) as :func:`random_scale`, :func:`normalize`,
@@ -148,14 +173,15 @@ def train_transform(example: dict, config: ml_collections.ConfigDict,
   crop_h, crop_w = (int(n) for n in config.crop_size)
   size = image.shape[:2]
   if (config.scale_min, config.scale_max) != (1.0, 1.0):
-    size = scaled_size_half_even(size, sample_scale(rng, config.scale_min, config.scale_max,
-                                                    config.scale_step))
+    size = scaled_size_half_even(
+        size, sample_scale(rng, config.scale_min, config.scale_max, config.scale_step)
+    )
   top = int(rng.integers(max(size[0], crop_h) - crop_h + 1))
   left = int(rng.integers(max(size[1], crop_w) - crop_w + 1))
   window = (top, left, max(0, min(crop_h, size[0] - top)), max(0, min(crop_w, size[1] - left)))
   if size == image.shape[:2]:
-    image = image[top:top + window[2], left:left + window[3]]
-    label = label[top:top + window[2], left:left + window[3]]
+    image = image[top : top + window[2], left : left + window[3]]
+    label = label[top : top + window[2], left : left + window[3]]
   else:
     image = resize_bilinear_half_pixel(image, size, window)
     label = resize_nearest(label, size, window)
@@ -163,12 +189,16 @@ def train_transform(example: dict, config: ml_collections.ConfigDict,
   image, label = pad_to(image, label, (crop_h, crop_w), ignore_label=config.ignore_label)
   if config.flip:
     image, label = random_flip(image, label, rng)
-  return {"image": np.ascontiguousarray(image, np.float32),
-          "label": np.ascontiguousarray(label, np.int32)}
+  return {
+      "image": np.ascontiguousarray(image, np.float32),
+      "label": np.ascontiguousarray(label, np.int32),
+  }
 
 
 def eval_transform(example: dict, config: ml_collections.ConfigDict) -> dict:
   """Normalisation only, full image: {'image': float32, 'label': int32, 'name': str}."""
-  return {"image": normalize(example["image"], config.mean, config.std, config.channel_order),
-          "label": np.asarray(example["label"], np.int32),
-          "name": example["name"]}
+  return {
+      "image": normalize(example["image"], config.mean, config.std, config.channel_order),
+      "label": np.asarray(example["label"], np.int32),
+      "name": example["name"],
+  }

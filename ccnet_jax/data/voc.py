@@ -29,7 +29,8 @@ VOC_HELP = (
     "annotations, convert them to VOCdevkit/VOC2012/SegmentationClassAug with "
     "ImageSets/Segmentation/train_aug.txt (mmsegmentation's tools/dataset_converters/voc_aug.py "
     "does both), and set data.root to the folder holding VOCdevkit; or train on "
-    "configs/synthetic.py, which needs no download")
+    "configs/synthetic.py, which needs no download"
+)
 LABEL_DIRS = ("SegmentationClassAug", "SegmentationClass")
 _IDENTITY = np.arange(256, dtype=np.uint8)
 
@@ -58,8 +59,7 @@ def split_ids(voc_dir: str, split: str) -> list[str]:
     ids = _read_ids(parts[0])
     seen = set(ids)
     return ids + [i for i in _read_ids(parts[1]) if i not in seen]
-  raise FileNotFoundError(
-      f"PASCAL VOC split {split!r} not found: expected {path}; {VOC_HELP}.")
+  raise FileNotFoundError(f"PASCAL VOC split {split!r} not found: expected {path}; {VOC_HELP}.")
 
 
 class VOCFolders:
@@ -73,8 +73,9 @@ class VOCFolders:
       image_path = os.path.join(self.root, "JPEGImages", f"{image_id}.jpg")
       label_path = self._label_path(image_id)
       if not os.path.exists(image_path):
-        raise FileNotFoundError(f"{split}.txt names {image_id!r} but {image_path} does not "
-                                f"exist; {VOC_HELP}.")
+        raise FileNotFoundError(
+            f"{split}.txt names {image_id!r} but {image_path} does not " f"exist; {VOC_HELP}."
+        )
       self.image_paths.append(image_path)
       self.label_paths.append(label_path)
     if not ids:
@@ -85,8 +86,10 @@ class VOCFolders:
     for path in candidates:
       if os.path.exists(path):
         return path
-    raise FileNotFoundError(f"no label for {image_id!r} in {self.split}.txt: expected "
-                            f"{' or '.join(candidates)}; {VOC_HELP}.")
+    raise FileNotFoundError(
+        f"no label for {image_id!r} in {self.split}.txt: expected "
+        f"{' or '.join(candidates)}; {VOC_HELP}."
+    )
 
   def __len__(self) -> int:
     return len(self.image_paths)
@@ -97,7 +100,11 @@ class VOCFolders:
   def __getitem__(self, index: int) -> dict:
     image_path, label_path = self.image_paths[index], self.label_paths[index]
     image, label = load_pair(image_path, label_path)
-    label = map_label(label, _IDENTITY, labels.VOC.num_classes, label_path,
-                      extra_valid=(labels.IGNORE_LABEL,))
-    return {"image": image, "label": label,
-            "name": os.path.splitext(os.path.basename(image_path))[0]}
+    label = map_label(
+        label, _IDENTITY, labels.VOC.num_classes, label_path, extra_valid=(labels.IGNORE_LABEL,)
+    )
+    return {
+        "image": image,
+        "label": label,
+        "name": os.path.splitext(os.path.basename(image_path))[0],
+    }

@@ -17,4 +17,3 @@ def base_eval_config() -> ml_collections.ConfigDict:
   config.batch_size = 8  # Global; each process evaluates batch_size // process_count.
   config.num_images_to_save = 4
   return config
-

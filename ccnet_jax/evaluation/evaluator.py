@@ -132,7 +132,8 @@ class Evaluator:
     if extra:
       images = np.concatenate([images, np.zeros((extra,) + images.shape[1:], np.float32)])
       labels = np.concatenate(
-          [labels, np.full((extra,) + labels.shape[1:], self.ignore_label, np.int32)])
+          [labels, np.full((extra,) + labels.shape[1:], self.ignore_label, np.int32)]
+      )
       valid = np.concatenate([valid, np.zeros(extra, bool)])
     return {"image": images, "label": labels, "valid": valid}
 
@@ -175,7 +176,12 @@ class Evaluator:
       num_batches += 1
       if save and saved < num_images_to_save:
         saved += self._save(
-            batch, local, predictions, out_dir, palette, normalization,
+            batch,
+            local,
+            predictions,
+            out_dir,
+            palette,
+            normalization,
             num_images_to_save - saved,
         )
     if not num_batches:
@@ -193,11 +199,12 @@ class Evaluator:
     saved = 0
     for i in np.flatnonzero(local["valid"])[:limit]:
       image = denormalize(
-          local["image"][i], _field(normalization, "mean"), _field(normalization, "std"),
+          local["image"][i],
+          _field(normalization, "mean"),
+          _field(normalization, "std"),
           _field(normalization, "channel_order"),
       )
       save_predictions(out_dir, str(names[i]), image, predictions[i], local["label"][i], palette)
       self.saved_overlays[str(names[i])] = overlay(image, colorize(predictions[i], palette))
       saved += 1
     return saved
-

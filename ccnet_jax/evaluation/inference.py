@@ -54,7 +54,7 @@ def sliding_window_counts(
   """(H, W) float32: how many windows cover each pixel (at least 1)."""
   counts = np.zeros((height, width), np.float32)
   for y0, x0 in sliding_window_offsets(height, width, crop_size, overlap):
-    counts[y0:y0 + crop_size[0], x0:x0 + crop_size[1]] += 1
+    counts[y0 : y0 + crop_size[0], x0 : x0 + crop_size[1]] += 1
   return counts
 
 
@@ -68,8 +68,12 @@ def _check_logits(logits: jax.Array, images: jax.Array, num_classes: int) -> jax
 
 
 def predict_whole(
-    apply_fn: ApplyFn, images: jax.Array, *, num_classes: int,
-    output_size: Sequence[int] | None = None, align_corners: bool = True,
+    apply_fn: ApplyFn,
+    images: jax.Array,
+    *,
+    num_classes: int,
+    output_size: Sequence[int] | None = None,
+    align_corners: bool = True,
 ) -> jax.Array:
   """One forward pass, logits upsampled bilinearly to ``output_size`` (default: image size)."""
   output_size = tuple(output_size or images.shape[1:3])
@@ -78,8 +82,12 @@ def predict_whole(
 
 
 def predict_sliding(
-    apply_fn: ApplyFn, images: jax.Array, *, num_classes: int,
-    crop_size: Sequence[int] = (769, 769), overlap: float = 1 / 3,
+    apply_fn: ApplyFn,
+    images: jax.Array,
+    *,
+    num_classes: int,
+    crop_size: Sequence[int] = (769, 769),
+    overlap: float = 1 / 3,
     align_corners: bool = True,
 ) -> jax.Array:
   """Average of the windows' logits (each upsampled to the crop), at the image size."""
@@ -87,19 +95,13 @@ def predict_sliding(
   crop_height, crop_width = int(crop_size[0]), int(crop_size[1])
   padded_height, padded_width = max(height, crop_height), max(width, crop_width)
   # Zero padding bottom/right: the official pad_image, done once for the whole image.
-  padded = jnp.pad(
-      images, ((0, 0), (0, padded_height - height), (0, padded_width - width), (0, 0))
-  )
+  padded = jnp.pad(images, ((0, 0), (0, padded_height - height), (0, padded_width - width), (0, 0)))
   offsets = sliding_window_offsets(height, width, crop_size, overlap)
 
   def add_window(canvas, offset):
     y0, x0 = offset[0], offset[1]
-    tile = jax.lax.dynamic_slice(
-        padded, (0, y0, x0, 0), (batch, crop_height, crop_width, channels)
-    )
-    logits = predict_whole(
-        apply_fn, tile, num_classes=num_classes, align_corners=align_corners
-    )
+    tile = jax.lax.dynamic_slice(padded, (0, y0, x0, 0), (batch, crop_height, crop_width, channels))
+    logits = predict_whole(apply_fn, tile, num_classes=num_classes, align_corners=align_corners)
     window = jax.lax.dynamic_slice(
         canvas, (0, y0, x0, 0), (batch, crop_height, crop_width, num_classes)
     )
@@ -157,13 +159,20 @@ def predict_logits(
       inputs = scaled[:, :, ::-1] if flipped else scaled
       if mode == "whole":
         logits = predict_whole(
-            apply_fn, inputs, num_classes=num_classes, output_size=(height, width),
+            apply_fn,
+            inputs,
+            num_classes=num_classes,
+            output_size=(height, width),
             align_corners=align_corners,
         )
       else:
         logits = predict_sliding(
-            apply_fn, inputs, num_classes=num_classes, crop_size=crop_size,
-            overlap=overlap, align_corners=align_corners,
+            apply_fn,
+            inputs,
+            num_classes=num_classes,
+            crop_size=crop_size,
+            overlap=overlap,
+            align_corners=align_corners,
         )
         logits = resize_bilinear(logits, (height, width), align_corners=align_corners)
       logits = logits[:, :, ::-1] if flipped else logits

@@ -26,6 +26,7 @@ class Input:
   folder with separators as underscores ('city/img.png' -> 'city_img'), so every output
   lands directly in the output folder.
   """
+
   path: str
   name: str
 
@@ -94,6 +95,7 @@ def check_unique_names(inputs: Sequence[Input]) -> None:
 
 def _ffmpeg_reader(path: str):
   import imageio.v2 as imageio  # Imported on first use: image-only runs never load ffmpeg.
+
   try:
     return imageio.get_reader(path, format="FFMPEG")
   except (OSError, RuntimeError, ValueError, IndexError) as error:
@@ -130,8 +132,14 @@ def video_writer(path: str, fps: float):
   by one pixel by ffmpeg; every other size is written as it is.
   """
   import imageio.v2 as imageio
+
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   return imageio.get_writer(
-      path, format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=2,
+      path,
+      format="FFMPEG",
+      fps=fps,
+      codec="libx264",
+      quality=8,
+      macro_block_size=2,
       ffmpeg_log_level="error",
   )

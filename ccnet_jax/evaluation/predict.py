@@ -101,9 +101,13 @@ class Predictor:
     self.batch_size = int(batch_size)
     predict_fn, self._state = model_predict_fn(network)
     infer = functools.partial(
-        predict_logits, num_classes=self.dataset.num_classes, mode=mode,
-        crop_size=tuple(int(c) for c in crop_size), overlap=float(overlap),
-        scales=tuple(float(s) for s in scales), flip=bool(flip),
+        predict_logits,
+        num_classes=self.dataset.num_classes,
+        mode=mode,
+        crop_size=tuple(int(c) for c in crop_size),
+        overlap=float(overlap),
+        scales=tuple(float(s) for s in scales),
+        flip=bool(flip),
     )
     self._labels = jax.jit(
         lambda state, images: jnp.argmax(infer(functools.partial(predict_fn, state), images), -1)
@@ -117,10 +121,10 @@ class Predictor:
     """(H, W) uint8 train ids for each uint8 (H, W, 3) RGB image; all of one size."""
     labels = []
     for start in range(0, len(images), self.batch_size):
-      chunk = [self.normalize(image) for image in images[start:start + self.batch_size]]
+      chunk = [self.normalize(image) for image in images[start : start + self.batch_size]]
       padding = [np.zeros_like(chunk[0])] * (self.batch_size - len(chunk))
       batch = np.stack(chunk + padding)
-      labels.extend(np.asarray(self._labels(self._state, batch), np.uint8)[:len(chunk)])
+      labels.extend(np.asarray(self._labels(self._state, batch), np.uint8)[: len(chunk)])
     return labels
 
 
@@ -231,6 +235,7 @@ def gather_inputs(arguments: Sequence[str], policy: _ErrorPolicy) -> list[media.
 
 def predict_images(predictor, outputs, images, policy, progress=True) -> int:
   """Predicts and writes every image input; returns how many were written."""
+
   def readable():
     for item in images:
       image = policy.run(functools.partial(read_image, item.path))
@@ -253,8 +258,9 @@ def predict_video(predictor, outputs, item: media.Input, progress=True) -> int:
   count, fps = media.video_info(item.path)
   writer = outputs.video(item.name, fps)
   try:
-    with tqdm(total=count, desc=os.path.basename(item.path), unit="frame",
-              disable=not progress) as bar:
+    with tqdm(
+        total=count, desc=os.path.basename(item.path), unit="frame", disable=not progress
+    ) as bar:
       frames = media.video_frames(item.path)
       while chunk := [frame for _, frame in zip(range(predictor.batch_size), frames)]:
         for frame, labels in zip(chunk, predictor(chunk)):
@@ -282,8 +288,11 @@ def predict_paths(
   inputs = gather_inputs(arguments, policy)
   outputs = Outputs(out_dir, predictor.dataset, label_ids=label_ids)
   images = [item for item in inputs if not item.is_video]
-  counts = {"images": predict_images(predictor, outputs, images, policy, progress),
-            "videos": 0, "frames": 0}
+  counts = {
+      "images": predict_images(predictor, outputs, images, policy, progress),
+      "videos": 0,
+      "frames": 0,
+  }
   for item in (item for item in inputs if item.is_video):
     frames = policy.run(functools.partial(predict_video, predictor, outputs, item, progress))
     if frames is not None:

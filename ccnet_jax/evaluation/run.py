@@ -36,7 +36,10 @@ class ModelEvaluation:
     self.mesh = mesh
     predict_fn, _ = model_predict_fn(model)
     self.evaluator = Evaluator(
-        predict_fn, eval_config=config.eval, num_classes=self.info.num_classes, mesh=mesh,
+        predict_fn,
+        eval_config=config.eval,
+        num_classes=self.info.num_classes,
+        mesh=mesh,
         ignore_label=self.info.ignore_label,
     )
 
@@ -66,7 +69,8 @@ def _check_run_model(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise UserError(
         f"the checkpoints in {workdir} hold another model than the config describes"
         f" ({'; '.join(differences)}); drop these overrides or pass the saved values (see"
-        f" {workdir}/config.json).")
+        f" {workdir}/config.json)."
+    )
 
 
 def _from_checkpoint(config: ml_collections.ConfigDict, workdir: str):
@@ -74,7 +78,8 @@ def _from_checkpoint(config: ml_collections.ConfigDict, workdir: str):
   if not os.path.isdir(workdir):
     raise FileNotFoundError(
         f"--workdir={workdir} does not exist: name the workdir of a training run, or pass"
-        " --model=<model directory>.")
+        " --model=<model directory>."
+    )
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
     raise FileNotFoundError(

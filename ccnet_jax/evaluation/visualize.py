@@ -37,7 +37,8 @@ def denormalize(
   if order not in ("rgb", "bgr"):
     raise ValueError(f"data.channel_order={channel_order!r} must be 'rgb' or 'bgr'.")
   pixels = np.asarray(image, np.float32) * np.asarray(std, np.float32) + np.asarray(
-      mean, np.float32)
+      mean, np.float32
+  )
   if order == "bgr":
     pixels = pixels[..., ::-1]
   return np.clip(np.round(pixels), 0, 255).astype(np.uint8)

@@ -80,8 +80,9 @@ def serving_fn(model: nnx.Module, preprocessing: Mapping[str, Any]) -> ServingFn
 def input_shape(batch: int | None, height: int | None, width: int | None) -> tuple:
   """The exported input shape; None entries become symbolic (any size at run time)."""
   names = iter(("b", "h", "w"))
-  spec = ", ".join(next(names) if size is None else str(int(size))
-                   for size in (batch, height, width))
+  spec = ", ".join(
+      next(names) if size is None else str(int(size)) for size in (batch, height, width)
+  )
   return tuple(jax.export.symbolic_shape(spec + ", 3"))
 
 
@@ -106,7 +107,8 @@ def _tf_module(serve: ServingFn, shape: Sequence):
   static = [d if isinstance(d, int) else None for d in shape]
   module = tf.Module()
   module.serve = tf.function(
-      lambda images: {"logits": converted(images)}, autograph=False,
+      lambda images: {"logits": converted(images)},
+      autograph=False,
       input_signature=[tf.TensorSpec(static, tf.float32, name="images")],
   )
   return module
@@ -143,8 +145,13 @@ _EXPORTERS = {
 
 
 def export_model(  # pylint: disable=redefined-builtin
-    model_directory: str | os.PathLike, out_dir: str | os.PathLike, *, format: str,
-    batch: int | None = 1, height: int | None = None, width: int | None = None,
+    model_directory: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    format: str,
+    batch: int | None = 1,
+    height: int | None = None,
+    width: int | None = None,
     dtype: str | None = None,
 ) -> dict[str, Any]:
   """Exports ``model_directory`` to ``out_dir`` in ``format``; returns what was written.
@@ -169,11 +176,18 @@ def export_model(  # pylint: disable=redefined-builtin
   written = _EXPORTERS[format](serving_fn(model, info["preprocessing"]), shape, out_dir)
   signature = {
       "format": format,
-      "input": {"name": "images", "dtype": "float32", "shape": [str(d) for d in shape],
-                "layout": "NHWC, RGB, 0-255 (preprocessing applied inside)"},
-      "output": {"name": "logits", "dtype": "float32",
-                 "layout": "NHWC at the output stride; upsample bilinearly, then argmax",
-                 "num_classes": info["model"].num_classes},
+      "input": {
+          "name": "images",
+          "dtype": "float32",
+          "shape": [str(d) for d in shape],
+          "layout": "NHWC, RGB, 0-255 (preprocessing applied inside)",
+      },
+      "output": {
+          "name": "logits",
+          "dtype": "float32",
+          "layout": "NHWC at the output stride; upsample bilinearly, then argmax",
+          "num_classes": info["model"].num_classes,
+      },
       "preprocessing": info["preprocessing"],
       "model": info["model"].name,
   }

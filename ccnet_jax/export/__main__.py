@@ -28,8 +28,11 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--batch", type=int, default=1, help="fixed batch size; 0 = any (default 1)")
   parser.add_argument("--height", type=int, default=0, help="fixed image height; 0 = any")
   parser.add_argument("--width", type=int, default=0, help="fixed image width; 0 = any")
-  parser.add_argument("--dtype", default=None,
-                      help="computation dtype (default: the model's; float32 for CPU runtimes)")
+  parser.add_argument(
+      "--dtype",
+      default=None,
+      help="computation dtype (default: the model's; float32 for CPU runtimes)",
+  )
   return parser
 
 
@@ -38,8 +41,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   def command():
     summary = export_model(
-        args.model_dir, args.output, format=args.format, batch=args.batch or None,
-        height=args.height or None, width=args.width or None, dtype=args.dtype,
+        args.model_dir,
+        args.output,
+        format=args.format,
+        batch=args.batch or None,
+        height=args.height or None,
+        width=args.width or None,
+        dtype=args.dtype,
     )
     print(json.dumps(summary, indent=2))
 

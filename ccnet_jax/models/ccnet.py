@@ -52,7 +52,11 @@ class CCNet(nnx.Module):
     self.backbone = ResNet(**dict(backbone or {}), remat=remat, dtype=dtype, rngs=rngs)
     stage3_features, stage4_features = self.backbone.out_features[2:]
     self.head = RCCAHead(
-        stage4_features, num_classes, **dict(head or {}), cca_impl=cca_impl, dtype=dtype,
+        stage4_features,
+        num_classes,
+        **dict(head or {}),
+        cca_impl=cca_impl,
+        dtype=dtype,
         rngs=rngs,
     )
     self.aux_head = (

@@ -95,9 +95,7 @@ class RCCAHead(nnx.Module):
       rngs: nnx.Rngs,
   ):
     if attention not in ATTENTIONS:
-      raise ValueError(
-          f"model.head.attention={attention!r} is not one of {sorted(ATTENTIONS)}."
-      )
+      raise ValueError(f"model.head.attention={attention!r} is not one of {sorted(ATTENTIONS)}.")
     if recurrence < 0:
       raise ValueError(f"model.head.recurrence={recurrence} must be >= 0.")
     channels = channels or in_features // 4
@@ -157,7 +155,12 @@ class AuxHead(nnx.Module):
       rngs: nnx.Rngs,
   ):
     self.conv = ConvNormAct(
-        in_features, channels, 3, use_bias=use_bias, activation=activation, dtype=dtype,
+        in_features,
+        channels,
+        3,
+        use_bias=use_bias,
+        activation=activation,
+        dtype=dtype,
         rngs=rngs,
     )
     self.dropout = channel_dropout(dropout, rngs=rngs)

@@ -36,9 +36,7 @@ def get_activation(name: str) -> Callable[[Array], Array]:
   try:
     return ACTIVATIONS[name]
   except KeyError:
-    raise ValueError(
-        f"Unknown activation {name!r}; use one of {sorted(ACTIVATIONS)}."
-    ) from None
+    raise ValueError(f"Unknown activation {name!r}; use one of {sorted(ACTIVATIONS)}.") from None
 
 
 class Conv2d(nnx.Conv):

@@ -147,8 +147,10 @@ def _from_json(value):
 
 def _update_config(config: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
   for key, value in values.items():
-    if isinstance(value, Mapping) and key in config and isinstance(
-        config[key], ml_collections.ConfigDict
+    if (
+        isinstance(value, Mapping)
+        and key in config
+        and isinstance(config[key], ml_collections.ConfigDict)
     ):
       _update_config(config[key], value)
     else:
@@ -251,7 +253,7 @@ def assign_arrays(
   state = nnx.state(module, _STATE_FILTER)
   target = state.to_pure_dict()
   expected = flatten(target)
-  given = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  given = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
   missing = sorted(prefix + n for n in set(expected) - set(given))
   unexpected = sorted(prefix + n for n in set(given) - set(expected))
   mismatched = [
@@ -267,9 +269,7 @@ def assign_arrays(
         f" shape mismatches {mismatched[:20]} ({len(mismatched)}). Build the model from the"
         " same config (model.json) as the arrays."
     )
-  values = {
-      name: jnp.asarray(given[name], dtype=expected[name].dtype) for name in expected
-  }
+  values = {name: jnp.asarray(given[name], dtype=expected[name].dtype) for name in expected}
   state.replace_by_pure_dict(unflatten_like(target, values))
   nnx.update(module, state)
 

@@ -24,41 +24,43 @@ DTYPES = {
 
 def base_model_config() -> ml_collections.ConfigDict:
   """The official CCNet-ResNet-101 for Cityscapes (speedinghzl/CCNet ``networks/ccnet.py``)."""
-  return ml_collections.ConfigDict({
-      "name": "ccnet_r101_official",
-      "num_classes": 19,
-      "dtype": "float32",
-      "cca_impl": "einsum",
-      # Memory of a training step: 'none', 'save_convs' or 'blocks' (see models/remat.py).
-      "remat": "none",
-      # BatchNorm variance as E[x^2] - E[x]^2 (one pass) instead of E[(x - E[x])^2]:
-      # False (two passes) is the accurate one; True exists to measure what it saves.
-      "bn_fast_variance": False,
-      "backbone": {
-          "depth": 101,
-          "stem": "deep",
-          "output_stride": 8,
-          "multi_grid": (1, 1, 1),
-          "contract_dilation": False,
-          "ceil_mode": config_dict.placeholder(bool),
-          "base_width": 64,
-      },
-      "head": {
-          "attention": "criss_cross",
-          "recurrence": 2,
-          "channels": config_dict.placeholder(int),
-          "out_channels": 512,
-          "activation": "leaky_relu",
-          "dropout": 0.1,
-      },
-      "aux": {
-          "enabled": True,
-          "channels": 512,
-          "use_bias": True,
-          "activation": "leaky_relu",
-          "dropout": 0.1,
-      },
-  })
+  return ml_collections.ConfigDict(
+      {
+          "name": "ccnet_r101_official",
+          "num_classes": 19,
+          "dtype": "float32",
+          "cca_impl": "einsum",
+          # Memory of a training step: 'none', 'save_convs' or 'blocks' (see models/remat.py).
+          "remat": "none",
+          # BatchNorm variance as E[x^2] - E[x]^2 (one pass) instead of E[(x - E[x])^2]:
+          # False (two passes) is the accurate one; True exists to measure what it saves.
+          "bn_fast_variance": False,
+          "backbone": {
+              "depth": 101,
+              "stem": "deep",
+              "output_stride": 8,
+              "multi_grid": (1, 1, 1),
+              "contract_dilation": False,
+              "ceil_mode": config_dict.placeholder(bool),
+              "base_width": 64,
+          },
+          "head": {
+              "attention": "criss_cross",
+              "recurrence": 2,
+              "channels": config_dict.placeholder(int),
+              "out_channels": 512,
+              "activation": "leaky_relu",
+              "dropout": 0.1,
+          },
+          "aux": {
+              "enabled": True,
+              "channels": 512,
+              "use_bias": True,
+              "activation": "leaky_relu",
+              "dropout": 0.1,
+          },
+      }
+  )
 
 
 def _official(depth: int) -> Callable[[], ml_collections.ConfigDict]:
@@ -77,9 +79,7 @@ def _mmseg(depth: int) -> Callable[[], ml_collections.ConfigDict]:
   def make():
     config = base_model_config()
     config.name = f"ccnet_r{depth}_d8_mmseg"
-    config.backbone.update(
-        depth=depth, stem="v1c", multi_grid=None, contract_dilation=True
-    )
+    config.backbone.update(depth=depth, stem="v1c", multi_grid=None, contract_dilation=True)
     config.head.activation = "relu"
     config.aux.update(channels=256, use_bias=False, activation="relu")
     return config

@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-from jax.ad_checkpoint import checkpoint_name
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 Array = jax.Array
 

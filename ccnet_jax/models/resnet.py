@@ -99,9 +99,7 @@ class Bottleneck(nnx.Module):
     out_features = planes * self.expansion
     self.conv1 = conv2d(in_features, planes, 1, dtype=dtype, rngs=rngs)
     self.bn1 = batch_norm(planes, dtype=dtype, rngs=rngs)
-    self.conv2 = conv2d(
-        planes, planes, 3, stride=stride, dilation=dilation, dtype=dtype, rngs=rngs
-    )
+    self.conv2 = conv2d(planes, planes, 3, stride=stride, dilation=dilation, dtype=dtype, rngs=rngs)
     self.bn2 = batch_norm(planes, dtype=dtype, rngs=rngs)
     self.conv3 = conv2d(planes, out_features, 1, dtype=dtype, rngs=rngs)
     self.bn3 = batch_norm(out_features, dtype=dtype, rngs=rngs)
@@ -121,16 +119,15 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 class Stem(nnx.Module):
   """conv-BN-ReLU (three 3x3 or one 7x7, the first with stride 2), then a 3x3/2 max-pool."""
 
-  def __init__(
-      self, kind: str, base_width: int, *, ceil_mode: bool, dtype: Dtype, rngs: nnx.Rngs
-  ):
+  def __init__(self, kind: str, base_width: int, *, ceil_mode: bool, dtype: Dtype, rngs: nnx.Rngs):
     widths = [int(base_width * w) for w in STEMS[kind]["widths"]]
     kernel = 7 if kind == "classic" else 3
     in_features = 3
     for index, width in enumerate(widths, start=1):
       stride = 2 if index == 1 else 1
       setattr(
-          self, f"conv{index}",
+          self,
+          f"conv{index}",
           conv2d(in_features, width, kernel, stride=stride, dtype=dtype, rngs=rngs),
       )
       setattr(self, f"bn{index}", batch_norm(width, dtype=dtype, rngs=rngs))

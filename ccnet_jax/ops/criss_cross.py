@@ -24,13 +24,10 @@ def _check_inputs(q: Array, k: Array, v: Array) -> None:
     )
   if q.shape != k.shape:
     raise ValueError(
-        f"q and k must have the same shape (B, H, W, C'); got {q.shape} and"
-        f" {k.shape}."
+        f"q and k must have the same shape (B, H, W, C'); got {q.shape} and" f" {k.shape}."
     )
   if q.shape[:3] != v.shape[:3]:
-    raise ValueError(
-        f"v must share (B, H, W) with q; got q {q.shape} and v {v.shape}."
-    )
+    raise ValueError(f"v must share (B, H, W) with q; got q {q.shape} and v {v.shape}.")
 
 
 def criss_cross_energies(q: Array, k: Array) -> tuple[Array, Array]:
@@ -75,9 +72,7 @@ def criss_cross_attention(
   _check_inputs(q, k, v)
   e_col, e_row = criss_cross_energies(q, k)
   # One softmax over the concatenation [e_col, e_row], without materialising it.
-  shift = jax.lax.stop_gradient(
-      jnp.maximum(e_col.max(axis=-1), e_row.max(axis=-1))
-  )[..., None]
+  shift = jax.lax.stop_gradient(jnp.maximum(e_col.max(axis=-1), e_row.max(axis=-1)))[..., None]
   p_col = jnp.exp(e_col - shift)
   p_row = jnp.exp(e_row - shift)
   denominator = p_col.sum(axis=-1, keepdims=True) + p_row.sum(axis=-1, keepdims=True)
@@ -86,9 +81,7 @@ def criss_cross_attention(
   accumulator = jnp.promote_types(v.dtype, jnp.float32)
   context = jnp.einsum(
       "bhwg,bgwc->bhwc", a_col.astype(v.dtype), v, preferred_element_type=accumulator
-  ) + jnp.einsum(
-      "bhwu,bhuc->bhwc", a_row.astype(v.dtype), v, preferred_element_type=accumulator
-  )
+  ) + jnp.einsum("bhwu,bhuc->bhwc", a_row.astype(v.dtype), v, preferred_element_type=accumulator)
   context = context.astype(v.dtype)
   if return_attention:
     return context, jnp.concatenate([a_col, a_row], axis=-1)

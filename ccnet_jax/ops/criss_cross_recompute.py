@@ -24,16 +24,12 @@ def _aggregate(a_col: Array, a_row: Array, v: Array) -> Array:
   """sum_g a_col[b,h,w,g] v[b,g,w] + sum_u a_row[b,h,w,u] v[b,h,u], in float32."""
   return jnp.einsum(
       "bhwg,bgwc->bhwc", a_col.astype(v.dtype), v, preferred_element_type=jnp.float32
-  ) + jnp.einsum(
-      "bhwu,bhuc->bhwc", a_row.astype(v.dtype), v, preferred_element_type=jnp.float32
-  )
+  ) + jnp.einsum("bhwu,bhuc->bhwc", a_row.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
 
 def _forward(q: Array, k: Array, v: Array) -> tuple[Array, Array]:
   e_col, e_row = criss_cross_energies(q, k)
-  lse = jnp.logaddexp(
-      jax.nn.logsumexp(e_col, axis=-1), jax.nn.logsumexp(e_row, axis=-1)
-  )
+  lse = jnp.logaddexp(jax.nn.logsumexp(e_col, axis=-1), jax.nn.logsumexp(e_row, axis=-1))
   lse = jax.lax.stop_gradient(lse)
   a_col = jnp.exp(e_col - lse[..., None])
   a_row = jnp.exp(e_row - lse[..., None])
@@ -76,9 +72,7 @@ def _criss_cross_bwd(residuals, d_out):
   delta = jnp.sum(g * out.astype(jnp.float32), axis=-1)
   dq, dk, dv = _axial_bwd(q, k, v, g, lse, delta, mask_diagonal=False)
   t = lambda x: jnp.swapaxes(x, 1, 2)
-  dq_col, dk_col, dv_col = _axial_bwd(
-      t(q), t(k), t(v), t(g), t(lse), t(delta), mask_diagonal=True
-  )
+  dq_col, dk_col, dv_col = _axial_bwd(t(q), t(k), t(v), t(g), t(lse), t(delta), mask_diagonal=True)
   return (
       (dq + t(dq_col)).astype(q.dtype),
       (dk + t(dk_col)).astype(k.dtype),

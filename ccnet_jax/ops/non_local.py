@@ -31,9 +31,7 @@ def non_local_attention(
         "non_local_attention expects q, k of shape (B, H, W, C') and v of shape"
         f" (B, H, W, C); got q {q.shape}, k {k.shape}, v {v.shape}."
     )
-  energies = jnp.einsum(
-      "bhwc,bguc->bhwgu", q, k, preferred_element_type=jnp.float32
-  )
+  energies = jnp.einsum("bhwc,bguc->bhwgu", q, k, preferred_element_type=jnp.float32)
   batch, height, width = q.shape[:3]
   flat = energies.reshape(batch, height, width, height * width)
   attention = jax.nn.softmax(flat, axis=-1).reshape(energies.shape)

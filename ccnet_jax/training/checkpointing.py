@@ -76,8 +76,7 @@ class RunCheckpoints:
       )
       self._manager.wait_until_finished()
     except Exception as error:  # Orbax and tensorstore wrap I/O errors in their own types.
-      kept = ("none was kept" if previous is None
-              else f"the checkpoint of step {previous} is intact")
+      kept = "none was kept" if previous is None else f"the checkpoint of step {previous} is intact"
       raise UserError(
           f"could not write the checkpoint of step {step} to {self.directory} ({_reason(error)});"
           f" {kept}. Free disk space or fix the directory, then run the same command again."
@@ -118,14 +117,17 @@ class RunCheckpoints:
         failures.append((step, _reason(error)))
         continue
       for skipped, reason in failures:
-        report(f"warning: the checkpoint of step {skipped} cannot be read ({reason}); moved it"
-               f" to {self._set_aside(skipped)} and resumed from step {step}.")
+        report(
+            f"warning: the checkpoint of step {skipped} cannot be read ({reason}); moved it"
+            f" to {self._set_aside(skipped)} and resumed from step {step}."
+        )
       return restored
     if failures:
       listed = "; ".join(f"step {step}: {reason}" for step, reason in failures)
       raise UserError(
           f"no checkpoint in {self.directory} can be read ({listed}). Move the directory aside"
-          " to start the run again, or choose another --workdir.")
+          " to start the run again, or choose another --workdir."
+      )
     return None
 
   def _set_aside(self, step: int) -> str:
@@ -149,8 +151,8 @@ def _weights_target(model: nnx.Module) -> dict[str, Any]:
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   return {
       name: jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-          nnx.to_pure_dict(state))
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nnx.to_pure_dict(state)
+      )
       for name, state in (("params", params), ("batch_stats", batch_stats))
   }
 
@@ -168,8 +170,10 @@ def load_checkpoint_model(
     try:
       restored = checkpoints.restore_part(_weights_target(model), step)
     except Exception as error:  # A damaged checkpoint fails in many libraries' types.
-      raise UserError(f"the checkpoint of step {step} in {directory} cannot be read"
-                      f" ({_reason(error)}); train again or pass --model=<model directory>.")
+      raise UserError(
+          f"the checkpoint of step {step} in {directory} cannot be read"
+          f" ({_reason(error)}); train again or pass --model=<model directory>."
+      )
   finally:
     checkpoints.close()
   graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)

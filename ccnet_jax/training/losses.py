@@ -84,8 +84,9 @@ def ohem_cross_entropy(
   kth_smallest = jnp.sort(target_probs)[k - 1]
   num_valid = jnp.sum(valid)
   threshold = jnp.where(
-      num_valid < min_kept, jnp.inf, jnp.maximum(jnp.asarray(thresh, kth_smallest.dtype),
-                                                  kth_smallest)
+      num_valid < min_kept,
+      jnp.inf,
+      jnp.maximum(jnp.asarray(thresh, kth_smallest.dtype), kth_smallest),
   )
   kept = valid & (target_probs.reshape(valid.shape) <= threshold)
   return _masked_mean(-target_log_probs, kept)
@@ -119,8 +120,11 @@ def segmentation_loss(
   upsample = lambda x: resize_bilinear(x, size, align_corners=loss_config.align_corners)
   if loss_config.ohem:
     main = ohem_cross_entropy(
-        upsample(logits), labels, thresh=loss_config.ohem_thresh,
-        min_kept=loss_config.ohem_min_kept, ignore_label=loss_config.ignore_label,
+        upsample(logits),
+        labels,
+        thresh=loss_config.ohem_thresh,
+        min_kept=loss_config.ohem_min_kept,
+        ignore_label=loss_config.ignore_label,
     )
   else:
     main = cross_entropy(upsample(logits), labels, ignore_label=loss_config.ignore_label)

@@ -81,10 +81,9 @@ def create_train_state(
 ) -> tuple[ModelDef, TrainState]:
   """Splits ``model`` into its static ``ModelDef`` and a step-0 ``TrainState``."""
   graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  rng_streams = sorted({
-      variable.tag for _, variable in nnx.to_flat_state(rest)
-      if isinstance(variable, nnx.RngKey)
-  })
+  rng_streams = sorted(
+      {variable.tag for _, variable in nnx.to_flat_state(rest) if isinstance(variable, nnx.RngKey)}
+  )
   model_def = ModelDef(
       graphdef=graphdef,
       params=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),

@@ -51,8 +51,9 @@ class MetricWriter:
   an earlier invocation that was killed before its next checkpoint, are dropped.
   """
 
-  def __init__(self, workdir: str | os.PathLike, *, start_step: int = 0,
-               enabled: bool | None = None):
+  def __init__(
+      self, workdir: str | os.PathLike, *, start_step: int = 0, enabled: bool | None = None
+  ):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tensorboard = None
@@ -64,7 +65,8 @@ class MetricWriter:
       _drop_records_after(path, start_step)
       self._jsonl = open(path, "a", encoding="utf-8")
       self._tensorboard = SummaryWriter(
-          os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+          os.path.join(workdir, "tensorboard"), purge_step=start_step + 1
+      )
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -91,8 +93,9 @@ class MetricWriter:
 class ProgressLine:
   """``step 120/600 [#####.....] loss 0.432 lr 8.1e-03 12.3 img/s ETA 0:04:12``."""
 
-  def __init__(self, total_steps: int, batch_size: int, *, enabled: bool | None = None,
-               stream=None):
+  def __init__(
+      self, total_steps: int, batch_size: int, *, enabled: bool | None = None, stream=None
+  ):
     self.total_steps = total_steps
     self.batch_size = batch_size
     self.enabled = jax.process_index() == 0 if enabled is None else enabled

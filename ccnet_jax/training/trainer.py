@@ -33,9 +33,7 @@ from ccnet_jax.training.preemption import StopRequest
 from ccnet_jax.training.state import ModelDef, TrainState, create_train_state, merge_model
 from ccnet_jax.training.step import make_train_step
 from ccnet_jax.training.summaries import MetricWriter, ProgressLine
-from ccnet_jax.training.workdir import (
-    WorkdirLock, check_same_config, check_writable, write_config,
-)
+from ccnet_jax.training.workdir import WorkdirLock, check_same_config, check_writable, write_config
 
 __all__ = ["TrainingDiverged", "check_config", "initial_model", "train_and_evaluate"]
 
@@ -55,18 +53,25 @@ def _check_intervals(train: ml_collections.ConfigDict) -> None:
   for name in INTERVALS:
     value = train[name]
     if not isinstance(value, int) or value < 0:
-      raise ValueError(f"train.{name}={value!r} must be a whole number of steps, or 0 for never;"
-                       f" set --config.train.{name}=N.")
+      raise ValueError(
+          f"train.{name}={value!r} must be a whole number of steps, or 0 for never;"
+          f" set --config.train.{name}=N."
+      )
   if not isinstance(train.total_steps, int) or train.total_steps < 1:
     raise ValueError(f"train.total_steps={train.total_steps!r} must be a positive whole number.")
 
 
 def _check_crop_size(data: ml_collections.ConfigDict) -> None:
   crop = data.crop_size
-  if (not isinstance(crop, (tuple, list)) or len(crop) != 2
-      or not all(isinstance(x, int) and x > 0 for x in crop)):
-    raise ValueError(f"data.crop_size={crop!r} must be two positive integers (height, width),"
-                     " e.g. --config.data.crop_size=512,512.")
+  if (
+      not isinstance(crop, (tuple, list))
+      or len(crop) != 2
+      or not all(isinstance(x, int) and x > 0 for x in crop)
+  ):
+    raise ValueError(
+        f"data.crop_size={crop!r} must be two positive integers (height, width),"
+        " e.g. --config.data.crop_size=512,512."
+    )
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -108,15 +113,23 @@ def _best_record(workdir: str) -> dict[str, Any]:
   return {"step": None, "miou": -1.0}
 
 
-def export_model(workdir: str, name: str, model_def: ModelDef, state: TrainState,
-                 config: ml_collections.ConfigDict, extra: dict | None = None) -> None:
+def export_model(
+    workdir: str,
+    name: str,
+    model_def: ModelDef,
+    state: TrainState,
+    config: ml_collections.ConfigDict,
+    extra: dict | None = None,
+) -> None:
   """Writes the model of ``state`` as the model directory WORKDIR/name (process 0 only)."""
   if jax.process_index() != 0:
     return
   # Replicated arrays: process 0's own copy is the whole value.
   local = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state)
   directory = save_model(
-      os.path.join(workdir, name), merge_model(model_def, local, train=False), config.model,
+      os.path.join(workdir, name),
+      merge_model(model_def, local, train=False),
+      config.model,
       preprocessing=preprocessing(config.data),
   )
   for filename, content in (extra or {}).items():
@@ -142,21 +155,31 @@ class Run:
     out_dir = os.path.join(self.workdir, "predictions", f"step_{step}")
     results = self.evaluation(model, out_dir=out_dir)
     self.writer.write_scalars(
-        step, {"eval/miou": results["miou"], "eval/pixel_accuracy": results["pixel_accuracy"]})
+        step, {"eval/miou": results["miou"], "eval/pixel_accuracy": results["pixel_accuracy"]}
+    )
     overlays = self.evaluation.overlays(self.config.train.num_summary_images)
     self.writer.write_images(step, {f"eval/{name}": image for name, image in overlays.items()})
     if results["miou"] > self.best["miou"]:
       self.best = {"step": step, "miou": float(results["miou"])}
-      export_model(self.workdir, "best", self.model_def, state, self.config,
-                   extra={"metrics.json": self.best})
+      export_model(
+          self.workdir,
+          "best",
+          self.model_def,
+          state,
+          self.config,
+          extra={"metrics.json": self.best},
+      )
     return results
 
   def check_finite(self, step: int, scalars: dict[str, float]) -> None:
     if scalars.pop("finite"):
       return
     kept = self.checkpoints.latest_step()
-    kept = (f"the last good checkpoint (step {kept}) in {self.workdir} is intact" if kept
-            else "no checkpoint was written yet, so a rerun starts again from step 0")
+    kept = (
+        f"the last good checkpoint (step {kept}) in {self.workdir} is intact"
+        if kept
+        else "no checkpoint was written yet, so a rerun starts again from step 0"
+    )
     raise TrainingDiverged(
         f"The loss or the gradients became NaN/Inf at step {step} (loss {scalars['loss']});"
         f" stopped without saving; {kept}. Lower --config.optim.learning_rate or set"
@@ -266,6 +289,9 @@ def _stop_early(stop, step, saved, state, loader, checkpoints) -> dict[str, Any]
   if not stop:
     return {"step": step, "stopped": "stop_after_steps"}
   if jax.process_index() == 0:
-    print(f"Received {stop.signal_name}: saved the checkpoint of step {step};"
-          " run the same command again to resume.", flush=True)
+    print(
+        f"Received {stop.signal_name}: saved the checkpoint of step {step};"
+        " run the same command again to resume.",
+        flush=True,
+    )
   return {"step": step, "stopped": stop.signal_name}

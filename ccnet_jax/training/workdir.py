@@ -22,10 +22,23 @@ LOCK_FILE = ".lock"
 # Fields a resumed run may change: when and what it logs, evaluates and keeps, how long it
 # runs, where the data lives, and how the same network is computed.
 FREE_ON_RESUME = (
-    "train.total_steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.num_summary_images", "train.init_from", "train.init_part",
-    "eval.", "data.root", "data.tfds_data_dir", "data.manual_dir", "data.prefetch",
-    "data.eval_split", "data.synthetic.num_eval", "model.cca_impl", "model.dtype",
+    "train.total_steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.num_summary_images",
+    "train.init_from",
+    "train.init_part",
+    "eval.",
+    "data.root",
+    "data.tfds_data_dir",
+    "data.manual_dir",
+    "data.prefetch",
+    "data.eval_split",
+    "data.synthetic.num_eval",
+    "model.cca_impl",
+    "model.dtype",
 )
 
 
@@ -50,13 +63,16 @@ def check_writable(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as error:
-    raise UserError(f"cannot create the workdir {workdir}: {error.strerror}; choose another"
-                    " --workdir.") from None
+    raise UserError(
+        f"cannot create the workdir {workdir}: {error.strerror}; choose another" " --workdir."
+    ) from None
   for parent, directories, files in os.walk(workdir):
     for path in [parent] + [os.path.join(parent, name) for name in files]:
       if not os.access(path, os.W_OK):
-        raise UserError(f"{path} is not writable: make the workdir writable (chmod -R u+w"
-                        f" {workdir}) or choose another --workdir.")
+        raise UserError(
+            f"{path} is not writable: make the workdir writable (chmod -R u+w"
+            f" {workdir}) or choose another --workdir."
+        )
     directories[:] = [d for d in directories if d != "predictions"]
 
 
@@ -80,7 +96,8 @@ class WorkdirLock:
       handle.close()
       raise UserError(
           f"{os.path.dirname(self.path)} is in use by another run ({holder}); wait for it to"
-          " end or choose another --workdir.") from None
+          " end or choose another --workdir."
+      ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -103,18 +120,23 @@ def saved_config(workdir: str) -> dict[str, Any] | None:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, json.JSONDecodeError) as error:
-    raise UserError(f"{path} cannot be read ({error}); restore it or delete it to accept the"
-                    " current config.") from None
+    raise UserError(
+        f"{path} cannot be read ({error}); restore it or delete it to accept the" " current config."
+    ) from None
 
 
-def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
-                       *, within: str = "") -> list[str]:
+def config_differences(
+    saved: dict[str, Any], config: ml_collections.ConfigDict, *, within: str = ""
+) -> list[str]:
   """``field: saved -> now`` for each field under ``within`` that differs and is not free."""
   before, now = flatten_config(saved), flatten_config(_as_json(config))
   lines = []
   for name in sorted(before.keys() | now.keys()):
-    if (not name.startswith(within) or name.startswith(FREE_ON_RESUME)
-        or before.get(name) == now.get(name)):
+    if (
+        not name.startswith(within)
+        or name.startswith(FREE_ON_RESUME)
+        or before.get(name) == now.get(name)
+    ):
       continue
     lines.append(f"{name}: {before.get(name, '(absent)')!r} -> {now.get(name, '(absent)')!r}")
   return lines
@@ -129,7 +151,8 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if differences:
     raise UserError(
         f"the run in {workdir} was started with another config ({'; '.join(differences)});"
-        " rerun with the saved values (see its config.json) or choose another --workdir.")
+        " rerun with the saved values (see its config.json) or choose another --workdir."
+    )
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -28,11 +28,20 @@ def _parser() -> argparse.ArgumentParser:
   attention = commands.add_parser("attention", help="criss-cross attention maps of pixels")
   attention.add_argument("--model", required=True, help="model directory or training workdir")
   attention.add_argument("--image", required=True, help="image file")
-  attention.add_argument("--pixel", required=True, action="append", metavar="Y,X",
-                         help="row,column of a pixel to show (repeat for several)")
+  attention.add_argument(
+      "--pixel",
+      required=True,
+      action="append",
+      metavar="Y,X",
+      help="row,column of a pixel to show (repeat for several)",
+  )
   attention.add_argument("--out", required=True, help="folder for the figure")
-  attention.add_argument("--dataset", choices=DATASET_NAMES, default=None,
-                         help="palette (default: from the model's class count)")
+  attention.add_argument(
+      "--dataset",
+      choices=DATASET_NAMES,
+      default=None,
+      help="palette (default: from the model's class count)",
+  )
   return parser
 
 

@@ -39,6 +39,7 @@ _MARKER = (0, 255, 255)
 @dataclasses.dataclass(frozen=True)
 class PixelAttention:
   """One pixel's attention on the network's output grid (h, w); each map sums to 1."""
+
   pixel: tuple[int, int]  # (y, x) in the image.
   grid_pixel: tuple[int, int]  # (y, x) on the attention grid.
   loop1: np.ndarray  # (h, w): the first loop's weights, zero off the pixel's row and column.
@@ -157,8 +158,11 @@ def _row(panels: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def attention_figure(
-    image: np.ndarray, prediction: np.ndarray, palette: np.ndarray,
-    maps: Sequence[PixelAttention], alpha: float = 0.7,
+    image: np.ndarray,
+    prediction: np.ndarray,
+    palette: np.ndarray,
+    maps: Sequence[PixelAttention],
+    alpha: float = 0.7,
 ) -> np.ndarray:
   """One row per pixel: image, loop-1 weights, effective weights (both on the image, the
   pixel circled), the colourised prediction. uint8 (rows, columns, 3)."""
@@ -177,7 +181,10 @@ def attention_figure(
 
 
 def image_attention(
-    model: str, image: np.ndarray, pixels: Sequence[Sequence[int]], *,
+    model: str,
+    image: np.ndarray,
+    pixels: Sequence[Sequence[int]],
+    *,
     dataset: str | None = None,
 ) -> tuple[np.ndarray, list[PixelAttention], np.ndarray]:
   """(prediction, each pixel's maps, the figure) of a saved model on a uint8 RGB image.
@@ -196,7 +203,11 @@ def image_attention(
 
 
 def save_attention(
-    model: str, image_path: str, pixels: Sequence[Sequence[int]], out_dir: str, *,
+    model: str,
+    image_path: str,
+    pixels: Sequence[Sequence[int]],
+    out_dir: str,
+    *,
     dataset: str | None = None,
 ) -> str:
   """Writes ``out_dir/<image name>_attention.png`` (see :func:`attention_figure`); its path."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from ccnet_jax.ops.pallas.criss_cross import TUNING_GRID
-from ccnet_jax.ops.pallas.criss_cross import BlockSizes
-from ccnet_jax.ops.pallas.criss_cross import criss_cross_attention_pallas
-from ccnet_jax.ops.pallas.criss_cross import tuning_configurations
+from ccnet_jax.ops.pallas.criss_cross import (
+    TUNING_GRID,
+    BlockSizes,
+    criss_cross_attention_pallas,
+    tuning_configurations,
+)
 
 __all__ = ["BlockSizes", "TUNING_GRID", "criss_cross_attention_pallas", "tuning_configurations"]

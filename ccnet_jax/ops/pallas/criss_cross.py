@@ -116,8 +116,10 @@ TUNING_GRID = {
 def tuning_configurations() -> list[BlockSizes]:
   """Every combination of TUNING_GRID, the default first, then in a fixed order."""
   names = list(TUNING_GRID)
-  grid = [BlockSizes(**dict(zip(names, values)))
-          for values in itertools.product(*(TUNING_GRID[n] for n in names))]
+  grid = [
+      BlockSizes(**dict(zip(names, values)))
+      for values in itertools.product(*(TUNING_GRID[n] for n in names))
+  ]
   return sorted(grid, key=lambda sizes: sizes != BlockSizes())
 
 
@@ -141,19 +143,39 @@ def _padded(n: int) -> int:
   return max(_MIN_BLOCK, 1 << (n - 1).bit_length())
 
 
-def _branch(mask_diagonal: bool, strided: bool, q_shape, channels: int, pad: bool,
-            sizes: BlockSizes) -> _Branch:
+def _branch(
+    mask_diagonal: bool, strided: bool, q_shape, channels: int, pad: bool, sizes: BlockSizes
+) -> _Branch:
   """The geometry of a branch over arrays of q's shape (sequences down or along its rows)."""
   length = q_shape[1] if strided else q_shape[2]
   key_channels = q_shape[3]
   if not pad:
     slice_ = sizes.channel_slice if channels % sizes.channel_slice == 0 else channels
-    return _Branch(mask_diagonal, strided, length, length, length, key_channels, key_channels,
-                   channels, channels, slice_)
+    return _Branch(
+        mask_diagonal,
+        strided,
+        length,
+        length,
+        length,
+        key_channels,
+        key_channels,
+        channels,
+        channels,
+        slice_,
+    )
   seq, value_block = _padded(length), _padded(channels)
-  return _Branch(mask_diagonal, strided, length, seq, min(sizes.query_block, seq),
-                 key_channels, _padded(key_channels), channels, value_block,
-                 min(sizes.channel_slice, value_block))
+  return _Branch(
+      mask_diagonal,
+      strided,
+      length,
+      seq,
+      min(sizes.query_block, seq),
+      key_channels,
+      _padded(key_channels),
+      channels,
+      value_block,
+      min(sizes.channel_slice, value_block),
+  )
 
 
 # Masked access to blocks that may extend past the array's edge.
@@ -267,8 +289,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, branch: _Branch, merge: bool):
   _write(lse_ref, lse, n, 1, row_start=start)
 
 
-def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_or_out_ref, *refs,
-                branch: _Branch, merge: bool):
+def _bwd_kernel(
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_or_out_ref, *refs, branch: _Branch, merge: bool
+):
   """dq, dk and dv of one whole sequence, from one recomputation of p.
 
   Without `merge` (the first branch) the sixth input is the forward output,
@@ -295,8 +318,9 @@ def _bwd_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_or_out_ref, *refs,
       dv = dv + _read(dv_prev_ref, n, c, start=c0, size=cs)
     else:
       out = _read(delta_or_out_ref, n, c, start=c0, size=cs)
-      delta = delta + jnp.sum(do.astype(jnp.float32) * out.astype(jnp.float32), axis=1,
-                              keepdims=True)
+      delta = delta + jnp.sum(
+          do.astype(jnp.float32) * out.astype(jnp.float32), axis=1, keepdims=True
+      )
     _write(dv_ref, dv, n, c, start=c0, size=cs)
     dp = dp + _dot(do, _read(v_ref, n, c, start=c0, size=cs), (1, 1))
   if merge:
@@ -362,7 +386,12 @@ def _branch_forward(branch: _Branch, q, k, v, previous, out_dtypes, options):
   lse_shape = q.shape[:3] + (1,)
   return _call(
       functools.partial(_fwd_kernel, branch=branch, merge=previous is not None),
-      q, k, v, *(previous or ()), interpret=options.interpret, sizes=options.sizes,
+      q,
+      k,
+      v,
+      *(previous or ()),
+      interpret=options.interpret,
+      sizes=options.sizes,
       grid=_grid(branch, q.shape, branch.seq // bq),
       in_specs=in_specs,
       # lse as (..., 1): a (query_block, 1) block keeps the kernels 2-D on every backend.
@@ -390,9 +419,19 @@ def _branch_backward(branch: _Branch, q, k, v, d_out, lse, delta_or_out, previou
     out_specs = [whole(kc), whole(kc), whole(vc)]
   return _call(
       functools.partial(_bwd_kernel, branch=branch, merge=previous is not None),
-      q, k, v, d_out, lse, delta_or_out, *(previous or ()), interpret=options.interpret,
-      sizes=options.sizes, grid=_grid(branch, q.shape, 1), in_specs=in_specs,
-      out_specs=out_specs, out_shape=out_shape,
+      q,
+      k,
+      v,
+      d_out,
+      lse,
+      delta_or_out,
+      *(previous or ()),
+      interpret=options.interpret,
+      sizes=options.sizes,
+      grid=_grid(branch, q.shape, 1),
+      in_specs=in_specs,
+      out_specs=out_specs,
+      out_shape=out_shape,
       name=_kernel_name(branch, "bwd"),
   )
 
@@ -458,9 +497,7 @@ def _criss_cross_bwd(options, residuals, d_out):
       first, *(swap(x) for x in (q, k, v, d_out, lse, out)), None, options
   )
   previous = tuple(swap(x) for x in previous)
-  return tuple(
-      _branch_backward(second, q, k, v, d_out, lse, swap(delta), previous, options)
-  )
+  return tuple(_branch_backward(second, q, k, v, d_out, lse, swap(delta), previous, options))
 
 
 _criss_cross.defvjp(_criss_cross_fwd, _criss_cross_bwd)
