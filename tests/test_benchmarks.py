@@ -3,7 +3,6 @@ the kernel sweep runs every flag on CPU and reports failures as rows."""
 
 import json
 import os
-import subprocess
 import sys
 
 import jax.numpy as jnp
@@ -15,6 +14,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 _saved_flags = os.environ.get("XLA_FLAGS")
 import attention_cost  # noqa: E402  (sets an XLA flag for its own processes)
 import cca_kernels
+
+from tests.processes import run_python
 
 if _saved_flags is None:
   os.environ.pop("XLA_FLAGS", None)
@@ -42,21 +43,11 @@ def test_inference_flop_increments_match_closed_form(size):
   assert increments["non_local"].gflops * 1e9 == pytest.approx(expected, rel=0.02)
 
 
-_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 _TINY = ["--size", "3", "--batch", "1", "--key-channels", "8", "--channels", "16"]
 
 
 def _run_cca_kernels(*flags):
-  env = dict(os.environ, PYTHONPATH=_ROOT)
-  env.pop("XLA_FLAGS", None)
-  return subprocess.run(
-      [sys.executable, "benchmarks/cca_kernels.py", *_TINY, *flags],
-      cwd=_ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=600,
-  )
+  return run_python("benchmarks/cca_kernels.py", *_TINY, *flags, one_device=True, timeout=600)
 
 
 def test_cca_sweep_of_one_configuration_writes_table_and_json(tmp_path):
@@ -133,17 +124,7 @@ def test_readme_memory_figures_within_five_percent():
   """Measured as the benchmark measures them, in a fresh process: XLA's flags are read once,
   when jax starts. Its buffer plan is deterministic for one jax version: 5% absorbs small
   changes in fusion; outside it the README's tables must be measured again."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=root)
-  env.pop("XLA_FLAGS", None)
-  result = subprocess.run(
-      [sys.executable, "-c", _MEASURE_MEMORY],
-      cwd=root,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=600,
-  )
+  result = run_python("-c", _MEASURE_MEMORY, one_device=True, timeout=600)
   assert result.returncode == 0, result.stderr
   measured = json.loads(result.stdout.splitlines()[-1])
   for name, megabytes in README_MEMORY_MB.items():

@@ -207,7 +207,7 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert '"recurrence": 1' in printed and str(out) in printed
   model, info = model_dir.load_model(out)
-  assert info["preprocessing"] == convert.OFFICIAL_PREPROCESSING
+  assert info["preprocessing"] == model_dir.OFFICIAL_PREPROCESSING
   assert info["model"].head.recurrence == 1 and info["model"].num_classes == 5
   images = _images(41, 40)
   want_logits, want_aux = _torch_forward(net, images)

@@ -7,8 +7,6 @@ Both formats of torch.save are covered: the zip format (torch >= 1.6) and the le
 import collections
 import os
 import pickle
-import subprocess
-import sys
 
 import ml_dtypes
 import numpy as np
@@ -17,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ccnet_jax.convert import io  # pylint: disable=wrong-import-position
+from tests.processes import run_python
 
 
 class _RunsACommand:
@@ -51,7 +50,6 @@ def _expected(tensor):
   return tensor.detach().numpy()
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = {"zip": True, "legacy": False}  # -> torch.save's _use_new_zipfile_serialization
 
 
@@ -73,15 +71,7 @@ _BLOCK_TORCH = (
 
 
 def _run_without_torch(code, *args):
-  return subprocess.run(
-      [sys.executable, "-c", _BLOCK_TORCH + code, *map(str, args)],
-      cwd=REPO,
-      check=False,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      env={**os.environ, "PYTHONPATH": REPO},
-  )
+  return run_python("-c", _BLOCK_TORCH + code, *args)
 
 
 def _assert_equal_to_torch(state, tensors):
@@ -272,15 +262,7 @@ def test_junk_inputs_to_the_command_are_one_error_line_naming_the_file(tmp_path)
     path = _save(weights, tmp_path / f"truncated_{file_format}.pth", file_format)
     _cut(path, 0.6)
   paths = sorted(str(p) for p in tmp_path.iterdir())
-  result = subprocess.run(
-      [sys.executable, "-c", _CONVERT_EACH, *paths],
-      cwd=REPO,
-      check=False,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      env={**os.environ, "PYTHONPATH": REPO},
-  )
+  result = run_python("-c", _CONVERT_EACH, *paths)
   assert result.returncode == 0, result.stderr
   assert len(paths) == 7
   for path in paths:

@@ -32,6 +32,7 @@ from ccnet_jax.training.preemption import StopRequest
 from ccnet_jax.training.state import create_train_state
 from ccnet_jax.training.trainer import check_config, initial_model
 from configs import synthetic
+from tests.processes import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
@@ -473,15 +474,8 @@ def test_evaluation_and_the_cli_do_not_import_the_training_loop(environment):
       "import sys, ccnet_jax.cli, ccnet_jax.evaluation.run;"
       " print('ccnet_jax.training.trainer' in sys.modules)"
   )
-  result = subprocess.run(
-      [sys.executable, "-c", code],
-      cwd=ROOT,
-      env=environment,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      check=True,
-  )
+  result = run_python("-c", code, env=environment)
+  assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == "False", result
 
 

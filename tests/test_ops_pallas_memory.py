@@ -1,15 +1,13 @@
 """What the memory-efficient criss-cross implementations keep for the backward pass."""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from ccnet_jax import ops
+from tests.processes import run_python
 
 SIZE = 97  # The paper's 769 x 769 crop at output stride 8.
 
@@ -35,8 +33,6 @@ def test_no_attention_sized_residuals(impl):
   assert sum(jnp.prod(jnp.array(s)) for s in shapes) <= (height * width * (8 + 8 + 16 + 16 + 1))
 
 
-_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
 # Runs in a fresh process: attention_cost sets the XLA flag that makes the CPU
 # memory analysis account for every buffer, which only takes effect before jax
 # starts its backend.
@@ -49,17 +45,8 @@ print(json.dumps(cca_kernels.memory_increments(%d, 1)))
 
 
 def _extra_training_memory_mb():
-  env = dict(os.environ, PYTHONPATH=_ROOT)
-  env.pop("XLA_FLAGS", None)
-  result = subprocess.run(
-      [sys.executable, "-c", _MEASURE % SIZE],
-      cwd=_ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=600,
-      check=True,
-  )
+  result = run_python("-c", _MEASURE % SIZE, one_device=True, timeout=600)
+  assert result.returncode == 0, result.stderr
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -3,8 +3,6 @@
 from ccnet_jax.convert.io import read_checkpoint, read_state_dict, read_torch_zip
 from ccnet_jax.convert.loaders import (
     BACKBONE_FORMATS,
-    IMAGENET_PREPROCESSING,
-    OFFICIAL_PREPROCESSING,
     backbone_config,
     load_backbone,
     load_backbone_into,
@@ -19,8 +17,6 @@ from ccnet_jax.convert.mapping import FORMATS, convert_arrays, convert_state, lo
 __all__ = [
     "BACKBONE_FORMATS",
     "FORMATS",
-    "IMAGENET_PREPROCESSING",
-    "OFFICIAL_PREPROCESSING",
     "backbone_config",
     "convert_arrays",
     "convert_state",

@@ -21,11 +21,6 @@ from ccnet_jax.models.ccnet import CCNet
 from ccnet_jax.models.registry import build_model, model_config
 from ccnet_jax.models.resnet import DEPTHS, ResNet
 
-# What the official release and mmseg's img_norm_cfg (torchvision, MIT and mmcv ImageNet
-# ResNets use the same) expect; defined beside the model directories that record them.
-OFFICIAL_PREPROCESSING = model_dir.OFFICIAL_PREPROCESSING
-IMAGENET_PREPROCESSING = model_dir.IMAGENET_PREPROCESSING
-
 BACKBONE_FORMATS = ("mit", "torchvision", "v1c")
 
 
@@ -218,7 +213,7 @@ def load_checkpoint(
     )
     if depth is not None and depth != config.backbone.depth:
       raise ValueError(f"--depth={depth} but the checkpoint is a ResNet-{config.backbone.depth}.")
-    build, preprocessing = (lambda: build_model(config)), OFFICIAL_PREPROCESSING
+    build, preprocessing = (lambda: build_model(config)), model_dir.OFFICIAL_PREPROCESSING
   elif format == "mmseg":
     config = mmseg_config(
         state_dict,
@@ -227,7 +222,7 @@ def load_checkpoint(
         recurrence=recurrence,
         meta=meta or found_meta,
     )
-    build, preprocessing = (lambda: build_model(config)), IMAGENET_PREPROCESSING
+    build, preprocessing = (lambda: build_model(config)), model_dir.IMAGENET_PREPROCESSING
   else:
     if num_classes is not None or recurrence is not None:
       raise ValueError(
@@ -237,7 +232,7 @@ def load_checkpoint(
     if output_stride is not None:
       config.backbone.output_stride = output_stride
     build = lambda: ResNet(**config.backbone.to_dict(), rngs=nnx.Rngs(0))  # noqa: E731
-    preprocessing = IMAGENET_PREPROCESSING
+    preprocessing = model_dir.IMAGENET_PREPROCESSING
   model = model_dir.empty_module(build)
   mapping.load_into(model, state_dict, format)
   model.eval()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-ADE20K_ZIP = "ADEChallengeData2016.zip"
+from ccnet_jax.data.tfds_sources import ADE20K_ZIP
 
 
 class Ade20kChallenge2016(tfds.core.GeneratorBasedBuilder):

@@ -113,7 +113,7 @@ def _best_record(workdir: str) -> dict[str, Any]:
   return {"step": None, "miou": -1.0}
 
 
-def export_model(
+def write_model_dir(
     workdir: str,
     name: str,
     model_def: ModelDef,
@@ -161,7 +161,7 @@ class Run:
     self.writer.write_images(step, {f"eval/{name}": image for name, image in overlays.items()})
     if results["miou"] > self.best["miou"]:
       self.best = {"step": step, "miou": float(results["miou"])}
-      export_model(
+      write_model_dir(
           self.workdir,
           "best",
           self.model_def,
@@ -274,7 +274,7 @@ def _loop(config, workdir, mesh, checkpoints, stop_after_steps) -> dict[str, Any
           return _stop_early(stop, step, saved, state, loader, checkpoints)
 
       metrics = run.evaluate(total_steps, state)
-      export_model(workdir, "model", model_def, state, config)
+      write_model_dir(workdir, "model", model_def, state, config)
     if jax.process_index() == 0:
       print(format_results_table(metrics, dataset_info(config.data.name).class_names))
     return {"step": step, **metrics}
