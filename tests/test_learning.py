@@ -16,16 +16,18 @@ the same position.
 Measured on the 2-core CPU machine, this config with train.seed varied (the test uses seed 0),
 shape mIoU (%) after 200 steps, R=2 cue accuracy (%) in brackets:
 
-  seed  R=0   R=2
-  0     0.5   62.4 (100.0)
+  seed  R=0      R=2
+  0     0.5      62.4 (100.0)
   1     not run  68.8 (100.0)
-  2     14.7  not run
-  4     10.9  61.7 (99.6)
+  2     14.7     13.2 (34.9)
+  4     10.9     61.7 (99.6)
 
-The smallest gap between any R=2 run and any R=0 run is 47 points; the test asks for 25
-(MARGIN). R=2's cue accuracy is at least 99.6% where chance is 33%; the test asks for 90%.
-With gamma multiplied by 0 in the attention block (a planted bug), R=2 scored 11.0 against
-R=0's 0.5 and the test failed.
+In three seeds of four R=2 reads the cue (accuracy >= 99.6% where chance is 33%) and the
+smallest gap to any R=0 run is 47 points; the test asks for 25 (MARGIN) and 90% cue accuracy.
+In seed 2 its attention had not found the stripe within 200 steps: the budget is short enough
+that the seed matters, so the seed is fixed and a change of seed or of the initialisation
+order can flip this test without a bug. With gamma multiplied by 0 in the attention block (a
+planted bug), R=2 scored 11.0 against R=0's 0.5 and the test failed.
 
 Cost: 3 min 18 s of CPU time for both trainings and evaluations (``time python -m pytest
 tests/test_learning.py``; 10 min 41 s of wall time under a load average of 10 to 13).
