@@ -26,8 +26,8 @@ In three seeds of four R=2 reads the cue (accuracy >= 99.6% where chance is 33%)
 smallest gap to any R=0 run is 47 points; the test asks for 25 (MARGIN) and 90% cue accuracy.
 In seed 2 its attention never found the stripe (300 steps: 12.0 against R=0's 10.5, cue
 accuracy 30.5%): the seed matters, so the seed is fixed, and a change of seed or of the
-initialisation order can flip this test without a bug. With gamma multiplied by 0 in the attention block (a
-planted bug), R=2 scored 11.0 against R=0's 0.5 and the test failed.
+initialisation order can flip this test without a bug. With gamma multiplied by 0 in the
+attention block (a planted bug), R=2 scored 11.0 against R=0's 0.5 and the test failed.
 
 Cost: 3 min 18 s of CPU time for both trainings and evaluations (``time python -m pytest
 tests/test_learning.py``; 10 min 41 s of wall time under a load average of 10 to 13).
