@@ -111,7 +111,9 @@ def cue_accuracy(results: dict) -> float:
 def test_criss_cross_attention_carries_the_cue_an_fcn_head_cannot_reach():
   fcn = train_and_evaluate_on_one_device(learning_config(recurrence=0))
   ccnet = train_and_evaluate_on_one_device(learning_config(recurrence=2))
-  print(f"shape mIoU R=0 {shape_miou(fcn):.3f} R=2 {shape_miou(ccnet):.3f}, R=2 cue accuracy"
-        f" {cue_accuracy(ccnet):.3f}")
+  print(
+      f"shape mIoU R=0 {shape_miou(fcn):.3f} R=2 {shape_miou(ccnet):.3f}, R=2 cue accuracy"
+      f" {cue_accuracy(ccnet):.3f}"
+  )
   assert shape_miou(ccnet) >= shape_miou(fcn) + MARGIN, (fcn["iou"], ccnet["iou"])
   assert cue_accuracy(ccnet) >= MIN_CUE_ACCURACY, ccnet["confusion"]
