@@ -13,7 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ccnet_jax.cli import CONFIG_HELP, default_workdir, parse_flags, print_config, run_user_command
-from ccnet_jax.training.trainer import train_and_evaluate
+from ccnet_jax.trainer import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, CONFIG_HELP)
 _WORKDIR = flags.DEFINE_string(
