@@ -161,8 +161,8 @@ class Evaluator:
           "Saving eval PNGs needs palette= (DatasetInfo.palette) and normalization= (the data "
           "config with mean, std, channel_order); pass them or set out_dir=None."
       )
-    confusion = jax.device_put(
-        jnp.zeros((self.num_classes, self.num_classes), jnp.int32), self._replicated
+    confusion = jax.make_array_from_process_local_data(
+        self._replicated, np.zeros((self.num_classes, self.num_classes), np.int32)
     )
     saved, num_batches = 0, 0
     self.saved_overlays = {}

@@ -23,7 +23,7 @@ from ccnet_jax.evaluation.evaluator import Evaluator, model_predict_fn
 from ccnet_jax.evaluation.metrics import format_results_table
 from ccnet_jax.models.model_dir import load_model
 from ccnet_jax.training.checkpointing import load_checkpoint_model
-from ccnet_jax.training.mesh import make_mesh, replicated
+from ccnet_jax.training.mesh import make_mesh, replicate
 from ccnet_jax.training.workdir import config_differences, saved_config
 
 
@@ -47,7 +47,7 @@ class ModelEvaluation:
     """mIoU, per-class IoU, accuracies of ``model`` (eval mode); PNGs to ``out_dir``."""
     per_process = max(self.config.eval.batch_size // jax.process_count(), 1)
     # Every array on every device of the mesh: a loaded model sits on one device only.
-    state = jax.device_put(nnx.split(model)[1], replicated(self.mesh))
+    state = replicate(nnx.split(model)[1], self.mesh)
     return self.evaluator.evaluate(
         state,
         make_eval_loader(self.config.data, batch_size=per_process),

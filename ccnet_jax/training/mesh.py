@@ -39,12 +39,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a host-identical pytree (e.g. a fresh TrainState) replicated on the mesh.
 
-  Works with several processes too: each contributes its own identical copy.
+  Works with several processes too: each contributes its own identical copy. Arrays
+  already replicated on ``mesh`` (a train state's weights) are kept as they are, and
+  typed PRNG keys (a model's RNG streams) are placed through their key data.
   """
   sharding = replicated(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
-  )
+
+  def place(x):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+      return x
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = place(jax.random.key_data(x))
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+  return jax.tree.map(place, tree)
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
