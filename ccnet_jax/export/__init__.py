@@ -1,4 +1,4 @@
-"""Serving exports of a model directory: TensorFlow SavedModel, TFLite and StableHLO.
+"""Serving exports of a model directory: TensorFlow SavedModel, TFLite, StableHLO and ONNX.
 
 The exported function takes images as the user has them, float32 (B, H, W, 3) RGB on the
 0-255 scale, applies the preprocessing recorded in the model directory (channel order, mean,
@@ -6,12 +6,14 @@ std) and returns the main logits, float32 (B, h, w, num_classes) at the network'
 stride (1/8 of the input for the D8 models: h = ceil(H / 8) for the deep stem). Upsampling
 them to the image (bilinear) and the argmax are the caller's, as in training and evaluation.
 
-The criss-cross attention is always the einsum implementation: the Pallas kernels are
-device-specific custom calls that a serving runtime cannot run.
+The criss-cross attention is always the einsum implementation (its matmul form for ONNX,
+see ``export/onnx.py``): the Pallas kernels are device-specific custom calls that a serving
+runtime cannot run.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -20,10 +22,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ccnet_jax.export import onnx as onnx_export
 from ccnet_jax.models import model_dir
 from ccnet_jax.models.registry import DTYPES, build_model
 
-FORMATS = ("saved_model", "tflite", "stablehlo")
+FORMATS = ("saved_model", "tflite", "stablehlo", "onnx")
 STABLEHLO_FILE = "model.jax_exported"
 STABLEHLO_TEXT_FILE = "model.mlir"
 TFLITE_FILE = "model.tflite"
@@ -32,8 +35,10 @@ SIGNATURE_FILE = "serving.json"
 ServingFn = Callable[[jax.Array], jax.Array]
 
 
-def load_for_serving(directory: str | os.PathLike, *, dtype: str | None = None):
-  """(model, info) of a model directory, rebuilt with the einsum attention, in eval mode.
+def load_for_serving(
+    directory: str | os.PathLike, *, dtype: str | None = None, cca_impl: str = "einsum"
+):
+  """(model, info) of a model directory, rebuilt with the ``cca_impl`` attention, in eval mode.
 
   ``dtype`` replaces the computation dtype recorded in ``model.json`` ('float32' for a
   runtime without bfloat16).
@@ -45,7 +50,7 @@ def load_for_serving(directory: str | os.PathLike, *, dtype: str | None = None):
         " (a run's model/ or best/, or one written by `python -m ccnet_jax.convert`)."
     )
   config = info["model"]
-  config.cca_impl = "einsum"
+  config.cca_impl = cca_impl
   if dtype is not None:
     if dtype not in DTYPES:
       raise ValueError(f"--dtype={dtype!r} is not one of {sorted(DTYPES)}.")
@@ -141,6 +146,7 @@ _EXPORTERS = {
     "saved_model": export_saved_model,
     "tflite": export_tflite,
     "stablehlo": export_stablehlo,
+    "onnx": onnx_export.export_onnx,
 }
 
 
@@ -153,10 +159,12 @@ def export_model(  # pylint: disable=redefined-builtin
     height: int | None = None,
     width: int | None = None,
     dtype: str | None = None,
+    opset: int | None = None,
 ) -> dict[str, Any]:
   """Exports ``model_directory`` to ``out_dir`` in ``format``; returns what was written.
 
   ``batch``, ``height``, ``width``: a fixed size, or None for any size at run time.
+  ``opset``: the ONNX opset (``format='onnx'`` only; default ``onnx.DEFAULT_OPSET``).
   ``out_dir`` also receives ``serving.json``: the input and output contract.
   """
   if format not in FORMATS:
@@ -169,11 +177,19 @@ def export_model(  # pylint: disable=redefined-builtin
     raise ValueError(
         "--format=tflite needs a fixed input size: give --batch, --height and --width."
     )
-  model, info = load_for_serving(model_directory, dtype=dtype)
+  exporter = _EXPORTERS[format]
+  cca_impl = "einsum"
+  if format == "onnx":
+    onnx_export.require_packages()
+    exporter = functools.partial(exporter, opset=opset or onnx_export.DEFAULT_OPSET)
+    cca_impl = "matmul"
+  elif opset is not None:
+    raise ValueError(f"--opset is an ONNX setting; --format={format} has none.")
+  model, info = load_for_serving(model_directory, dtype=dtype, cca_impl=cca_impl)
   shape = input_shape(batch, height, width)
   out_dir = os.path.abspath(os.fspath(out_dir))
   os.makedirs(out_dir, exist_ok=True)
-  written = _EXPORTERS[format](serving_fn(model, info["preprocessing"]), shape, out_dir)
+  written = exporter(serving_fn(model, info["preprocessing"]), shape, out_dir)
   signature = {
       "format": format,
       "input": {
@@ -191,6 +207,8 @@ def export_model(  # pylint: disable=redefined-builtin
       "preprocessing": info["preprocessing"],
       "model": info["model"].name,
   }
+  if format == "onnx":
+    signature["opset"] = exporter.keywords["opset"]
   path = os.path.join(out_dir, SIGNATURE_FILE)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(signature, f, indent=2)

@@ -3,6 +3,7 @@
   python -m ccnet_jax.export models/ccnet_official exported/sm --format=saved_model
   python -m ccnet_jax.export runs/cs/model exported/lite --format=tflite --height=512 --width=512
   python -m ccnet_jax.export runs/cs/model exported/hlo --format=stablehlo --batch=0
+  python -m ccnet_jax.export runs/cs/model exported/onnx --format=onnx --batch=0
 
 Sizes left out (or 0) are symbolic: the export accepts any size there at run time.
 TFLite needs all three fixed.
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
       default=None,
       help="computation dtype (default: the model's; float32 for CPU runtimes)",
   )
+  parser.add_argument(
+      "--opset",
+      type=int,
+      default=None,
+      help="ONNX opset (--format=onnx; default: the latest TensorRT 10 reads)",
+  )
   return parser
 
 
@@ -48,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         height=args.height or None,
         width=args.width or None,
         dtype=args.dtype,
+        opset=args.opset,
     )
     print(json.dumps(summary, indent=2))
 

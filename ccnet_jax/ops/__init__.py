@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ccnet_jax.ops.criss_cross import criss_cross_attention
+from ccnet_jax.ops.criss_cross_matmul import criss_cross_attention_matmul
 from ccnet_jax.ops.criss_cross_recompute import criss_cross_attention_recompute
 from ccnet_jax.ops.non_local import non_local_attention
 from ccnet_jax.ops.pallas import criss_cross_attention_pallas
@@ -17,6 +18,7 @@ CrissCrossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 _IMPLEMENTATIONS: dict[str, CrissCrossFn] = {
     "einsum": criss_cross_attention,
     "einsum_recompute": criss_cross_attention_recompute,
+    "matmul": criss_cross_attention_matmul,
     "pallas": criss_cross_attention_pallas,
 }
 
@@ -64,6 +66,7 @@ def get_criss_cross(impl: str) -> CrissCrossFn:
 __all__ = [
     "criss_cross_attention",
     "criss_cross_attention_recompute",
+    "criss_cross_attention_matmul",
     "criss_cross_attention_pallas",
     "non_local_attention",
     "get_criss_cross",
