@@ -24,8 +24,8 @@ import numpy as np
 from ccnet_jax.data.synthetic import SyntheticLongRange
 from ccnet_jax.evaluation.onnx_predict import OnnxPredictor
 from ccnet_jax.evaluation.predict import Predictor
-from ccnet_jax.export import load_for_serving, serving_fn
 from ccnet_jax.export.onnx_runtime import OnnxModel
+from ccnet_jax.export.serving import load_for_serving, serving_fn
 
 
 def _alternate(functions: dict, repeats: int) -> dict[str, list[float]]:
@@ -79,9 +79,7 @@ def main() -> None:
   print(f"| {'what':<26} | median ms | min ms |")
   print(f"|{'-' * 28}|----------:|-------:|")
   for name, seconds in times.items():
-    print(
-        f"| {name:<26} | {1e3 * statistics.median(seconds):9.1f} | {1e3 * min(seconds):6.1f} |"
-    )
+    print(f"| {name:<26} | {1e3 * statistics.median(seconds):9.1f} | {1e3 * min(seconds):6.1f} |")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import numpy as np
 
 from ccnet_jax.errors import UserError
 from ccnet_jax.export.onnx import INPUT_NAME, ONNX_FILE, require_packages
+from ccnet_jax.export.serving import SIGNATURE_FILE
 
-SIGNATURE_FILE = "serving.json"
 # --provider names, in the order they are preferred when none is given.
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
