@@ -8,6 +8,7 @@ the same float32 arithmetic in another order (matmuls for the attention's einsum
 
 import functools
 import json
+import sys
 
 import jax
 import numpy as np
@@ -22,9 +23,10 @@ from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.inference import predict_logits
 from ccnet_jax.evaluation.onnx_predict import OnnxPredictor
 from ccnet_jax.export import onnx as onnx_export
+from ccnet_jax.export.__main__ import main as export_main
 from ccnet_jax.export.onnx_runtime import OnnxModel
 from ccnet_jax.models import model_dir
-from tests.processes import run_python
+from tests.helpers import run_command
 from tests.test_export import (
     EXACT_FRACTION,
     PREPROCESSING,
@@ -124,11 +126,8 @@ def saved_r2(tmp_path_factory):
 def test_fixed_size_export_from_the_command_line(saved_r2, tmp_path):
   model, directory = saved_r2
   out = tmp_path / "fixed"
-  result = run_python(
-      "-m", "ccnet_jax.export", directory, out, "--format=onnx", "--batch=2", "--height=40",
-      "--width=24", "--opset=18",
-  )  # fmt: skip
-  assert result.returncode == 0, result.stderr
+  flags = ("--format=onnx", "--batch=2", "--height=40", "--width=24", "--opset=18")
+  assert run_command(export_main, directory, out, *flags) == 0
   graph = onnx.load(out / onnx_export.ONNX_FILE)
   assert [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == [2, 40, 24, 3]
   assert graph.opset_import[0].version == 18
@@ -136,17 +135,13 @@ def test_fixed_size_export_from_the_command_line(saved_r2, tmp_path):
   assert_close_to_scale(OnnxModel(out)(x), reference_logits(model, x), EXACT_FRACTION)
 
 
-def test_missing_packages_and_providers_are_one_line_errors(saved_r2, tmp_path):
+def test_missing_packages_and_providers_are_one_line_errors(
+    saved_r2, tmp_path, monkeypatch, capsys
+):
   _, directory = saved_r2
-  blocked = (
-      "import runpy, sys\n"
-      "sys.modules['jax2onnx'] = None\n"
-      f"sys.argv = ['export', {str(directory)!r}, {str(tmp_path / 'x')!r}, '--format=onnx']\n"
-      "runpy.run_module('ccnet_jax.export', run_name='__main__')\n"
-  )
-  result = run_python("-c", blocked)
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines() == [
+  monkeypatch.setitem(sys.modules, "jax2onnx", None)  # As on a machine without it.
+  assert run_command(export_main, directory, tmp_path / "x", "--format=onnx") == 1
+  assert capsys.readouterr().err.strip().splitlines() == [
       f"error: ONNX needs jax2onnx, which is not installed: run {onnx_export.INSTALL_COMMAND}"
       " (from the repository root)."
   ]
@@ -160,3 +155,5 @@ def test_missing_packages_and_providers_are_one_line_errors(saved_r2, tmp_path):
   (tmp_path / "folder" / export.SIGNATURE_FILE).write_text(json.dumps(signature))
   with pytest.raises(UserError, match=r"--provider=tpu is not one of"):
     OnnxModel(tmp_path / "folder", provider="tpu")
+  with pytest.raises(UserError, match=r"cannot be loaded by ONNX Runtime"):
+    OnnxModel(tmp_path / "folder", provider="cpu")
