@@ -146,6 +146,12 @@ def test_missing_packages_and_providers_are_one_line_errors(
       " (from the repository root)."
   ]
   assert not (tmp_path / "x").exists()
+  non_local = tiny_config()
+  non_local.head.update(attention="non_local", recurrence=1)
+  with pytest.raises(UserError, match=r"non-local head needs --height and --width"):
+    onnx_export.check_symbolic_sizes(non_local, height=None, width=24)
+  onnx_export.check_symbolic_sizes(non_local, height=40, width=24)
+  onnx_export.check_symbolic_sizes(tiny_config(), height=None, width=None)
   (tmp_path / "folder").mkdir()
   (tmp_path / "folder" / onnx_export.ONNX_FILE).write_bytes(b"")
   (tmp_path / "folder" / export.SIGNATURE_FILE).write_text('{"format": "onnx"}')

@@ -51,6 +51,20 @@ def require_packages(modules: Sequence[str] = tuple(_PACKAGES)) -> None:
     )
 
 
+def check_symbolic_sizes(model_config, *, height: int | None, width: int | None) -> None:
+  """The sizes the converter cannot leave symbolic for this network, as one line.
+
+  The non-local baseline reshapes its (H, W, H, W) weights to (H, W, H * W); jax2onnx computes
+  that product wrongly for symbolic H and W (the graph then fails in ONNX Runtime), so its
+  image size must be fixed. The criss-cross networks convert with every size symbolic.
+  """
+  if model_config.head.attention == "non_local" and (height is None or width is None):
+    raise UserError(
+        "--format=onnx of a non-local head needs --height and --width: the converter gets the"
+        " H*W reshape of its attention wrong for symbolic sizes (the batch may stay symbolic)."
+    )
+
+
 def _to_onnx() -> Callable:
   """``jax2onnx.to_onnx``, imported without the warnings of the plugins this project skips.
 

@@ -187,6 +187,8 @@ def export_model(  # pylint: disable=redefined-builtin
   elif opset is not None:
     raise ValueError(f"--opset is an ONNX setting; --format={format} has none.")
   model, info = load_for_serving(model_directory, dtype=dtype, cca_impl=cca_impl)
+  if format == "onnx":
+    onnx_export.check_symbolic_sizes(info["model"], height=height, width=width)
   shape = input_shape(batch, height, width)
   out_dir = os.path.abspath(os.fspath(out_dir))
   os.makedirs(out_dir, exist_ok=True)
