@@ -8,7 +8,7 @@ Both run in this process, one call of each in turn (so that a change in the mach
 touches both alike), after a warm-up that compiles JAX's programs and ONNX Runtime's session.
 Rows: the serving function (RGB 0-255 batch -> logits at the output stride) as JAX jit and as
 the ONNX model; and predict.py's per-image work (normalise, network, upsample, argmax) through
-``Predictor`` and ``OnnxPredictor``. The load average is printed with the table.
+``Predictor`` and ``RuntimePredictor`` on the ONNX Runtime session. The load average is printed with the table.
 """
 
 from __future__ import annotations
@@ -22,22 +22,24 @@ import jax
 import numpy as np
 
 from ccnet_jax.data.synthetic import SyntheticLongRange
-from ccnet_jax.evaluation.onnx_predict import OnnxPredictor
+from ccnet_jax.evaluation.onnx_predict import RuntimePredictor
 from ccnet_jax.evaluation.predict import Predictor
 from ccnet_jax.export.onnx_runtime import OnnxModel
 from ccnet_jax.export.serving import load_for_serving, serving_fn
 
 
-def _alternate(functions: dict, repeats: int) -> dict[str, list[float]]:
-  """Seconds per call of each function, called in turn ``repeats`` times after one warm-up."""
+def _alternate(functions: dict, repeats: int) -> dict[str, tuple[list[float], list[float]]]:
+  """(wall, CPU) seconds per call of each function, called in turn ``repeats`` times after one
+  warm-up. CPU time is the process's, every thread included (spinning worker threads too)."""
   for function in functions.values():
     function()
-  times = {name: [] for name in functions}
+  times = {name: ([], []) for name in functions}
   for _ in range(repeats):
     for name, function in functions.items():
-      start = time.perf_counter()
+      wall, cpu = time.perf_counter(), time.process_time()
       function()
-      times[name].append(time.perf_counter() - start)
+      times[name][0].append(time.perf_counter() - wall)
+      times[name][1].append(time.process_time() - cpu)
   return times
 
 
@@ -48,6 +50,12 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=50)
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--size", default="256,64", help="image height,width")
+  parser.add_argument(
+      "--threads",
+      type=int,
+      default=0,
+      help="ONNX Runtime's intra-op threads (0: its default); XLA's are set by XLA_FLAGS",
+  )
   args = parser.parse_args()
   height, width = (int(s) for s in args.size.split(","))
 
@@ -57,10 +65,10 @@ def main() -> None:
 
   model, info = load_for_serving(args.model)
   serve = jax.jit(serving_fn(model, info["preprocessing"]))
-  session = OnnxModel(args.export, provider="cpu")
+  session = OnnxModel(args.export, provider="cpu", threads=args.threads)
   predictors = {
       "predict.py, JAX": Predictor(args.model, batch_size=args.batch),
-      "predict.py, ONNX Runtime": OnnxPredictor(args.export, batch_size=args.batch),
+      "predict.py, ONNX Runtime": RuntimePredictor(session, batch_size=args.batch),
   }
   functions = {
       "network, JAX jit": lambda: serve(images).block_until_ready(),
@@ -74,12 +82,16 @@ def main() -> None:
   print(
       f"{args.batch} image(s) of {height}x{width}, {args.repeats} alternating calls each;"
       f" {os.cpu_count()} CPUs, load average (1 min) {load_before[0]:.1f} before,"
-      f" {load_after[0]:.1f} after; jax {jax.__version__}, {jax.devices()[0].platform}"
+      f" {load_after[0]:.1f} after; ONNX Runtime threads: {args.threads or 'default'},"
+      f" XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; jax {jax.__version__}"
   )
-  print(f"| {'what':<26} | median ms | min ms |")
-  print(f"|{'-' * 28}|----------:|-------:|")
-  for name, seconds in times.items():
-    print(f"| {name:<26} | {1e3 * statistics.median(seconds):9.1f} | {1e3 * min(seconds):6.1f} |")
+  print(f"| {'what':<26} | wall median ms | wall min ms | CPU median ms |")
+  print(f"|{'-' * 28}|---------------:|------------:|--------------:|")
+  for name, (wall, cpu) in times.items():
+    print(
+        f"| {name:<26} | {1e3 * statistics.median(wall):14.1f} | {1e3 * min(wall):11.1f} |"
+        f" {1e3 * statistics.median(cpu):13.1f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from ccnet_jax.data import transforms
 from ccnet_jax.data.synthetic import SyntheticLongRange
 from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.inference import predict_logits
-from ccnet_jax.evaluation.onnx_predict import OnnxPredictor
+from ccnet_jax.evaluation.onnx_predict import RuntimePredictor
 from ccnet_jax.export import onnx as onnx_export
 from ccnet_jax.export.__main__ import main as export_main
 from ccnet_jax.export.onnx_runtime import OnnxModel
@@ -107,6 +107,7 @@ def test_predictions_equal_jax_wherever_the_margin_exceeds_the_tolerance(exporte
   rgb = np.stack([scenes[i]["image"] for i in range(2)])
   normalised = np.stack([transforms.normalize(image, **PREPROCESSING) for image in rgb])
   tolerance = 2 * EXACT_FRACTION * np.abs(reference_logits(model, rgb.astype(np.float32))).max()
+  session = OnnxModel(onnx_dir, provider="cpu")
   for settings in ({}, {"mode": "sliding", "crop_size": (56, 32)}):  # The windows pad.
     logits = jax.jit(functools.partial(predict_logits, _network(model), num_classes=6, **settings))(
         normalised
@@ -114,7 +115,7 @@ def test_predictions_equal_jax_wherever_the_margin_exceeds_the_tolerance(exporte
     top_two = np.sort(np.asarray(logits), axis=-1)[..., -2:]
     decided = top_two[..., 1] - top_two[..., 0] > tolerance
     assert decided.mean() > 0.9, "the comparison must cover most pixels"
-    got = OnnxPredictor(str(onnx_dir), dataset="synthetic", provider="cpu", **settings)(list(rgb))
+    got = RuntimePredictor(session, dataset="synthetic", **settings)(list(rgb))
     np.testing.assert_array_equal(np.stack(got)[decided], np.asarray(logits).argmax(-1)[decided])
 
 

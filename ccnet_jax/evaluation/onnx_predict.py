@@ -1,15 +1,15 @@
-"""``predict.py --model=OUT`` on an ONNX export: the same prediction, run by ONNX Runtime.
+"""``predict.py --model=EXPORT``: the same prediction, with the network run by another runtime.
 
 Inference is evaluation's (:func:`ccnet_jax.evaluation.inference.predict_logits`: whole image
-or sliding windows, scales, flips, bilinear upsampling, argmax), with the network replaced by
-the exported model, which ONNX Runtime runs on the host (``jax.pure_callback``).
+or sliding windows, scales, flips, bilinear upsampling, argmax); the network is an exported
+model that a runtime such as ONNX Runtime (``export.onnx_runtime.OnnxModel``) runs on the host,
+called from the compiled program through ``jax.pure_callback``.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,19 @@ import numpy as np
 from ccnet_jax.data.transforms import normalize
 from ccnet_jax.evaluation.inference import predict_logits
 from ccnet_jax.evaluation.predict import _check_settings, dataset_for_model
-from ccnet_jax.export.onnx_runtime import OnnxModel
+
+
+class RuntimeNetwork(Protocol):
+  """An exported network: float32 RGB 0-255 images (B, H, W, 3) -> numpy logits at its stride."""
+
+  num_classes: int
+  preprocessing: dict
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    ...
+
+  def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+    ...
 
 
 def denormalize(images: np.ndarray, preprocessing) -> np.ndarray:
@@ -28,18 +40,18 @@ def denormalize(images: np.ndarray, preprocessing) -> np.ndarray:
   return images[..., ::-1] if preprocessing["channel_order"] == "bgr" else images
 
 
-class OnnxPredictor:
-  """An exported ONNX model with fixed inference settings: uint8 RGB images in, train ids out.
+class RuntimePredictor:
+  """An exported network with fixed inference settings: uint8 RGB images in, train ids out.
 
   Same interface and inference as :class:`ccnet_jax.evaluation.predict.Predictor`. Images are
-  normalised as for the JAX model and turned back into RGB 0-255 just before ONNX Runtime (whose
+  normalised as for the JAX model and turned back into RGB 0-255 just before the runtime (whose
   graph normalises them again): sliding windows pad the normalised image with zeros, as the
   official code does, which no padding of the RGB image would reproduce.
   """
 
   def __init__(
       self,
-      model: str,
+      network: RuntimeNetwork,
       *,
       dataset: str | None = None,
       mode: str = "whole",
@@ -48,13 +60,11 @@ class OnnxPredictor:
       scales: Sequence[float] = (1.0,),
       flip: bool = False,
       batch_size: int = 1,
-      provider: str | None = None,
   ):
     _check_settings(mode, crop_size, overlap, scales, batch_size)
-    self.model_dir = os.fspath(model)
-    self.network = OnnxModel(self.model_dir, provider=provider)
-    self.preprocessing = self.network.preprocessing
-    self.dataset = dataset_for_model(self.network.num_classes, dataset)
+    self.network = network
+    self.preprocessing = network.preprocessing
+    self.dataset = dataset_for_model(network.num_classes, dataset)
     self.batch_size = int(batch_size)
     infer = functools.partial(
         predict_logits,
@@ -68,7 +78,7 @@ class OnnxPredictor:
     self._labels = jax.jit(lambda images: jnp.argmax(infer(self._logits, images), -1))
 
   def _logits(self, images: jax.Array) -> jax.Array:
-    """Normalised images -> logits at the output stride, computed by ONNX Runtime."""
+    """Normalised images -> logits at the output stride, computed by the runtime."""
     shape = self.network.output_shape(images.shape)
     run = lambda x: self.network(denormalize(np.asarray(x), self.preprocessing))
     return jax.pure_callback(run, jax.ShapeDtypeStruct(shape, jnp.float32), images)

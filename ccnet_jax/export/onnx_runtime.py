@@ -61,9 +61,16 @@ def _read_signature(directory: str) -> dict[str, Any]:
 class OnnxModel:
   """An ONNX Runtime session on an exported model: RGB 0-255 images -> logits, in numpy."""
 
-  def __init__(self, directory: str | os.PathLike, *, provider: str | None = None):
+  def __init__(
+      self,
+      directory: str | os.PathLike,
+      *,
+      provider: str | None = None,
+      threads: int | None = None,
+  ):
     """Loads ``directory``; ``provider``: 'cpu', 'cuda' or 'tensorrt' (default: the first
-    of them this ONNX Runtime offers)."""
+    of them this ONNX Runtime offers); ``threads``: ONNX Runtime's intra-op threads (default:
+    one per physical core)."""
     require_packages(("onnxruntime",))
     import onnxruntime  # pylint: disable=g-import-not-at-top
 
@@ -86,6 +93,8 @@ class OnnxModel:
     chain = [PROVIDERS[name] for name in offered[offered.index(provider) :]]
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # Errors only: ORT's warnings are about its own fusions.
+    if threads:
+      options.intra_op_num_threads = int(threads)
     try:
       self.session = onnxruntime.InferenceSession(
           os.path.join(self.directory, ONNX_FILE), options, providers=chain
