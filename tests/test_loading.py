@@ -39,6 +39,7 @@ def save_checkpoint(workdir, model, step):
   config = synthetic.get_config()
   config.model = tiny_model_config(num_classes=6)
   config.data.update(channel_order="bgr", mean=PREPROCESSING.mean, std=PREPROCESSING.std)
+  os.makedirs(workdir, exist_ok=True)
   write_config(str(workdir), config)
   _, state = create_train_state(model, optax.sgd(0.1), seed=0)
   checkpoints = RunCheckpoints(os.path.join(workdir, "checkpoints"), keep=2)
