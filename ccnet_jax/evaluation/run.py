@@ -45,12 +45,14 @@ class ModelEvaluation:
       model: nnx.Module,
       mesh,
       *,
-      preprocessing: Preprocessing,
+      preprocessing: Preprocessing | None = None,
   ):
+    """``preprocessing``: how the images are normalised for the models (default: the run's,
+    ``config.data``)."""
     self.config = config
     self.info = dataset_info(config.data.name)
     self.mesh = mesh
-    self.preprocessing = preprocessing
+    self.preprocessing = preprocessing or Preprocessing.from_config(config.data)
     predict_fn, _ = model_predict_fn(model)
     self.evaluator = Evaluator(
         predict_fn,
