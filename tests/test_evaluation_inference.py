@@ -148,7 +148,7 @@ def test_multi_scale_flip_matches_official(mode):
     "field, value, message",
     [
         ("mode", "tiles", "mode='tiles' must be one of"),
-        ("scales", (), "scales=() must be one or more positive"),
+        ("scales", (), r"scales=\(\) must be one or more positive"),
         ("crop_size", (0, 5), r"crop_size=\(0, 5\) must be two positive"),
         ("overlap", 1.0, "overlap=1.0 must be in"),
     ],
