@@ -105,7 +105,7 @@ def test_cli_reports_user_errors_in_one_line(saved, tmp_path, capsys):
   cases = (
       ([str(tmp_path / "bb"), str(tmp_path / "a"), "--format=saved_model"], "only a backbone"),
       ([str(directory), str(tmp_path / "b"), "--format=tflite"], "needs a fixed input size"),
-      ([str(tmp_path / "none"), str(tmp_path / "c"), "--format=stablehlo"], "model.json"),
+      ([str(tmp_path / "none"), str(tmp_path / "c"), "--format=stablehlo"], "no such directory"),
   )
   for argv, message in cases:
     assert run_command(export_main, *argv) == 1
