@@ -22,10 +22,11 @@ import jax
 import numpy as np
 
 from ccnet_jax.data.synthetic import SyntheticLongRange
-from ccnet_jax.evaluation.onnx_predict import RuntimePredictor
-from ccnet_jax.evaluation.predict import Predictor
 from ccnet_jax.export.onnx_runtime import OnnxModel
-from ccnet_jax.export.serving import load_for_serving, serving_fn
+from ccnet_jax.export.serving import serving_fn
+from ccnet_jax.loading import load_model
+from ccnet_jax.prediction.predictor import Predictor
+from ccnet_jax.prediction.runtime import RuntimePredictor
 
 
 def _alternate(functions: dict, repeats: int) -> dict[str, tuple[list[float], list[float]]]:
@@ -63,11 +64,11 @@ def main() -> None:
   rgb = np.stack([scenes[i]["image"] for i in range(args.batch)])
   images = rgb.astype(np.float32)
 
-  model, info = load_for_serving(args.model)
-  serve = jax.jit(serving_fn(model, info["preprocessing"]))
+  loaded = load_model(args.model, cca_impl="einsum")  # What the other exports serve.
+  serve = jax.jit(serving_fn(loaded.model, loaded.preprocessing))
   session = OnnxModel(args.export, provider="cpu", threads=args.threads)
   predictors = {
-      "predict.py, JAX": Predictor(args.model, batch_size=args.batch),
+      "predict.py, JAX": Predictor(loaded, batch_size=args.batch),
       "predict.py, ONNX Runtime": RuntimePredictor(session, batch_size=args.batch),
   }
   functions = {

@@ -1,9 +1,9 @@
 """ONNX export: ONNX Runtime (CPU) reproduces the JAX model; the graph is plain, checked ONNX.
 
 The reference is the model directory's network run by JAX (einsum attention, the max-pool as
-trained) on images normalised by the data pipeline's numpy ``normalize``, as in
-``test_export.py``, whose derivation of the 1e-4 tolerance holds here: the exported graph runs
-the same float32 arithmetic in another order (matmuls for the attention's einsums).
+trained) on images normalised in numpy, as in ``test_export.py``, whose derivation of the 1e-4
+tolerance holds here: the exported graph runs the same float32 arithmetic in another order
+(matmuls for the attention's einsums).
 """
 
 import functools
@@ -15,18 +15,19 @@ import numpy as np
 import onnx
 import pytest
 from flax import nnx
+from PIL import Image
 
 from ccnet_jax import export
-from ccnet_jax.data import transforms
 from ccnet_jax.data.synthetic import SyntheticLongRange
 from ccnet_jax.errors import UserError
-from ccnet_jax.evaluation.inference import predict_logits
-from ccnet_jax.evaluation.onnx_predict import RuntimePredictor
+from ccnet_jax.evaluation.inference import InferenceSettings, predict_logits
 from ccnet_jax.export import onnx as onnx_export
 from ccnet_jax.export.__main__ import main as export_main
 from ccnet_jax.export.onnx_runtime import OnnxModel
 from ccnet_jax.models import model_dir
-from tests.helpers import run_command
+from ccnet_jax.prediction.runtime import RuntimePredictor
+from tests.helpers import randomised, run_command, tiny_model_config
+from tests.processes import run_python
 from tests.test_export import (
     EXACT_FRACTION,
     PREPROCESSING,
@@ -35,7 +36,6 @@ from tests.test_export import (
     images,
     reference_logits,
 )
-from tests.test_models_model_dir import randomised, tiny_config
 
 # Operators a plain ONNX runtime or TensorRT may lack, or run poorly: Einsum, EyeLike (no
 # ONNX Runtime kernel at recent opsets), and anything outside the standard domain.
@@ -49,7 +49,7 @@ def _network(model):
 
 def _saved(recurrence, root):
   """A small random CCNet with ``recurrence`` criss-cross steps, saved as a model directory."""
-  config = tiny_config(num_classes=6)  # The synthetic dataset's classes, for predict.py.
+  config = tiny_model_config(num_classes=6)  # The synthetic dataset's classes, for predict.py.
   config.head.recurrence = recurrence
   model = randomised(config, seed=7 + recurrence)
   model_dir.save_model(root / "model", model, config, preprocessing=PREPROCESSING)
@@ -105,17 +105,17 @@ def test_predictions_equal_jax_wherever_the_margin_exceeds_the_tolerance(exporte
   model, _, onnx_dir, _ = exported
   scenes = SyntheticLongRange(2, (48, 24), seed=1)
   rgb = np.stack([scenes[i]["image"] for i in range(2)])
-  normalised = np.stack([transforms.normalize(image, **PREPROCESSING) for image in rgb])
+  normalised = PREPROCESSING.normalize(rgb)
   tolerance = 2 * EXACT_FRACTION * np.abs(reference_logits(model, rgb.astype(np.float32))).max()
   session = OnnxModel(onnx_dir, provider="cpu")
-  for settings in ({}, {"mode": "sliding", "crop_size": (56, 32)}):  # The windows pad.
-    logits = jax.jit(functools.partial(predict_logits, _network(model), num_classes=6, **settings))(
-        normalised
-    )
+  for settings in (InferenceSettings(), InferenceSettings("sliding", (56, 32))):  # Windows pad.
+    logits = jax.jit(
+        functools.partial(predict_logits, _network(model), num_classes=6, settings=settings)
+    )(normalised)
     top_two = np.sort(np.asarray(logits), axis=-1)[..., -2:]
     decided = top_two[..., 1] - top_two[..., 0] > tolerance
     assert decided.mean() > 0.9, "the comparison must cover most pixels"
-    got = RuntimePredictor(session, dataset="synthetic", **settings)(list(rgb))
+    got = RuntimePredictor(session, settings=settings, dataset="synthetic")(list(rgb))
     np.testing.assert_array_equal(np.stack(got)[decided], np.asarray(logits).argmax(-1)[decided])
 
 
@@ -147,20 +147,38 @@ def test_missing_packages_and_providers_are_one_line_errors(
       " (from the repository root)."
   ]
   assert not (tmp_path / "x").exists()
-  non_local = tiny_config()
+  non_local = tiny_model_config()
   non_local.head.update(attention="non_local", recurrence=1)
   with pytest.raises(UserError, match=r"non-local head needs --height and --width"):
     onnx_export.check_symbolic_sizes(non_local, height=None, width=24)
   onnx_export.check_symbolic_sizes(non_local, height=40, width=24)
-  onnx_export.check_symbolic_sizes(tiny_config(), height=None, width=None)
+  onnx_export.check_symbolic_sizes(tiny_model_config(), height=None, width=None)
   (tmp_path / "folder").mkdir()
   (tmp_path / "folder" / onnx_export.ONNX_FILE).write_bytes(b"")
   (tmp_path / "folder" / export.SIGNATURE_FILE).write_text('{"format": "onnx"}')
   with pytest.raises(UserError, match=r"serving.json is not an export's"):
     OnnxModel(tmp_path / "folder")
-  signature = {"format": "onnx", "output": {"num_classes": 6}, "preprocessing": PREPROCESSING}
+  signature = {
+      "format": "onnx",
+      "output": {"num_classes": 6},
+      "preprocessing": PREPROCESSING.to_json(),
+  }
   (tmp_path / "folder" / export.SIGNATURE_FILE).write_text(json.dumps(signature))
   with pytest.raises(UserError, match=r"--provider=tpu is not one of"):
     OnnxModel(tmp_path / "folder", provider="tpu")
   with pytest.raises(UserError, match=r"cannot be loaded by ONNX Runtime"):
     OnnxModel(tmp_path / "folder", provider="cpu")
+
+
+@pytest.mark.parametrize("exported", [2], ids=["R2"], indirect=True)
+def test_predict_py_runs_an_export_on_onnx_runtime(exported, tmp_path):
+  _, _, onnx_dir, _ = exported
+  Image.fromarray(SyntheticLongRange(1, (48, 24), seed=2)[0]["image"]).save(tmp_path / "a.png")
+  result = run_python(
+      "predict.py", f"--model={onnx_dir}", tmp_path / "a.png", f"--out={tmp_path / 'out'}",
+      "--provider=cpu", "--dataset=synthetic", "--noprogress",
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  assert f"Model: ONNX export {onnx_dir} on ONNX Runtime (cpu)" in result.stdout
+  labels = np.asarray(Image.open(tmp_path / "out" / "a_pred.png"))
+  assert labels.shape[:2] == (48, 24)

@@ -17,6 +17,7 @@ import numpy as np
 from ccnet_jax.errors import UserError
 from ccnet_jax.export.onnx import INPUT_NAME, ONNX_FILE, require_packages
 from ccnet_jax.export.serving import SIGNATURE_FILE
+from ccnet_jax.models.preprocessing import Preprocessing
 
 # --provider names, in the order they are preferred when none is given.
 PROVIDERS = {
@@ -45,6 +46,7 @@ def _read_signature(directory: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
       signature = json.load(f)
     num_classes = int(signature["output"]["num_classes"])
+    Preprocessing.from_json(signature["preprocessing"])
   except (OSError, ValueError, KeyError, TypeError) as error:
     raise UserError(
         f"{path} is not an export's serving.json ({error}); export the model again"
@@ -59,7 +61,10 @@ def _read_signature(directory: str) -> dict[str, Any]:
 
 
 class OnnxModel:
-  """An ONNX Runtime session on an exported model: RGB 0-255 images -> logits, in numpy."""
+  """An ONNX Runtime session on an exported model: RGB 0-255 images -> logits, in numpy.
+
+  A network for ``prediction.runtime.RuntimePredictor`` (``predict.py --model=EXPORT``).
+  """
 
   def __init__(
       self,
@@ -77,7 +82,7 @@ class OnnxModel:
     self.directory = os.fspath(directory)
     self.signature = _read_signature(self.directory)
     self.num_classes = int(self.signature["output"]["num_classes"])
-    self.preprocessing = self.signature["preprocessing"]
+    self.preprocessing = Preprocessing.from_json(self.signature["preprocessing"])
     offered = available_providers()
     if provider is None:
       provider = offered[0]
@@ -104,6 +109,7 @@ class OnnxModel:
       raise UserError(
           f"{os.path.join(self.directory, ONNX_FILE)} cannot be loaded by ONNX Runtime: {message}"
       ) from None
+    self.description = f"ONNX export {self.directory} on ONNX Runtime ({provider})"
     self._output_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
