@@ -48,7 +48,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", required=True, help="the model directory that was exported")
   parser.add_argument("--export", required=True, help="its ONNX export folder")
-  parser.add_argument("--repeats", type=int, default=50)
+  parser.add_argument("--repeats", type=int, default=200)
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--size", default="256,64", help="image height,width")
   parser.add_argument(
