@@ -10,19 +10,13 @@ from jax.test_util import check_grads
 from ccnet_jax import ops
 from ccnet_jax.ops.criss_cross_matmul import criss_cross_attention_matmul
 from tests import reference
-from tests.test_ops_criss_cross import BFLOAT16_ATOL, _qkv
+from tests.test_ops_criss_cross import BFLOAT16_ATOL, SHAPES, _qkv
 
 
 class CrissCrossMatmulTest(parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.named_parameters(
-      ("square", (1, 5, 5, 4), 6),
-      ("wide", (2, 4, 7, 3), 5),
-      ("tall", (2, 7, 3, 2), 4),
-      ("single_row", (1, 1, 6, 2), 3),
-      ("single_column", (1, 6, 1, 2), 3),
-  )
+  @parameterized.named_parameters(*SHAPES)
   def test_matches_reference_float32(self, shape, value_channels):
     q, k, v = _qkv(shape, value_channels, scale=1.5)
     out = self.variant(criss_cross_attention_matmul)(q, k, v)
