@@ -1,0 +1,193 @@
+"""The explorer's one door into the rest of the project: model, inference, attention, demo data.
+
+Every call the explorer makes into model directories, prediction, the attention figures and the
+synthetic data goes through this module, so that the web layer above it sees plain numpy arrays.
+The network is compiled once per (image size, inference mode) and the programs are kept; one
+program gives an image's class probabilities and each loop's criss-cross weights together, and a
+clicked pixel's maps are then composed from those weights on the host (no network pass a click).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ccnet_jax.data.config import data_config
+from ccnet_jax.data.labels import DATASET_NAMES
+from ccnet_jax.data.sources import build_source
+from ccnet_jax.data.transforms import normalize
+from ccnet_jax.evaluation.inference import MODES, predict_logits
+from ccnet_jax.evaluation.media import IMAGE_EXTENSIONS
+from ccnet_jax.evaluation.predict import dataset_for_model, resolve_model_dir
+from ccnet_jax.models.model_dir import load_model
+from ccnet_jax.visualize.attention import HEAT_DECADES, heat, pixel_attention, upsample
+
+__all__ = [
+    "DATASET_NAMES",
+    "HEAT_DECADES",
+    "IMAGE_EXTENSIONS",
+    "MODES",
+    "Analysis",
+    "ExploredModel",
+    "PixelMaps",
+    "demo_scenes",
+    "heat_scale",
+    "pixel_maps",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+  """What one image gives, computed once: every later click reads from it."""
+
+  labels: np.ndarray  # (H, W) uint8 class ids.
+  probabilities: np.ndarray  # (H, W, K) float32, softmax of the upsampled logits.
+  attention: tuple[np.ndarray, ...]  # Each loop's (h, w, h + w) weights; empty without CCA.
+
+  @property
+  def nbytes(self) -> int:
+    return self.labels.nbytes + self.probabilities.nbytes + sum(a.nbytes for a in self.attention)
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelMaps:
+  """A pixel's attention on the output grid and as heat images at the image size."""
+
+  grid_pixel: tuple[int, int]
+  loop1: np.ndarray  # (h, w) float64, sums to 1, zero off the pixel's row and column.
+  effective: np.ndarray  # (h, w) float64, through all R loops composed.
+  loop1_heat: np.ndarray  # (H, W, 3) uint8: the CLI figure's log heat scale.
+  effective_heat: np.ndarray
+
+
+def _has_criss_cross(config) -> bool:
+  return config.head.attention == "criss_cross" and int(config.head.recurrence) > 0
+
+
+class ExploredModel:
+  """A saved model with its inference settings; thread-safe, programs kept per image size."""
+
+  def __init__(
+      self,
+      model: str,
+      *,
+      dataset: str | None = None,
+      mode: str = "whole",
+      crop_size: Sequence[int] = (769, 769),
+      overlap: float = 1 / 3,
+  ):
+    """``model``: a model directory or training workdir; the rest as in ``predict.py``."""
+    if mode not in MODES:
+      raise ValueError(f"--mode={mode!r} must be one of {MODES}.")
+    self.model_dir = resolve_model_dir(model)
+    network, info = load_model(self.model_dir)
+    self.config = info["model"]
+    self.preprocessing = info["preprocessing"]
+    self.dataset = dataset_for_model(self.config.num_classes, dataset)
+    self.default_mode = mode
+    self.has_attention = _has_criss_cross(self.config)
+    self._settings = {"crop_size": tuple(int(c) for c in crop_size), "overlap": float(overlap)}
+    self._graphdef, self._state = nnx.split(network)
+    self._programs: dict[tuple[int, int, str], Any] = {}
+    self._compile_lock = threading.Lock()
+
+  @property
+  def recurrence(self) -> int:
+    return int(self.config.head.recurrence) if self.has_attention else 0
+
+  @property
+  def compiled(self) -> list[tuple[int, int, str]]:
+    """(height, width, mode) of every program compiled so far."""
+    return sorted(self._programs)
+
+  def metadata(self) -> dict[str, Any]:
+    """What a client needs to read the outputs: classes, colours, the attention's loops."""
+    return {
+        "model_dir": self.model_dir,
+        "name": str(self.config.name),
+        "dataset": self.dataset.name,
+        "num_classes": self.dataset.num_classes,
+        "classes": [
+            {"id": i, "name": name, "color": [int(c) for c in color]}
+            for i, (name, color) in enumerate(
+                zip(self.dataset.class_names, self.dataset.palette.tolist())
+            )
+        ],
+        "attention": "criss_cross" if self.has_attention else None,
+        "recurrence": self.recurrence,
+        "preprocessing": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocessing.items()
+        },
+        "modes": list(MODES),
+        "default_mode": self.default_mode,
+        "crop_size": list(self._settings["crop_size"]),
+        "overlap": self._settings["overlap"],
+        "heat_decades": HEAT_DECADES,
+    }
+
+  def _forward(self, state, images, *, mode: str):
+    network = nnx.merge(self._graphdef, state, copy=True)
+    network.eval()
+    logits = predict_logits(
+        lambda x: network(x)[0],
+        images,
+        num_classes=self.dataset.num_classes,
+        mode=mode,
+        **self._settings,
+    )
+    probabilities = jax.nn.softmax(logits[0], axis=-1)
+    # The attention is that of the whole image, as in the CLI figure, in both modes.
+    maps = network.attention_maps(images) if self.has_attention else []
+    return probabilities.argmax(-1).astype("uint8"), probabilities, [m[0] for m in maps]
+
+  def _program(self, height: int, width: int, mode: str):
+    key = (height, width, mode)
+    with self._compile_lock:
+      if key not in self._programs:
+        images = jax.ShapeDtypeStruct((1, height, width, 3), np.float32)
+        forward = jax.jit(functools.partial(self._forward, mode=mode))
+        self._programs[key] = forward.lower(self._state, images).compile()
+      return self._programs[key]
+
+  def analyse(self, image: np.ndarray, mode: str | None = None) -> Analysis:
+    """Labels, probabilities and attention weights of a uint8 (H, W, 3) RGB image."""
+    mode = mode or self.default_mode
+    if mode not in MODES:
+      raise ValueError(f"mode={mode!r} must be one of {', '.join(MODES)}.")
+    program = self._program(image.shape[0], image.shape[1], mode)
+    labels, probabilities, maps = program(self._state, normalize(image, **self.preprocessing)[None])
+    return Analysis(
+        np.asarray(labels), np.asarray(probabilities), tuple(np.asarray(m) for m in maps)
+    )
+
+
+def pixel_maps(analysis: Analysis, pixel: tuple[int, int]) -> PixelMaps:
+  """A pixel's loop-1 and effective weights (as the CLI figure draws them) from an analysis."""
+  size = analysis.labels.shape
+  maps = pixel_attention(analysis.attention, pixel, size)
+  return PixelMaps(
+      maps.grid_pixel,
+      maps.loop1,
+      maps.effective,
+      heat(upsample(maps.loop1, size)),
+      heat(upsample(maps.effective, size)),
+  )
+
+
+def heat_scale(width: int = 256, height: int = 12) -> np.ndarray:
+  """(height, width, 3) uint8: the heat colours from 10^-decades of the maximum (left) to it."""
+  values = np.logspace(-HEAT_DECADES, 0, width)
+  return np.repeat(heat(values[None, :]), height, axis=0)
+
+
+@functools.cache
+def demo_scenes():
+  """The synthetic demo's held-out evaluation scenes (generated, never downloaded)."""
+  config = data_config("synthetic")
+  return build_source(config, config.eval_split)

@@ -1,0 +1,153 @@
+"""The explorer's page in a real browser (Debian's headless Chromium driven by Playwright): pick
+a demo scene, see its prediction, click a shape pixel, and read back what the page shows.
+
+The model reads the cue stripe by construction (tests/explore_model.py), so a shape pixel's
+loop-1 weight lies on the stripe of its own column; the page must show the maps of the pixel
+clicked, equal to what the API answers for that pixel. The test leaves a screenshot;
+``CCNET_JAX_EXPLORER_SCREENSHOT=docs/explorer.png`` writes it there, and
+``CCNET_JAX_EXPLORER_MODEL=DIR`` runs the same test on another model of the synthetic classes
+(README's screenshot is that of the trained demo model).
+"""
+
+import io
+import json
+import os
+import tempfile
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import sync_playwright
+
+from ccnet_jax.data.labels import SYNTHETIC
+from ccnet_jax.explore.backend import ExploredModel
+from ccnet_jax.explore.server import make_app, serving
+from ccnet_jax.explore.session import Explorer
+from ccnet_jax.visualize.attention import grid_position, heat, upsample
+from tests.explore_model import demo_scene, save_stripe_reader, stripe_rows
+
+CHROMIUM = "/usr/bin/chromium"
+# Headless, no sandbox (root in CI), and none of Chromium's own calls home: on a closed network
+# they are refused, and the page must need nothing but the explorer's server.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCENE = 1
+SHAPES = (2, 3, 4)
+
+READ_IMAGE = """(selector) => {
+  const image = document.querySelector(selector);
+  const canvas = document.createElement("canvas");
+  canvas.width = image.naturalWidth;
+  canvas.height = image.naturalHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(image, 0, 0);
+  return Array.from(context.getImageData(0, 0, canvas.width, canvas.height).data);
+}"""
+
+READ_CANVAS = """(selector) => {
+  const canvas = document.querySelector(selector);
+  return Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data);
+}"""
+
+
+def rgb(flat, height, width):
+  return np.array(flat, np.uint8).reshape(height, width, 4)[..., :3]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+  model = os.environ.get("CCNET_JAX_EXPLORER_MODEL")
+  if not model:
+    model = str(tmp_path_factory.mktemp("browser") / "model")
+    save_stripe_reader(model)
+  with serving(make_app(Explorer(ExploredModel(model)))) as base:
+    yield base
+
+
+@pytest.fixture(scope="module")
+def page(url):
+  if not os.path.exists(CHROMIUM):
+    pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does).")
+  with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
+    context = playwright.chromium.launch_persistent_context(
+        profile,
+        executable_path=CHROMIUM,
+        args=CHROMIUM_ARGS,
+        viewport={"width": 1100, "height": 760},
+        device_scale_factor=1,
+    )
+    page = context.new_page()
+    page.requested = []
+    page.on("request", lambda request: page.requested.append(request.url))
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.goto(url)
+    page.wait_for_function("window.explorer.meta !== null")
+    yield page
+    context.close()
+
+
+def api_attention(url, y, x):
+  with urllib.request.urlopen(url + f"demo/{SCENE}") as response:
+    scene = response.read()
+  request = urllib.request.Request(url + f"attention?y={y}&x={x}", data=scene, method="POST")
+  with urllib.request.urlopen(request) as response:
+    return json.loads(response.read())
+
+
+def test_a_clicked_shape_pixel_shows_weight_on_the_stripe_of_its_column(page, url, tmp_path):
+  scene = demo_scene(SCENE)
+  height, width = scene["label"].shape
+  page.click(f"#demos button >> nth={SCENE}")
+  page.wait_for_function("window.explorer.labels !== null")
+
+  # The prediction panel is the API's labels in the classes' colours.
+  with urllib.request.urlopen(url + f"demo/{SCENE}") as response:
+    request = urllib.request.Request(url + "predict", data=response.read(), method="POST")
+  with urllib.request.urlopen(request) as response:
+    labels = np.asarray(Image.open(io.BytesIO(response.read())))
+  shown = rgb(page.evaluate(READ_CANVAS, "#prediction"), height, width)
+  np.testing.assert_array_equal(shown, SYNTHETIC.palette[labels])
+
+  ys, xs = np.nonzero(np.isin(scene["label"], SHAPES))
+  y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+  box = page.locator("#stack-loop1").bounding_box()
+  page.mouse.click(
+      box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height
+  )
+  page.wait_for_function(
+      f"window.explorer.attention && window.explorer.attention.pixel.join() === '{y},{x}'"
+  )
+  answer = page.evaluate("window.explorer.attention")
+  assert answer == api_attention(url, y, x)
+
+  loop1 = np.array(answer["loop1"])
+  grid_y, grid_x = grid_position((y, x), (height, width), loop1.shape)
+  assert answer["grid_pixel"] == [grid_y, grid_x]
+  on_stripe = loop1[stripe_rows(height, loop1.shape[0]), grid_x].sum()
+  assert on_stripe > 0.5, f"{on_stripe:.3f} of the loop-1 weight on the stripe of column {x}"
+
+  # The panels draw the answer's numbers: the CLI figure's heat colours, and the probabilities.
+  for name in ("loop1", "effective"):
+    drawn = rgb(page.evaluate(READ_IMAGE, f"#heat-{name}"), height, width)
+    np.testing.assert_array_equal(drawn, heat(upsample(np.array(answer[name]), (height, width))))
+  probabilities = np.array(answer["probabilities"])
+  first_row = page.locator("#probabilities tr").first
+  assert first_row.get_attribute("data-class-id") == str(int(probabilities.argmax()))
+  assert first_row.locator(".value").inner_text() == f"{probabilities.max():.3f}"
+  assert page.inner_text("#pixel-title").startswith(f"Pixel ({y}, {x}): ")
+
+  path = os.environ.get("CCNET_JAX_EXPLORER_SCREENSHOT") or str(tmp_path / "explorer.png")
+  page.screenshot(path=path, full_page=True)
+  assert Image.open(path).size[0] >= 1100
+  assert page.errors == []
+  assert all(address.startswith((url, "data:", "blob:")) for address in page.requested)
