@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCENE = 1
+SCENE = 3  # Its shape is the largest of the first eight scenes.
 SHAPES = (2, 3, 4)
 
 READ_IMAGE = """(selector) => {
@@ -96,6 +96,15 @@ def page(url):
     context.close()
 
 
+def inner_pixel(mask):
+  """The pixel of ``mask`` with the most of ``mask`` in the 7x7 square around it."""
+  padded = np.pad(mask, 3).astype(int)
+  counts = sum(
+      padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]] for dy in range(7) for dx in range(7)
+  )
+  return np.unravel_index(np.argmax(np.where(mask, counts, -1)), mask.shape)
+
+
 def api_attention(url, y, x):
   with urllib.request.urlopen(url + f"demo/{SCENE}") as response:
     scene = response.read()
@@ -118,8 +127,7 @@ def test_a_clicked_shape_pixel_shows_weight_on_the_stripe_of_its_column(page, ur
   shown = rgb(page.evaluate(READ_CANVAS, "#prediction"), height, width)
   np.testing.assert_array_equal(shown, SYNTHETIC.palette[labels])
 
-  ys, xs = np.nonzero(np.isin(scene["label"], SHAPES))
-  y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+  y, x = (int(p) for p in inner_pixel(np.isin(scene["label"], SHAPES)))
   box = page.locator("#stack-loop1").bounding_box()
   page.mouse.click(
       box["x"] + (x + 0.5) * box["width"] / width, box["y"] + (y + 0.5) * box["height"] / height
