@@ -305,11 +305,12 @@ def test_missing_web_libraries_are_one_line(monkeypatch, capsys, model_path):
         (["--crop_size", "769"], "--crop_size=769 must be two positive integers HEIGHT,WIDTH."),
         (["--overlap", "1"], "--overlap=1.0 must be in [0, 1)."),
         (["--images", "/no/such/folder"], "--images=/no/such/folder: no such folder."),
+        (["--port", "0"], "--model=/no/such/model: no such directory."),
     ],
 )
 def test_a_bad_flag_is_one_line(capsys, flags, message):
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(["--model", "/not/loaded/before/the/flags/are/checked", *flags])
+    cli.main(["--model", "/no/such/model", *flags])
   assert exit_info.value.code == 1
   assert capsys.readouterr().err == f"error: {message}\n"
 

@@ -19,7 +19,8 @@ from typing import Sequence
 
 from ccnet_jax.cli import run_user_command
 from ccnet_jax.errors import UserError
-from ccnet_jax.explore.backend import DATASET_NAMES, MODES
+from ccnet_jax.explore.backend import DATASET_NAMES, MODES, ExploredModel
+from ccnet_jax.explore.session import Explorer, Limits
 
 REQUIREMENTS = "requirements-explore.txt"
 
@@ -41,9 +42,11 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--mode", choices=MODES, default="whole", help="default inference mode")
   parser.add_argument("--crop_size", default="769,769", help="sliding window height,width")
   parser.add_argument("--overlap", type=float, default=1 / 3, help="sliding window overlap")
-  parser.add_argument("--max_upload_mb", type=float, default=32, help="largest upload accepted")
   parser.add_argument(
-      "--max_megapixels", type=float, default=16.8, help="largest image accepted (megapixels)"
+      "--max_upload_mb", type=float, default=Limits.max_bytes / 2**20, help="largest upload"
+  )
+  parser.add_argument(
+      "--max_megapixels", type=float, default=Limits.max_pixels / 1e6, help="largest image"
   )
   return parser
 
@@ -76,9 +79,7 @@ def _check_sliding(crop_size: str, overlap: float) -> tuple[int, int]:
 def _explore(args: argparse.Namespace) -> None:
   check_web_libraries()
   # pylint: disable=g-import-not-at-top  (the web libraries are optional)
-  from ccnet_jax.explore.backend import ExploredModel
   from ccnet_jax.explore.server import listen, make_app, serve, url_of
-  from ccnet_jax.explore.session import Explorer, Limits
 
   if args.images and not os.path.isdir(args.images):
     raise FileNotFoundError(f"--images={args.images}: no such folder.")

@@ -141,13 +141,15 @@ class ExploredModel:
         mode=mode,
         **self._settings,
     )
-    probabilities = jax.nn.softmax(logits[0], axis=-1)
+    labels = logits[0].argmax(-1).astype("uint8")  # As predict.py's.
     # The attention is that of the whole image, as in the CLI figure, in both modes.
     maps = network.attention_maps(images) if self.has_attention else []
-    return probabilities.argmax(-1).astype("uint8"), probabilities, [m[0] for m in maps]
+    return labels, jax.nn.softmax(logits[0], axis=-1), [m[0] for m in maps]
 
   def _program(self, height: int, width: int, mode: str):
     key = (height, width, mode)
+    if key in self._programs:  # Compiled sizes need not wait for another size's compile.
+      return self._programs[key]
     with self._compile_lock:
       if key not in self._programs:
         images = jax.ShapeDtypeStruct((1, height, width, 3), np.float32)

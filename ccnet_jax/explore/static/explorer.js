@@ -119,23 +119,21 @@ async function loadImage(blob, name) {
   state.attention = null;
   clearPixel();
   const url = URL.createObjectURL(blob);
-  const probe = new Image();
-  probe.src = url;
-  try {
-    await probe.decode();
-  } catch (_) {
-    say(`${name}: the browser cannot show this file; the server will say whether it can read it.`);
-  }
-  state.width = probe.naturalWidth;
-  state.height = probe.naturalHeight;
-  const scale = displayScale(state.width || 256, state.height || 256);
   for (const id of STACKS) {
-    const stack = $(id);
-    stack.style.width = `${Math.round(state.width * scale)}px`;
-    stack.style.height = `${Math.round(state.height * scale)}px`;
-    stack.querySelector(".base").src = url;
+    $(id).style.width = $(id).style.height = "";
+    $(id).querySelector(".base").src = url;
   }
   await predict(token);
+}
+
+function sizeStacks() {
+  // The server's decoding sets the size (the page shows the file's pixels as stored, as the
+  // server reads them: no EXIF rotation, see the CSS).
+  const scale = displayScale(state.width, state.height);
+  for (const id of STACKS) {
+    $(id).style.width = `${Math.round(state.width * scale)}px`;
+    $(id).style.height = `${Math.round(state.height * scale)}px`;
+  }
 }
 
 async function predict(token) {
@@ -148,6 +146,7 @@ async function predict(token) {
     if (token !== state.imageToken) return;  // Another image was chosen meanwhile.
     state.width = bitmap.width;
     state.height = bitmap.height;
+    sizeStacks();
     const canvas = document.createElement("canvas");
     canvas.width = bitmap.width;
     canvas.height = bitmap.height;
