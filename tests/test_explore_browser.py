@@ -162,3 +162,17 @@ def test_a_clicked_shape_pixel_shows_weight_on_the_stripe_of_its_column(page, ur
   assert Image.open(path).size[0] >= 1100
   assert page.errors == []
   assert all(address.startswith((url, "data:", "blob:")) for address in page.requested)
+
+
+def test_a_chosen_file_is_predicted_and_a_bad_one_explained(page, tmp_path):
+  Image.fromarray(demo_scene(4)["image"]).save(tmp_path / "scene.png")
+  page.set_input_files("#file", str(tmp_path / "scene.png"))
+  page.wait_for_function("window.explorer.name === 'scene.png' && window.explorer.labels")
+  assert page.inner_text("#message") == ("scene.png (256x64): click a pixel to see where it looks.")
+  (tmp_path / "notes.txt").write_text("not an image")
+  page.set_input_files("#file", str(tmp_path / "notes.txt"))
+  page.wait_for_selector("#message.error")
+  assert page.inner_text("#message") == (
+      "notes.txt: the request body is not an image file (PNG, JPEG, BMP, TIFF, WebP, ...)."
+  )
+  assert page.evaluate("window.explorer.labels") is None

@@ -157,7 +157,7 @@ async function predict(token) {
     for (let i = 0; i < state.labels.length; i++) state.labels[i] = grey[4 * i];
     drawPrediction();
     drawLegend();
-    say(`${state.name} (${state.width}x${state.height}): click a pixel to see where it looks.`);
+    say(`${state.name} (${state.height}x${state.width}): click a pixel to see where it looks.`);
   } catch (error) {
     if (token === state.imageToken) say(`${state.name}: ${error.message}`, true);
   }
