@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ccnet_jax.cli import run_user_command
 from ccnet_jax.evaluation.predict import Predictor
-from ccnet_jax.explore import __main__ as cli
 from ccnet_jax.explore.backend import ExploredModel
+from ccnet_jax.explore.launch import explore
 from ccnet_jax.explore.server import make_app, serving
 from ccnet_jax.explore.session import Explorer, Limits, RequestError
 from ccnet_jax.models import model_dir
@@ -288,31 +289,33 @@ def test_page_demo_scenes_and_folder_images_are_served_without_the_internet(url,
   assert status == 200 and Image.open(io.BytesIO(body)).size == (256, 12)
 
 
+def explore_error(capsys, model, **settings):
+  """The one line that ``explore`` ends with, as the command prints it."""
+  with pytest.raises(SystemExit) as exit_info:
+    run_user_command(lambda: explore(model, **settings))
+  assert exit_info.value.code == 1
+  return capsys.readouterr().err
+
+
 def test_missing_web_libraries_are_one_line(monkeypatch, capsys, model_path):
   monkeypatch.setitem(sys.modules, "uvicorn", None)
-  with pytest.raises(SystemExit) as exit_info:
-    cli.main(["--model", model_path])
-  assert exit_info.value.code == 1
-  assert capsys.readouterr().err == (
+  assert explore_error(capsys, model_path) == (
       "error: python -m ccnet_jax.explore needs starlette and uvicorn (uvicorn is missing):"
       " python -m pip install -r requirements-explore.txt\n"
   )
 
 
 @pytest.mark.parametrize(
-    "flags, message",
+    "settings, message",
     [
-        (["--crop_size", "769"], "--crop_size=769 must be two positive integers HEIGHT,WIDTH."),
-        (["--overlap", "1"], "--overlap=1.0 must be in [0, 1)."),
-        (["--images", "/no/such/folder"], "--images=/no/such/folder: no such folder."),
-        (["--port", "0"], "--model=/no/such/model: no such directory."),
+        ({"crop_size": (769,)}, "--crop_size=769 must be two positive integers HEIGHT,WIDTH."),
+        ({"overlap": 1.0}, "--overlap=1.0 must be in [0, 1)."),
+        ({"images": "/no/such/folder"}, "--images=/no/such/folder: no such folder."),
+        ({"port": 0}, "--model=/no/such/model: no such directory."),
     ],
 )
-def test_a_bad_flag_is_one_line(capsys, flags, message):
-  with pytest.raises(SystemExit) as exit_info:
-    cli.main(["--model", "/no/such/model", *flags])
-  assert exit_info.value.code == 1
-  assert capsys.readouterr().err == f"error: {message}\n"
+def test_a_bad_setting_is_one_line(capsys, settings, message):
+  assert explore_error(capsys, "/no/such/model", **settings) == f"error: {message}\n"
 
 
 def test_a_taken_port_is_one_line(capsys, model_path):
@@ -320,19 +323,16 @@ def test_a_taken_port_is_one_line(capsys, model_path):
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
     port = taken.getsockname()[1]
-    with pytest.raises(SystemExit) as exit_info:
-      cli.main(["--model", model_path, "--port", str(port)])
-  assert exit_info.value.code == 1
-  assert capsys.readouterr().err == (
-      f"error: --host=127.0.0.1 --port={port}: cannot listen there (Address already in use);"
-      " choose another --port (0 picks a free one) or --host.\n"
-  )
+    assert explore_error(capsys, model_path, port=port) == (
+        f"error: --host=127.0.0.1 --port={port}: cannot listen there (Address already in use);"
+        " choose another --port (0 picks a free one) or --host.\n"
+    )
 
 
 def test_the_command_serves_until_interrupted(model_path):
   environment = dict(os.environ, PYTHONPATH=ROOT)
   process = subprocess.Popen(
-      [sys.executable, "-m", "ccnet_jax.explore", "--model", model_path, "--port", "0"],
+      [sys.executable, "-m", "ccnet_jax.explore", f"--model={model_path}", "--port=0"],
       cwd=ROOT,
       env=environment,
       stdout=subprocess.PIPE,
