@@ -164,11 +164,22 @@ def test_a_clicked_shape_pixel_shows_weight_on_the_stripe_of_its_column(page, ur
   assert all(address.startswith((url, "data:", "blob:")) for address in page.requested)
 
 
-def test_a_chosen_file_is_predicted_and_a_bad_one_explained(page, tmp_path):
+DROP = """(bytes) => {
+  const file = new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" });
+  const data = new DataTransfer();
+  data.items.add(file);
+  document.body.dispatchEvent(
+      new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+}"""
+
+
+def test_chosen_and_dropped_files_are_predicted_and_a_bad_one_explained(page, tmp_path):
   Image.fromarray(demo_scene(4)["image"]).save(tmp_path / "scene.png")
   page.set_input_files("#file", str(tmp_path / "scene.png"))
   page.wait_for_function("window.explorer.name === 'scene.png' && window.explorer.labels")
   assert page.inner_text("#message") == ("scene.png (256x64): click a pixel to see where it looks.")
+  page.evaluate(DROP, list((tmp_path / "scene.png").read_bytes()))
+  page.wait_for_function("window.explorer.name === 'dropped.png' && window.explorer.labels")
   (tmp_path / "notes.txt").write_text("not an image")
   page.set_input_files("#file", str(tmp_path / "notes.txt"))
   page.wait_for_selector("#message.error")

@@ -306,20 +306,19 @@ function wire() {
     const file = event.target.files[0];
     if (file) loadImage(file, file.name);
   });
+  // The whole page takes a dropped file; the drop zone lights up meanwhile.
   const drop = $("drop");
-  for (const target of [drop, document.body]) {
-    target.addEventListener("dragover", (event) => {
-      event.preventDefault();
-      drop.classList.add("over");
-    });
-    target.addEventListener("dragleave", () => drop.classList.remove("over"));
-    target.addEventListener("drop", (event) => {
-      event.preventDefault();
-      drop.classList.remove("over");
-      const file = event.dataTransfer.files[0];
-      if (file) loadImage(file, file.name);
-    });
-  }
+  document.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  document.addEventListener("dragleave", () => drop.classList.remove("over"));
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    const file = event.dataTransfer.files[0];
+    if (file) loadImage(file, file.name);
+  });
   $("folder").addEventListener("change", (event) => {
     if (event.target.value) loadFolderImage(event.target.value).catch((e) => say(e.message, true));
   });
