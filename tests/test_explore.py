@@ -257,6 +257,21 @@ def test_damaged_files_wrong_routes_and_the_server_still_answers(url):
   assert status == 200 and json.loads(body)["num_classes"] == 6
 
 
+def test_a_failure_inside_is_one_answer_and_the_server_goes_on(url, explorer, monkeypatch):
+  def fail(image, mode):
+    raise RuntimeError("out of memory")
+
+  body = png(demo_scene(30)["image"])
+  monkeypatch.setattr(explorer.model, "analyse", fail)
+  status, answer, _ = post(url + "predict", body)
+  assert (status, json.loads(answer)) == (
+      500,
+      {"error": "internal error: RuntimeError: out of memory"},
+  )
+  monkeypatch.undo()
+  assert post(url + "predict", body)[0] == 200
+
+
 def test_model_without_attention_explains_why_it_has_no_maps(tmp_path):
   config = tiny_config(num_classes=6)
   config.head.recurrence = 0
