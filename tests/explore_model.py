@@ -8,6 +8,9 @@ fall on the stripe of its own column. A test that clicks a pixel can then tell w
 it is shown are that pixel's (a transposed, mirrored or shifted map puts the weight elsewhere).
 """
 
+import contextlib
+import fcntl
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -59,3 +62,25 @@ def save_stripe_reader(directory, seed=0):
   attention.query.bias.value = jnp.asarray(query_bias, jnp.float32)
   model_dir.save_model(directory, model, config, preprocessing=None)
   return model
+
+
+@contextlib.contextmanager
+def _locked(path):
+  with open(path, "w") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    yield
+
+
+def shared_stripe_reader(tmp_path_factory, worker_id):
+  """The directory of one stripe reader for the whole test run, built by the first test process
+  that asks for it (pytest-xdist's workers share the parent of their temporary directories)."""
+  if worker_id == "master":  # One process: its own temporary directory.
+    directory = tmp_path_factory.mktemp("explore") / "stripe_reader"
+    save_stripe_reader(directory)
+    return str(directory)
+  root = tmp_path_factory.getbasetemp().parent
+  directory = root / "explore_stripe_reader"
+  with _locked(root / "explore_stripe_reader.lock"):
+    if not (directory / "model.json").exists():
+      save_stripe_reader(directory)
+  return str(directory)

@@ -20,15 +20,15 @@ from PIL import Image
 
 from ccnet_jax.cli import run_user_command
 from ccnet_jax.evaluation.predict import Predictor
-from ccnet_jax.explore.backend import ExploredModel
+from ccnet_jax.explore.backend import ExploredModel, has_criss_cross
 from ccnet_jax.explore.launch import explore
 from ccnet_jax.explore.server import make_app, serving
 from ccnet_jax.explore.session import Explorer, Limits, RequestError
 from ccnet_jax.models import model_dir
 from ccnet_jax.visualize.attention import heat, model_attention, pixel_attention, upsample
-from tests.explore_model import demo_scene, save_stripe_reader
+from tests.explore_model import demo_scene, shared_stripe_reader
 from tests.processes import ROOT
-from tests.test_models_model_dir import randomised, tiny_config
+from tests.test_models_model_dir import tiny_config
 
 CROP = (128, 64)  # Sliding windows that tile the 256x64 demo scenes.
 LIMITS = Limits(max_bytes=200_000, max_pixels=300 * 300)
@@ -60,10 +60,8 @@ def get(url):
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-  path = tmp_path_factory.mktemp("explore") / "model"
-  save_stripe_reader(path)
-  return str(path)
+def model_path(tmp_path_factory, worker_id):
+  return shared_stripe_reader(tmp_path_factory, worker_id)
 
 
 @pytest.fixture(scope="module")
@@ -272,12 +270,22 @@ def test_a_failure_inside_is_one_answer_and_the_server_goes_on(url, explorer, mo
   assert post(url + "predict", body)[0] == 200
 
 
-def test_model_without_attention_explains_why_it_has_no_maps(tmp_path):
+@pytest.mark.parametrize(
+    "head, has_attention",
+    [
+        ({"attention": "criss_cross", "recurrence": 2}, True),
+        ({"attention": "criss_cross", "recurrence": 0}, False),
+        ({"attention": "non_local", "recurrence": 1}, False),
+    ],
+)
+def test_which_models_have_criss_cross_maps(head, has_attention):
   config = tiny_config(num_classes=6)
-  config.head.recurrence = 0
-  model_dir.save_model(tmp_path / "fcn", randomised(config, seed=1), config, preprocessing=None)
-  explorer = Explorer(ExploredModel(str(tmp_path / "fcn")), LIMITS)
-  assert explorer.model.metadata()["recurrence"] == 0
+  config.head.update(head)
+  assert has_criss_cross(config) == has_attention
+
+
+def test_model_without_attention_explains_why_it_has_no_maps(explorer, monkeypatch):
+  monkeypatch.setattr(explorer.model, "has_attention", False)
   with pytest.raises(RequestError) as error:
     explorer.attention(png(demo_scene(0)["image"]), "1", "1")
   assert error.value.status == 400

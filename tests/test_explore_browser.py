@@ -25,7 +25,7 @@ from ccnet_jax.explore.backend import ExploredModel
 from ccnet_jax.explore.server import make_app, serving
 from ccnet_jax.explore.session import Explorer
 from ccnet_jax.visualize.attention import grid_position, heat, upsample
-from tests.explore_model import demo_scene, save_stripe_reader, stripe_rows
+from tests.explore_model import demo_scene, shared_stripe_reader, stripe_rows
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, no sandbox (root in CI), and none of Chromium's own calls home: on a closed network
@@ -64,11 +64,10 @@ def rgb(flat, height, width):
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-  model = os.environ.get("CCNET_JAX_EXPLORER_MODEL")
-  if not model:
-    model = str(tmp_path_factory.mktemp("browser") / "model")
-    save_stripe_reader(model)
+def url(tmp_path_factory, worker_id):
+  model = os.environ.get("CCNET_JAX_EXPLORER_MODEL") or shared_stripe_reader(
+      tmp_path_factory, worker_id
+  )
   with serving(make_app(Explorer(ExploredModel(model)))) as base:
     yield base
 

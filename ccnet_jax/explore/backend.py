@@ -37,6 +37,7 @@ __all__ = [
     "ExploredModel",
     "PixelMaps",
     "demo_scenes",
+    "has_criss_cross",
     "heat_scale",
     "pixel_maps",
 ]
@@ -66,7 +67,8 @@ class PixelMaps:
   effective_heat: np.ndarray
 
 
-def _has_criss_cross(config) -> bool:
+def has_criss_cross(config) -> bool:
+  """Whether a model config has criss-cross attention maps to show."""
   return config.head.attention == "criss_cross" and int(config.head.recurrence) > 0
 
 
@@ -91,7 +93,7 @@ class ExploredModel:
     self.preprocessing = info["preprocessing"]
     self.dataset = dataset_for_model(self.config.num_classes, dataset)
     self.default_mode = mode
-    self.has_attention = _has_criss_cross(self.config)
+    self.has_attention = has_criss_cross(self.config)
     self._settings = {"crop_size": tuple(int(c) for c in crop_size), "overlap": float(overlap)}
     self._graphdef, self._state = nnx.split(network)
     self._programs: dict[tuple[int, int, str], Any] = {}
