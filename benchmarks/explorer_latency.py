@@ -57,7 +57,7 @@ def main():
       clicks.append(timed_post(f"{url}attention?y={y}&x={x}", scenes[1])[0])
   assert explorer.analyses_computed == 2  # The clicks computed no analysis.
   clicks_ms = np.array(clicks) * 1e3
-  print(f"model {explorer.model.model_dir}, {height}x{width} demo scenes, {args.clicks} clicks")
+  print(f"{explorer.model.source}, {height}x{width} demo scenes, {args.clicks} clicks")
   print("| request | ms |")
   print("|---|---:|")
   print(f"| first image (compile + analysis) | {first * 1e3:.0f} |")

@@ -18,9 +18,9 @@ from ccnet_jax.data import synthetic
 from ccnet_jax.data.config import data_config
 from ccnet_jax.data.labels import SYNTHETIC
 from ccnet_jax.data.sources import build_source
-from ccnet_jax.data.transforms import normalize
 from ccnet_jax.models import model_dir
-from tests.test_models_model_dir import randomised, tiny_config
+from ccnet_jax.models.preprocessing import IMAGENET
+from tests.helpers import randomised, tiny_model_config
 
 ENERGY_GAP = 12.0  # Between the mean stripe cell and the mean other cell: e^12 more weight.
 
@@ -38,10 +38,10 @@ def stripe_rows(image_height, grid_height):
 
 def save_stripe_reader(directory, seed=0):
   """Saves the model in ``directory``; returns it."""
-  config = tiny_config(num_classes=SYNTHETIC.num_classes)
+  config = tiny_model_config(num_classes=SYNTHETIC.num_classes)
   model = randomised(config, seed=seed)
   images = np.stack([demo_scene(i)["image"] for i in range(8)])
-  inputs = normalize(images, **model_dir.IMAGENET_PREPROCESSING)
+  inputs = IMAGENET.normalize(images)
   features = np.asarray(model.head.conva(model.backbone(jnp.asarray(inputs))[3]), np.float64)
   on_stripe = np.zeros(features.shape[1], bool)
   on_stripe[stripe_rows(images.shape[1], features.shape[1])] = True
@@ -60,7 +60,7 @@ def save_stripe_reader(directory, seed=0):
   attention.key.bias.value = jnp.zeros_like(attention.key.bias.value)
   attention.query.kernel.value = jnp.zeros_like(attention.query.kernel.value)
   attention.query.bias.value = jnp.asarray(query_bias, jnp.float32)
-  model_dir.save_model(directory, model, config, preprocessing=None)
+  model_dir.save_model(directory, model, config, preprocessing=IMAGENET)
   return model
 
 

@@ -19,16 +19,17 @@ import pytest
 from PIL import Image
 
 from ccnet_jax.cli import run_user_command
-from ccnet_jax.evaluation.predict import Predictor
+from ccnet_jax.evaluation.inference import InferenceSettings
 from ccnet_jax.explore.backend import ExploredModel, has_criss_cross
-from ccnet_jax.explore.launch import explore
+from ccnet_jax.explore.launch import explore, inference_settings
 from ccnet_jax.explore.server import make_app, serving
 from ccnet_jax.explore.session import Explorer, Limits, RequestError
-from ccnet_jax.models import model_dir
+from ccnet_jax.loading import load_model
+from ccnet_jax.prediction.predictor import Predictor
 from ccnet_jax.visualize.attention import heat, model_attention, pixel_attention, upsample
 from tests.explore_model import demo_scene, shared_stripe_reader
+from tests.helpers import tiny_model_config
 from tests.processes import ROOT
-from tests.test_models_model_dir import tiny_config
 
 CROP = (128, 64)  # Sliding windows that tile the 256x64 demo scenes.
 LIMITS = Limits(max_bytes=200_000, max_pixels=300 * 300)
@@ -75,7 +76,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def explorer(model_path):
-  return Explorer(ExploredModel(model_path, crop_size=CROP), LIMITS)
+  return Explorer(ExploredModel(model_path, settings=InferenceSettings(crop_size=CROP)), LIMITS)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,8 @@ def test_predict_gives_the_labels_of_predict_py(model_path, explorer, url, mode)
   assert (status, kind) == (200, "image/png")
   labels = np.asarray(Image.open(io.BytesIO(body)))
   assert labels.dtype == np.uint8 and labels.shape == image.shape[:2]
-  reference = Predictor(model_path, mode=mode, crop_size=CROP)([image])[0]
+  settings = InferenceSettings(mode=mode, crop_size=CROP)
+  reference = Predictor(load_model(model_path), settings=settings)([image])[0]
   probabilities = explorer.analysis(png(image), mode).probabilities
   assert_same_labels(labels, reference, probabilities)
 
@@ -119,8 +121,8 @@ def test_attention_gives_the_maps_of_the_cli_figure(model_path, url):
   status, body, _ = post(url + "attention", png(image), y=pixel[0], x=pixel[1])
   assert status == 200
   answer = json.loads(body)
-  network, info = model_dir.load_model(model_path)
-  prediction, loops = model_attention(network, image, info["preprocessing"], 6)
+  loaded = load_model(model_path)
+  prediction, loops = model_attention(loaded.model, image, loaded.preprocessing, 6)
   want = pixel_attention(loops, pixel, image.shape[:2])
   assert answer["pixel"] == list(pixel) and answer["grid_pixel"] == list(want.grid_pixel)
   assert answer["grid_size"] == list(want.loop1.shape) and answer["image_size"] == [256, 64]
@@ -279,7 +281,7 @@ def test_a_failure_inside_is_one_answer_and_the_server_goes_on(url, explorer, mo
     ],
 )
 def test_which_models_have_criss_cross_maps(head, has_attention):
-  config = tiny_config(num_classes=6)
+  config = tiny_model_config(num_classes=6)
   config.head.update(head)
   assert has_criss_cross(config) == has_attention
 
@@ -331,14 +333,25 @@ def test_missing_web_libraries_are_one_line(monkeypatch, capsys, model_path):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"crop_size": (769,)}, "--crop_size=769 must be two positive integers HEIGHT,WIDTH."),
-        ({"overlap": 1.0}, "--overlap=1.0 must be in [0, 1)."),
         ({"images": "/no/such/folder"}, "--images=/no/such/folder: no such folder."),
-        ({"port": 0}, "--model=/no/such/model: no such directory."),
+        ({"port": 0}, "/no/such/model: no such directory."),
     ],
 )
 def test_a_bad_setting_is_one_line(capsys, settings, message):
   assert explore_error(capsys, "/no/such/model", **settings) == f"error: {message}\n"
+
+
+@pytest.mark.parametrize(
+    "crop_size, overlap, message",
+    [
+        ((769,), 0.5, "--crop_size=(769,) must be two positive sizes (height, width)."),
+        ((769, 769), 1.0, "--overlap=1.0 must be in [0, 1)."),
+    ],
+)
+def test_bad_inference_flags_are_named(crop_size, overlap, message):
+  with pytest.raises(ValueError) as error:
+    inference_settings("sliding", crop_size, overlap)
+  assert str(error.value) == message
 
 
 def test_a_taken_port_is_one_line(capsys, model_path):
@@ -364,10 +377,12 @@ def test_the_command_serves_until_interrupted(model_path):
   )
   try:
     line = process.stdout.readline()
-    assert line.startswith(f"Exploring {model_path} (synthetic classes) at http://127.0.0.1:")
+    assert line.startswith(
+        f"Exploring model directory {model_path} (synthetic classes) at http://127.0.0.1:"
+    )
     base = line.split(" at ")[1].split(" ")[0]
     status, body = get(base + "model")
-    assert status == 200 and json.loads(body)["model_dir"] == model_path
+    assert status == 200 and json.loads(body)["source"] == f"model directory {model_path}"
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0
   finally:

@@ -16,7 +16,7 @@ from absl import flags
 
 from ccnet_jax import cli
 from ccnet_jax.explore.backend import DATASET_NAMES, MODES
-from ccnet_jax.explore.launch import explore
+from ccnet_jax.explore.launch import explore, inference_settings
 from ccnet_jax.explore.session import Limits
 
 _MODEL = flags.DEFINE_string("model", None, "Model directory or training workdir.")
@@ -41,9 +41,7 @@ def _crop_size(values: list[str]) -> tuple[int, ...]:
   try:
     return tuple(int(value) for value in values)
   except ValueError:
-    raise ValueError(
-        f"--crop_size={','.join(values)} must be two positive integers HEIGHT,WIDTH."
-    ) from None
+    raise ValueError(f"--crop_size={','.join(values)} must be two integers HEIGHT,WIDTH.") from None
 
 
 def main(arguments: list[str]) -> None:
@@ -54,9 +52,7 @@ def main(arguments: list[str]) -> None:
       host=_HOST.value,
       images=_IMAGES.value,
       dataset=_DATASET.value,
-      mode=_MODE.value,
-      crop_size=_crop_size(_CROP.value),
-      overlap=_OVERLAP.value,
+      settings=inference_settings(_MODE.value, _crop_size(_CROP.value), _OVERLAP.value),
       limits=Limits(
           max_bytes=int(_MAX_UPLOAD.value * 2**20), max_pixels=int(_MAX_PIXELS.value * 1e6)
       ),

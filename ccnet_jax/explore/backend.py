@@ -12,20 +12,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
 from ccnet_jax.data.config import data_config
-from ccnet_jax.data.labels import DATASET_NAMES
+from ccnet_jax.data.labels import DATASET_NAMES, dataset_for_model
 from ccnet_jax.data.sources import build_source
-from ccnet_jax.data.transforms import normalize
-from ccnet_jax.evaluation.inference import MODES, predict_logits
-from ccnet_jax.evaluation.media import IMAGE_EXTENSIONS
-from ccnet_jax.evaluation.predict import dataset_for_model, resolve_model_dir
-from ccnet_jax.models.model_dir import load_model
+from ccnet_jax.evaluation.inference import MODES, InferenceSettings, predict_logits
+from ccnet_jax.loading import load_model
+from ccnet_jax.prediction.media import IMAGE_EXTENSIONS
 from ccnet_jax.visualize.attention import HEAT_DECADES, heat, pixel_attention, upsample
 
 __all__ = [
@@ -33,6 +31,7 @@ __all__ = [
     "HEAT_DECADES",
     "IMAGE_EXTENSIONS",
     "MODES",
+    "InferenceSettings",
     "Analysis",
     "ExploredModel",
     "PixelMaps",
@@ -79,23 +78,19 @@ class ExploredModel:
       self,
       model: str,
       *,
+      settings: InferenceSettings = InferenceSettings(),
       dataset: str | None = None,
-      mode: str = "whole",
-      crop_size: Sequence[int] = (769, 769),
-      overlap: float = 1 / 3,
   ):
-    """``model``: a model directory or training workdir; the rest as in ``predict.py``."""
-    if mode not in MODES:
-      raise ValueError(f"--mode={mode!r} must be one of {MODES}.")
-    self.model_dir = resolve_model_dir(model)
-    network, info = load_model(self.model_dir)
-    self.config = info["model"]
-    self.preprocessing = info["preprocessing"]
-    self.dataset = dataset_for_model(self.config.num_classes, dataset)
-    self.default_mode = mode
+    """``model``: what ``load_model`` reads (a model directory, a run's checkpoints, a workdir);
+    ``settings``: the inference of ``predict.py``, whose mode a request may change."""
+    loaded = load_model(model)
+    self.source = loaded.source
+    self.config = loaded.config
+    self.preprocessing = loaded.preprocessing
+    self.dataset = dataset_for_model(loaded.num_classes, dataset)
+    self.settings = settings
     self.has_attention = has_criss_cross(self.config)
-    self._settings = {"crop_size": tuple(int(c) for c in crop_size), "overlap": float(overlap)}
-    self._graphdef, self._state = nnx.split(network)
+    self._graphdef, self._state = nnx.split(loaded.model)
     self._programs: dict[tuple[int, int, str], Any] = {}
     self._compile_lock = threading.Lock()
 
@@ -111,7 +106,7 @@ class ExploredModel:
   def metadata(self) -> dict[str, Any]:
     """What a client needs to read the outputs: classes, colours, the attention's loops."""
     return {
-        "model_dir": self.model_dir,
+        "source": self.source,
         "name": str(self.config.name),
         "dataset": self.dataset.name,
         "num_classes": self.dataset.num_classes,
@@ -123,13 +118,11 @@ class ExploredModel:
         ],
         "attention": "criss_cross" if self.has_attention else None,
         "recurrence": self.recurrence,
-        "preprocessing": {
-            k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocessing.items()
-        },
+        "preprocessing": self.preprocessing.to_json(),
         "modes": list(MODES),
-        "default_mode": self.default_mode,
-        "crop_size": list(self._settings["crop_size"]),
-        "overlap": self._settings["overlap"],
+        "default_mode": self.settings.mode,
+        "crop_size": list(self.settings.crop_size),
+        "overlap": self.settings.overlap,
         "heat_decades": HEAT_DECADES,
     }
 
@@ -140,8 +133,7 @@ class ExploredModel:
         lambda x: network(x)[0],
         images,
         num_classes=self.dataset.num_classes,
-        mode=mode,
-        **self._settings,
+        settings=dataclasses.replace(self.settings, mode=mode),
     )
     labels = logits[0].argmax(-1).astype("uint8")  # As predict.py's.
     # The attention is that of the whole image, as in the CLI figure, in both modes.
@@ -161,11 +153,11 @@ class ExploredModel:
 
   def analyse(self, image: np.ndarray, mode: str | None = None) -> Analysis:
     """Labels, probabilities and attention weights of a uint8 (H, W, 3) RGB image."""
-    mode = mode or self.default_mode
+    mode = mode or self.settings.mode
     if mode not in MODES:
       raise ValueError(f"mode={mode!r} must be one of {', '.join(MODES)}.")
     program = self._program(image.shape[0], image.shape[1], mode)
-    labels, probabilities, maps = program(self._state, normalize(image, **self.preprocessing)[None])
+    labels, probabilities, maps = program(self._state, self.preprocessing.normalize(image)[None])
     return Analysis(
         np.asarray(labels), np.asarray(probabilities), tuple(np.asarray(m) for m in maps)
     )

@@ -7,7 +7,7 @@ import os
 from typing import Sequence
 
 from ccnet_jax.errors import UserError
-from ccnet_jax.explore.backend import ExploredModel
+from ccnet_jax.explore.backend import ExploredModel, InferenceSettings
 from ccnet_jax.explore.session import Explorer, Limits
 
 REQUIREMENTS = "requirements-explore.txt"
@@ -25,15 +25,12 @@ def check_web_libraries() -> None:
       ) from None
 
 
-def check_sliding(crop_size: Sequence[int], overlap: float) -> tuple[int, int]:
-  """(height, width) of the sliding window, checked with the overlap."""
-  if len(crop_size) != 2 or min(crop_size) < 1:
-    raise ValueError(
-        f"--crop_size={','.join(map(str, crop_size))} must be two positive integers HEIGHT,WIDTH."
-    )
-  if not 0 <= overlap < 1:
-    raise ValueError(f"--overlap={overlap} must be in [0, 1).")
-  return int(crop_size[0]), int(crop_size[1])
+def inference_settings(mode: str, crop_size: Sequence[int], overlap: float) -> InferenceSettings:
+  """The settings of the flags, an error naming the flag."""
+  try:
+    return InferenceSettings(mode=mode, crop_size=tuple(crop_size), overlap=overlap)
+  except ValueError as error:
+    raise ValueError(f"--{error}") from None
 
 
 def explore(
@@ -43,9 +40,7 @@ def explore(
     host: str = "127.0.0.1",
     images: str | None = None,
     dataset: str | None = None,
-    mode: str = "whole",
-    crop_size: Sequence[int] = (769, 769),
-    overlap: float = 1 / 3,
+    settings: InferenceSettings = InferenceSettings(),
     limits: Limits = Limits(),
 ) -> None:
   """Serves the explorer of ``model`` on ``host:port`` until Ctrl-C; the flags' meanings."""
@@ -55,11 +50,10 @@ def explore(
 
   if images and not os.path.isdir(images):
     raise FileNotFoundError(f"--images={images}: no such folder.")
-  crop_size = check_sliding(crop_size, overlap)
   sock = listen(host, port)  # Before the model loads: a taken port fails at once.
-  explored = ExploredModel(model, dataset=dataset, mode=mode, crop_size=crop_size, overlap=overlap)
+  explored = ExploredModel(model, settings=settings, dataset=dataset)
   print(
-      f"Exploring {explored.model_dir} ({explored.dataset.name} classes) at {url_of(sock)}"
+      f"Exploring {explored.source} ({explored.dataset.name} classes) at {url_of(sock)}"
       " (Ctrl-C stops).",
       flush=True,
   )

@@ -159,7 +159,7 @@ class Explorer:
     return self._cache.computed
 
   def _mode(self, mode: str | None) -> str:
-    mode = mode or self.model.default_mode
+    mode = mode or self.model.settings.mode
     if mode not in MODES:
       raise RequestError(400, f"mode={mode!r} is not one of {', '.join(MODES)}.")
     return mode

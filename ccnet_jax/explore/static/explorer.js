@@ -60,7 +60,7 @@ async function start() {
   const meta = state.meta;
   const loops = meta.recurrence;
   $("model-line").textContent =
-    `${meta.model_dir} · ${meta.name} · ${meta.num_classes} ${meta.dataset} classes · ` +
+    `${meta.source} · ${meta.name} · ${meta.num_classes} ${meta.dataset} classes · ` +
     (loops ? `criss-cross attention, R=${loops}` : "no criss-cross attention");
   $("effective-title").textContent = loops > 1 ? `Loops 1–${loops}` : "All loops";
   const superscript = (text) => [...text].map((c) => "⁰¹²³⁴⁵⁶⁷⁸⁹⁻."["0123456789-.".indexOf(c)] || c);
