@@ -88,7 +88,8 @@ def train_and_evaluate_on_one_device(config: ml_collections.ConfigDict) -> dict:
   tx, schedule = make_optimizer(config.optim, config.train.total_steps)
   model_def, state = create_train_state(initial_model(config), tx, seed=config.train.seed)
   state = replicate(state, mesh)
-  train_step = make_train_step(model_def, tx, schedule, config.loss, mesh)
+  preprocessing = {name: config.data[name] for name in ("channel_order", "mean", "std")}
+  train_step = make_train_step(model_def, tx, schedule, config.loss, mesh, preprocessing)
   for _ in range(config.train.total_steps):
     state, _ = train_step(state, global_batch(next(loader), mesh))
   model = merge_model(model_def, state, train=False)
