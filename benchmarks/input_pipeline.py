@@ -17,10 +17,13 @@ reports
 
   python benchmarks/input_pipeline.py                        # 24 generated images, workers 0,1,2
   python benchmarks/input_pipeline.py --root /data/cityscapes --workers 0,4,8,16
-  python benchmarks/input_pipeline.py --images 4 --image-size 64,128 --crop 32 --measure 4
+  python benchmarks/input_pipeline.py --images 4 --image-size 64,128 --crop 32 --batch 1 \
+      --warmup 1 --measure 4
 
-Every rate is a mean over ``--measure`` images after ``--warmup`` images; the load average of
-the machine is printed with the figures. ``--json FILE`` writes the rows.
+Every rate is a mean over ``--measure`` images after ``--warmup`` images, in batches of
+``--batch`` (the recipe's 8: grain hands each batch across processes once, ~5 ms of the main
+process's CPU); the load average of the machine is printed with the figures. ``--json FILE``
+writes the rows.
 """
 
 from __future__ import annotations
@@ -232,15 +235,6 @@ def official_row(source, data_config, warmup: int, count: int, map_ids: bool) ->
   return {"pipeline": f"official cv2 pipeline ({what}), one process", "workers": 0, **row}
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.process_time()
-    fn()
-    times.append(time.process_time() - start)
-  return 1e3 * statistics.median(times)
-
-
 def stage_rows(source, data_config, batch: int, repeats: int) -> list[dict]:
   """CPU milliseconds of each stage of one example, in this process, median of ``repeats``."""
   import jax
@@ -370,11 +364,18 @@ def stage_rows(source, data_config, batch: int, repeats: int) -> list[dict]:
           "before",
       ),
   ]
-  rows = []
-  for name, fn, scale, role in stages:
-    rows.append({"stage": name, "cpu_ms": _median_ms(fn, repeats) * scale, "role": role})
+  # Round robin, so that every stage (and every decoder) sees the same load.
+  times = [[] for _ in stages]
+  for _ in range(repeats):
+    for (_, fn, _, _), samples in zip(stages, times):
+      start = time.process_time()
+      fn()
+      samples.append(time.process_time() - start)
   os.remove(raw_path)
-  return rows
+  return [
+      {"stage": name, "cpu_ms": 1e3 * statistics.median(samples) * scale, "role": role}
+      for (name, _, scale, role), samples in zip(stages, times)
+  ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,9 +409,9 @@ def main(argv=None) -> None:
   parser.add_argument("--image-size", default="1024,2048", help="generated image size h,w")
   parser.add_argument("--crop", type=int, default=0, help="crop side; default: the config's")
   parser.add_argument("--workers", default="0,1,2", help="data.num_workers values to measure")
-  parser.add_argument("--batch", type=int, default=1, help="global batch size of the loader")
-  parser.add_argument("--warmup", type=int, default=8, help="images before timing")
-  parser.add_argument("--measure", type=int, default=32, help="images timed per row")
+  parser.add_argument("--batch", type=int, default=8, help="global batch size of the loader")
+  parser.add_argument("--warmup", type=int, default=16, help="images before timing")
+  parser.add_argument("--measure", type=int, default=48, help="images timed per row")
   parser.add_argument("--stage-repeats", type=int, default=9)
   parser.add_argument("--skip", default="", help="comma list of: loader, official, stages")
   parser.add_argument("--json", default="", help="write the rows to this file")

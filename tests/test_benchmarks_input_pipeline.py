@@ -17,7 +17,7 @@ def test_rows_for_the_loader_the_official_pipeline_and_the_stages(tmp_path):
   out = tmp_path / "rows.json"
   input_pipeline.main(
       [
-          *("--images", "3", "--image-size", "48,96", "--crop", "32", "--workers", "0"),
+          *("--images", "3", "--image-size", "48,96", "--crop", "32", "--workers", "0", "--batch", "1"),
           *("--warmup", "1", "--measure", "2", "--stage-repeats", "1", "--json", str(out)),
       ]
   )
