@@ -15,10 +15,11 @@ one label-id PNG a frame in ``NAME_labelIds/``).
 
 import warnings
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from ccnet_jax.cli import run_user_command
+from ccnet_jax import cli
 from ccnet_jax.data.labels import DATASET_NAMES
+from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.inference import MODES
 from ccnet_jax.evaluation.predict import ON_ERROR, Predictor, predict_paths
 
@@ -41,7 +42,6 @@ _ON_ERROR = flags.DEFINE_enum(
     "on_error", "stop", ON_ERROR, "On a bad input: stop with its error, or skip it and go on."
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.mark_flags_as_required(["model", "out"])
 
 
 def _numbers(values, kind, flag):
@@ -51,9 +51,18 @@ def _numbers(values, kind, flag):
     raise ValueError(f"--{flag}={','.join(values)} must be a comma-separated list of numbers.")
 
 
-def _predict(inputs):
+def main(inputs):
+  if not inputs:
+    raise UserError("give at least one input: image files, folders, globs or videos.")
+  model, out = cli.required(_MODEL), cli.required(_OUT)
+  # Progress and results are printed: logs are quiet (warnings at most, none unless
+  # CCNET_JAX_TRACEBACK is set, see cli).
+  logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))
+  # Videos run ffmpeg as a subprocess (fork, then exec at once): JAX's warning that a forked
+  # child cannot use JAX's threads does not concern it.
+  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
   predictor = Predictor(
-      _MODEL.value,
+      model,
       dataset=_DATASET.value,
       mode=_MODE.value,
       crop_size=_numbers(_CROP.value, int, "crop_size"),
@@ -67,27 +76,17 @@ def _predict(inputs):
   counts = predict_paths(
       predictor,
       inputs,
-      _OUT.value,
+      out,
       label_ids=_LABEL_IDS.value,
       on_error=_ON_ERROR.value,
       progress=_PROGRESS.value,
   )
   print(
       f"Wrote {counts['images']} images and {counts['videos']} videos ({counts['frames']}"
-      f" frames) to {_OUT.value}; {counts['skipped']} inputs skipped.",
+      f" frames) to {out}; {counts['skipped']} inputs skipped.",
       flush=True,
   )
 
 
-def main(argv):
-  if len(argv) < 2:
-    raise app.UsageError("Give at least one input: image files, folders, globs or videos.")
-  logging.set_verbosity(logging.WARNING)  # Progress and results are printed; keep logs quiet.
-  # Videos run ffmpeg as a subprocess (fork, then exec at once): JAX's warning that a forked
-  # child cannot use JAX's threads does not concern it.
-  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-  run_user_command(lambda: _predict(argv[1:]))
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -14,10 +14,11 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 
 from ccnet_jax import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ccnet_jax.convert import __main__ as cli  # pylint: disable=wrong-import-position
+from ccnet_jax.convert.__main__ import main as convert_main  # pylint: disable=wrong-import-position
 from ccnet_jax.models import model_dir  # pylint: disable=wrong-import-position
 from ccnet_jax.models.registry import build_model  # pylint: disable=wrong-import-position
 from tests import torch_reference  # pylint: disable=wrong-import-position
+from tests.helpers import run_command  # pylint: disable=wrong-import-position
 
 torch.set_num_threads(1)
 
@@ -203,7 +204,7 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
   net = _official(recurrence=1, seed=7)
   path = _save(tmp_path, net.state_dict_like_release())
   out = tmp_path / "exported"
-  assert cli.main(["official", str(path), str(out), "--recurrence", "1"]) == 0
+  assert run_command(convert_main, "official", path, out, "--recurrence", "1") == 0
   printed = capsys.readouterr().out
   assert '"recurrence": 1' in printed and str(out) in printed
   model, info = model_dir.load_model(out)
@@ -219,7 +220,7 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
       torch_reference.ResNet(18, stem="v1c", width=8, fc_classes=3), seed=8
   )
   bb_path = _save(tmp_path, backbone_net.state_dict(), "resnet18_v1c.pth")
-  assert cli.main(["v1c", str(bb_path), str(tmp_path / "bb")]) == 0
+  assert run_command(convert_main, "v1c", bb_path, tmp_path / "bb") == 0
   assert '"part": "backbone"' in capsys.readouterr().out
   config = model_dir.read_info(tmp_path / "bb")["model"]
   config.num_classes = 7
@@ -229,7 +230,7 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
       np.asarray(target.backbone.stem.conv3.kernel[...]),
       backbone_net.state_dict()["stem.6.weight"].numpy().transpose(2, 3, 1, 0),
   )
-  assert cli.main(["official", str(tmp_path / "missing.pth"), str(tmp_path / "x")]) == 1
+  assert run_command(convert_main, "official", tmp_path / "missing.pth", tmp_path / "x") == 1
   assert "not found" in capsys.readouterr().err
 
 

@@ -14,8 +14,9 @@ from flax import nnx
 
 from ccnet_jax import export
 from ccnet_jax.data import transforms
-from ccnet_jax.export import __main__ as export_cli
+from ccnet_jax.export.__main__ import main as export_main
 from ccnet_jax.models import model_dir
+from tests.helpers import run_command
 from tests.test_models_model_dir import randomised, tiny_config
 
 PREPROCESSING = {"channel_order": "bgr", "mean": (104.0, 116.7, 122.7), "std": (57.0, 58.0, 59.0)}
@@ -112,8 +113,6 @@ def test_cli_reports_user_errors_in_one_line(saved, tmp_path, capsys):
       ([str(tmp_path / "none"), str(tmp_path / "c"), "--format=stablehlo"], "model.json"),
   )
   for argv, message in cases:
-    with pytest.raises(SystemExit) as exit_info:
-      export_cli.main(argv)
-    assert exit_info.value.code == 1
+    assert run_command(export_main, *argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -10,9 +10,10 @@ from PIL import Image
 
 from ccnet_jax.data.labels import SYNTHETIC
 from ccnet_jax.models import model_dir
-from ccnet_jax.visualize import __main__ as cli
+from ccnet_jax.visualize.__main__ import main as visualize_main
 from ccnet_jax.visualize.attention import model_attention, pixel_attention, save_attention
 from tests import reference
+from tests.helpers import run_command
 from tests.test_models_model_dir import randomised, tiny_config
 
 IMAGE_SIZE = (37, 53)  # Grid 5 x 7 at output stride 8.
@@ -128,21 +129,15 @@ def test_figure_shows_image_maps_and_prediction(saved, computed, tmp_path):
 def test_cli_names_a_pixel_outside_the_image(saved, tmp_path, capsys):
   directory, _, image, _ = saved
   Image.fromarray(image).save(tmp_path / "scene.png")
-  with pytest.raises(SystemExit) as exit_info:
-    cli.main(
-        [
-            "attention",
-            "--model",
-            directory,
-            "--image",
-            str(tmp_path / "scene.png"),
-            "--pixel",
-            "37,0",
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
-  assert exit_info.value.code == 1
+  status = run_command(
+      visualize_main,
+      "attention",
+      f"--model={directory}",
+      f"--image={tmp_path / 'scene.png'}",
+      "--pixel=37,0",
+      f"--out={tmp_path / 'out'}",
+  )
+  assert status == 1
   assert capsys.readouterr().err.strip() == (
       "error: --pixel=37,0 lies outside the 37x53 image (rows 0..36, columns 0..52)."
   )

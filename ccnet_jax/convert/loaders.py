@@ -226,7 +226,7 @@ def load_checkpoint(
   else:
     if num_classes is not None or recurrence is not None:
       raise ValueError(
-          f"--num-classes and --recurrence do not apply to the backbone-only {format!r} format."
+          f"--num_classes and --recurrence do not apply to the backbone-only {format!r} format."
       )
     config = backbone_config(state_dict, format, depth=depth)
     if output_stride is not None:
