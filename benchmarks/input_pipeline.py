@@ -390,9 +390,10 @@ def _print_tables(rows: list[dict], stages: list[dict], info: dict) -> None:
   print("| pipeline | img/s | CPU-s / image | img / CPU-s | load avg (1, 5, 15 min) |")
   print("|---|---:|---:|---:|---|")
   for row in rows:
+    cpu = row["cpu_s_per_image"]  # 0 when below the clock tick (tiny images)
     print(
-        f"| {row['pipeline']} | {row['images_per_s']:.1f} | {row['cpu_s_per_image']:.4f} |"
-        f" {1 / row['cpu_s_per_image']:.1f} | {row['load']} |"
+        f"| {row['pipeline']} | {row['images_per_s']:.1f} | {cpu:.4f} |"
+        f" {f'{1 / cpu:.1f}' if cpu else '-'} | {row['load']} |"
     )
   if stages:
     print("\n| stage of one example (this process) | CPU ms | |")

@@ -15,12 +15,8 @@ from ccnet_jax.data.folders import CityscapesFolders  # noqa: E402
 
 def test_rows_for_the_loader_the_official_pipeline_and_the_stages(tmp_path):
   out = tmp_path / "rows.json"
-  input_pipeline.main(
-      [
-          *("--images", "3", "--image-size", "48,96", "--crop", "32", "--workers", "0", "--batch", "1"),
-          *("--warmup", "1", "--measure", "2", "--stage-repeats", "1", "--json", str(out)),
-      ]
-  )
+  tiny = "--images 3 --image-size 48,96 --crop 32 --workers 0 --batch 1 --warmup 1 --measure 2"
+  input_pipeline.main(tiny.split() + ["--stage-repeats", "1", "--json", str(out)])
   result = json.loads(out.read_text())
   pipelines = [row["pipeline"] for row in result["rows"]]
   assert len(pipelines) == 3 and "data.num_workers=0" in pipelines[2]
