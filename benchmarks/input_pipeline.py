@@ -302,15 +302,15 @@ def stage_rows(source, data_config, batch: int, repeats: int) -> list[dict]:
     return lambda: jax.block_until_ready(jax.device_put(arrays, device))
 
   per_batch = 1.0 / batch
-  rgb, grey = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION, cv2.IMREAD_UNCHANGED
+  rgb, grey = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION, cv2.IMREAD_GRAYSCALE
   stages = [
       ("read (image + label files)", read, 1.0, "used"),
       ("read decoded uint8 image + label instead (raw file)", read_decoded, 1.0, ""),
       ("decode image: libspng", lambda: pyspng.load(image_data, "RGB"), 1.0, "used"),
       ("decode image: OpenCV (libpng)", lambda: cv2_decode(image_data, rgb), 1.0, ""),
       ("decode image: PIL", pil_rgb, 1.0, "before"),
-      ("decode label: libspng", lambda: pyspng.load(label_data, "L"), 1.0, "used"),
-      ("decode label: OpenCV (libpng)", lambda: cv2_decode(label_data, grey), 1.0, ""),
+      ("decode label: libspng", lambda: pyspng.load(label_data, "L"), 1.0, ""),
+      ("decode label: OpenCV (libpng)", lambda: cv2_decode(label_data, grey), 1.0, "used"),
       ("decode label: PIL", pil_label, 1.0, "before"),
       (
           "label map: one table lookup + id check",

@@ -63,13 +63,16 @@ def read_image(path: str) -> np.ndarray:
 def read_label(path: str) -> np.ndarray:
   """The single-channel label map of a PNG as uint8 (H, W) (palette indices, not colours).
 
-  8-bit grey PNGs are decoded by libspng, palette PNGs by PIL (libspng would expand colours).
+  8-bit grey PNGs are decoded by OpenCV (faster than PIL and libspng on label maps), palette
+  PNGs by PIL (OpenCV would expand the colours).
   """
   try:
     with open(path, "rb") as f:
       data = f.read()
     if _png_layout(data) == (8, 0):
-      return pyspng.load(data, "L")
+      decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+      if decoded is not None:
+        return decoded
     with Image.open(io.BytesIO(data)) as image:
       if image.mode not in ("L", "P"):
         raise ValueError(
@@ -88,7 +91,7 @@ def map_label(
   valid = np.zeros(256, np.uint8)
   valid[:num_ids] = 1
   valid[list(extra_valid)] = 1
-  if not cv2.LUT(label, valid).all():
+  if label.max(initial=0) >= num_ids and not cv2.LUT(label, valid).all():
     values = np.unique(label)
     bad = values[(values >= num_ids) & ~np.isin(values, extra_valid)]
     raise ValueError(
