@@ -5,11 +5,11 @@
   python predict.py --model=models/ccnet_official img.png --out=out --scales=0.75,1,1.25 --flip
 
 ``--model`` is a model directory (written by training or ``python -m ccnet_jax.convert``)
-or a training workdir (its exported ``model/``, else ``best/``). Inputs are image files,
-folders (searched recursively), glob patterns and video files. For each image it writes
-``NAME_pred.png`` (classes in the dataset's colours) and ``NAME_overlay.png``, with
-``--label_ids`` also ``NAME_labelIds.png`` (Cityscapes label ids, as the benchmark server
-expects); for each video ``NAME_pred.mp4`` and ``NAME_overlay.mp4`` (and with ``--label_ids``
+or a training workdir (its exported ``model/``, else ``best/``, else its newest checkpoint).
+Inputs are image files, folders (searched recursively), glob patterns and video files. For
+each image it writes ``NAME_pred.png`` (classes in the dataset's colours) and
+``NAME_overlay.png``, with ``--label_ids`` also ``NAME_labelIds.png`` (Cityscapes label ids,
+as the benchmark server expects); for each video ``NAME_pred.mp4`` and ``NAME_overlay.mp4`` (and with ``--label_ids``
 one label-id PNG a frame in ``NAME_labelIds/``).
 """
 
@@ -20,10 +20,14 @@ from absl import flags, logging
 from ccnet_jax import cli
 from ccnet_jax.data.labels import DATASET_NAMES
 from ccnet_jax.errors import UserError
-from ccnet_jax.evaluation.inference import MODES
-from ccnet_jax.evaluation.predict import ON_ERROR, Predictor, predict_paths
+from ccnet_jax.evaluation.inference import MODES, InferenceSettings
+from ccnet_jax.loading import load_model
+from ccnet_jax.prediction.files import ON_ERROR, predict_paths
+from ccnet_jax.prediction.predictor import Predictor
 
-_MODEL = flags.DEFINE_string("model", None, "Model directory or training workdir.")
+_MODEL = flags.DEFINE_string(
+    "model", None, "Model directory, training workdir or its checkpoints/ (see ccnet_jax.loading)."
+)
 _OUT = flags.DEFINE_string("out", None, "Folder for the outputs (created if needed).")
 _DATASET = flags.DEFINE_enum(
     "dataset", None, DATASET_NAMES, "Palette and label ids (default: from the class count)."
@@ -61,18 +65,19 @@ def main(inputs):
   # Videos run ffmpeg as a subprocess (fork, then exec at once): JAX's warning that a forked
   # child cannot use JAX's threads does not concern it.
   warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-  predictor = Predictor(
-      model,
-      dataset=_DATASET.value,
-      mode=_MODE.value,
-      crop_size=_numbers(_CROP.value, int, "crop_size"),
-      overlap=_OVERLAP.value,
-      scales=_numbers(_SCALES.value, float, "scales"),
-      flip=_FLIP.value,
-      batch_size=_BATCH.value,
-      dtype=_DTYPE.value,
-  )
-  print(f"Model: {predictor.model_dir} ({predictor.dataset.name} classes).", flush=True)
+  try:
+    settings = InferenceSettings(
+        mode=_MODE.value,
+        crop_size=_numbers(_CROP.value, int, "crop_size"),
+        overlap=_OVERLAP.value,
+        scales=_numbers(_SCALES.value, float, "scales"),
+        flip=_FLIP.value,
+    )
+  except ValueError as error:
+    raise ValueError(f"--{error}") from None
+  loaded = load_model(model, dtype=_DTYPE.value)
+  predictor = Predictor(loaded, settings=settings, dataset=_DATASET.value, batch_size=_BATCH.value)
+  print(f"Model: {loaded.source} ({predictor.dataset.name} classes).", flush=True)
   counts = predict_paths(
       predictor,
       inputs,

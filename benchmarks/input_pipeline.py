@@ -242,6 +242,7 @@ def stage_rows(source, data_config, batch: int, repeats: int) -> list[dict]:
   from PIL import Image
 
   from ccnet_jax.data import folders, labels, transforms
+  from ccnet_jax.models.preprocessing import Preprocessing
   from ccnet_jax.training.step import normalize_images
 
   image_path, label_path = source.image_paths[0], source.label_paths[0]
@@ -289,12 +290,12 @@ def stage_rows(source, data_config, batch: int, repeats: int) -> list[dict]:
   crop_label = transforms.resize_nearest(label, size, window)
   example = {"image": crop, "label": crop_label, "image_box": np.array([0, 0, crop_h, crop_w])}
   stacked = {k: np.stack([v] * batch) for k, v in example.items()}
-  preprocessing = {k: data_config[k] for k in ("channel_order", "mean", "std")}
+  preprocessing = Preprocessing.from_config(data_config)
   normalize = jax.jit(lambda images, boxes: normalize_images(images, boxes, preprocessing))
   normalize(stacked["image"], stacked["image_box"]).block_until_ready()
   device = jax.devices()[0]
   floats = {
-      "image": transforms.normalize(stacked["image"], **preprocessing),
+      "image": preprocessing.normalize(stacked["image"]),
       "label": stacked["label"].astype(np.int32),
   }
 
@@ -341,7 +342,7 @@ def stage_rows(source, data_config, batch: int, repeats: int) -> list[dict]:
       ),
       (
           "normalise on the host (numpy float32), per image: no longer done",
-          lambda: transforms.normalize(stacked["image"], **preprocessing),
+          lambda: preprocessing.normalize(stacked["image"]),
           per_batch,
           "before",
       ),

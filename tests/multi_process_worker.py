@@ -67,6 +67,7 @@ def run(args) -> dict:
   import jax
 
   from ccnet_jax.data.pipeline import make_train_loader
+  from ccnet_jax.models.preprocessing import Preprocessing
   from ccnet_jax.training.checkpointing import RunCheckpoints
   from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
   from ccnet_jax.training.step import make_train_step
@@ -76,7 +77,7 @@ def run(args) -> dict:
     weights = pickle.load(f)
   model_def, tx, schedule, host_state = worker.build(weights=weights)
   config = data_config(args.data_root)
-  preprocessing = {name: config[name] for name in ("channel_order", "mean", "std")}
+  preprocessing = Preprocessing.from_config(config)
   train_step = make_train_step(model_def, tx, schedule, worker.loss_config(), mesh, preprocessing)
   state = replicate(host_state, mesh)
   loader = make_train_loader(config, global_batch_size=GLOBAL_BATCH, seed=0)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ccnet_jax.data import transforms
 from ccnet_jax.data.config import data_config
+from ccnet_jax.models.preprocessing import Preprocessing
 from tests import augmentation_reference as reference
 
 
@@ -164,24 +165,13 @@ def test_train_transform_pads_small_images_with_ignore_outside_the_box():
   assert 0 < flipped < 8  # a flipped crop has its image on the right
 
 
-def test_normalize_rgb_and_bgr():
-  image = np.random.default_rng(0).integers(0, 256, (3, 4, 3)).astype(np.uint8)
-  mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 5.0)
-  out = transforms.normalize(image, mean, std, "rgb")
-  assert out.dtype == np.float32
-  np.testing.assert_allclose(out[..., 1], (image[..., 1] - 20.0) / 4.0, rtol=1e-6)
-  out = transforms.normalize(image, mean, std, "bgr")
-  np.testing.assert_allclose(out[..., 0], (image[..., 2] - 10.0) / 2.0, rtol=1e-6)
-  np.testing.assert_allclose(out[..., 2], (image[..., 0] - 30.0) / 5.0, rtol=1e-6)
-  with pytest.raises(ValueError, match="channel_order"):
-    transforms.normalize(image, mean, std, "hsv")
-
-
 def test_eval_transform_keeps_full_size():
   config = data_config("ade20k")
   image = np.random.default_rng(0).integers(0, 256, (17, 23, 3)).astype(np.uint8)
   label = np.ones((17, 23), np.uint8)
-  out = transforms.eval_transform({"image": image, "label": label, "name": "a"}, config)
+  out = transforms.eval_transform(
+      {"image": image, "label": label, "name": "a"}, Preprocessing.from_config(config)
+  )
   assert out["image"].shape == (17, 23, 3) and out["label"].dtype == np.int32
   expected = (image - np.float32(config.mean)) / np.float32(config.std)
   np.testing.assert_allclose(out["image"], expected, rtol=1e-5)

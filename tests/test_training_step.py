@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax.data import transforms
 from ccnet_jax.models import layers
-from ccnet_jax.models.model_dir import IMAGENET_PREPROCESSING, OFFICIAL_PREPROCESSING
+from ccnet_jax.models.preprocessing import IMAGENET, OFFICIAL
 from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
 from ccnet_jax.training.state import merge_model
 from ccnet_jax.training.step import make_train_step, normalize_images
@@ -69,19 +68,17 @@ def _loader_batch() -> dict[str, np.ndarray]:
   return {"image": images, "label": worker.fixed_batch()["label"], "image_box": boxes}
 
 
-def _normalised_on_host(batch: dict, preprocessing: dict) -> dict:
+def _normalised_on_host(batch: dict, preprocessing) -> dict:
   """The float batch the loader used to give: host normalisation, 0 outside the box."""
   images = []
   for image, (top, left, bottom, right) in zip(batch["image"], batch["image_box"]):
     out = np.zeros(image.shape, np.float32)
-    out[top:bottom, left:right] = transforms.normalize(
-        image[top:bottom, left:right], **preprocessing
-    )
+    out[top:bottom, left:right] = preprocessing.normalize(image[top:bottom, left:right])
     images.append(out)
   return {"image": np.stack(images), "label": batch["label"]}
 
 
-@pytest.mark.parametrize("preprocessing", [OFFICIAL_PREPROCESSING, IMAGENET_PREPROCESSING])
+@pytest.mark.parametrize("preprocessing", [OFFICIAL, IMAGENET])
 def test_normalising_on_device_is_host_normalisation(preprocessing):
   """Bit for bit without std (the official recipe); with one, XLA may multiply by 1 / std,
   one float32 rounding away from dividing."""
@@ -90,17 +87,15 @@ def test_normalising_on_device_is_host_normalisation(preprocessing):
   got = np.asarray(normalize(batch["image"], batch["image_box"]))
   want = _normalised_on_host(batch, preprocessing)["image"]
   np.testing.assert_array_equal(got == 0, want == 0)
-  np.testing.assert_array_max_ulp(got, want, maxulp=0 if preprocessing["std"] == (1, 1, 1) else 1)
+  np.testing.assert_array_max_ulp(got, want, maxulp=0 if preprocessing.std == (1, 1, 1) else 1)
 
 
 def test_normalising_in_the_step_gives_the_step_on_the_normalised_batch(one_device):
   """The loader's uint8 batch normalised in the step trains exactly as the float batch."""
   batch = _loader_batch()
-  in_step = _Run(jax.devices()[:1], preprocessing=OFFICIAL_PREPROCESSING)
+  in_step = _Run(jax.devices()[:1], preprocessing=OFFICIAL)
   states, metrics = in_step.run(1, batch=batch)
-  want_states, want_metrics = one_device.run(
-      1, batch=_normalised_on_host(batch, OFFICIAL_PREPROCESSING)
-  )
+  want_states, want_metrics = one_device.run(1, batch=_normalised_on_host(batch, OFFICIAL))
   assert metrics == want_metrics
   chex.assert_trees_all_equal(states[0].params, want_states[0].params)
   chex.assert_trees_all_equal(states[0].batch_stats, want_states[0].batch_stats)

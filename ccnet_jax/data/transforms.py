@@ -16,6 +16,8 @@ import cv2
 import ml_collections
 import numpy as np
 
+from ccnet_jax.models.preprocessing import Preprocessing
+
 # The loaders parallelise over examples (grain workers, the evaluation's threads); OpenCV's own
 # thread pool would only compete with them.
 cv2.setNumThreads(1)
@@ -80,21 +82,6 @@ def scaled_size_half_even(shape: Sequence[int], scale: float) -> tuple[int, int]
   return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
 
 
-def normalize(
-    image: np.ndarray, mean: Sequence[float], std: Sequence[float], channel_order: str = "rgb"
-) -> np.ndarray:
-  """RGB (H, W, 3) on the 0-255 scale -> float32 ``(x - mean) / std`` in ``channel_order``.
-
-  ``mean`` and ``std`` are given in ``channel_order`` (the official CCNet weights expect BGR).
-  """
-  if channel_order not in ("rgb", "bgr"):
-    raise ValueError(f"data.channel_order={channel_order!r} must be 'rgb' or 'bgr'.")
-  image = image.astype(np.float32)
-  if channel_order == "bgr":
-    image = image[..., ::-1]
-  return (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
 def train_transform(
     example: dict, config: ml_collections.ConfigDict, rng: np.random.Generator
 ) -> dict:
@@ -134,10 +121,10 @@ def train_transform(
   return {"image": image, "label": label, "image_box": np.array(box, np.int32)}
 
 
-def eval_transform(example: dict, config: ml_collections.ConfigDict) -> dict:
+def eval_transform(example: dict, preprocessing: Preprocessing) -> dict:
   """Normalisation only, full image: {'image': float32, 'label': int32, 'name': str}."""
   return {
-      "image": normalize(example["image"], config.mean, config.std, config.channel_order),
+      "image": preprocessing.normalize(example["image"]),
       "label": np.asarray(example["label"], np.int32),
       "name": example["name"],
   }

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ccnet_jax.models import model_dir
-from ccnet_jax.models.registry import DTYPES, build_model
+from ccnet_jax.loading import load_model
+from ccnet_jax.models.preprocessing import Preprocessing
+from ccnet_jax.models.registry import DTYPES
 
 FORMATS = ("saved_model", "tflite", "stablehlo")
 STABLEHLO_FILE = "model.jax_exported"
@@ -32,46 +33,12 @@ SIGNATURE_FILE = "serving.json"
 ServingFn = Callable[[jax.Array], jax.Array]
 
 
-def load_for_serving(directory: str | os.PathLike, *, dtype: str | None = None):
-  """(model, info) of a model directory, rebuilt with the einsum attention, in eval mode.
-
-  ``dtype`` replaces the computation dtype recorded in ``model.json`` ('float32' for a
-  runtime without bfloat16).
-  """
-  info = model_dir.read_info(directory)
-  if info["part"] != "all":
-    raise ValueError(
-        f"{os.fspath(directory)!r} holds only a backbone; export a whole model directory"
-        " (a run's model/ or best/, or one written by `python -m ccnet_jax.convert`)."
-    )
-  config = info["model"]
-  config.cca_impl = "einsum"
-  if dtype is not None:
-    if dtype not in DTYPES:
-      raise ValueError(f"--dtype={dtype!r} is not one of {sorted(DTYPES)}.")
-    config.dtype = dtype
-  model = model_dir.empty_module(lambda: build_model(config))
-  model_dir.load_state_into(model, directory, part="all")
-  model.eval()
-  return model, info
-
-
-def preprocess(images: jax.Array, preprocessing: Mapping[str, Any]) -> jax.Array:
-  """RGB 0-255 images -> the normalised input the weights expect (channel order, mean, std)."""
-  images = images.astype(jnp.float32)
-  if preprocessing["channel_order"] == "bgr":
-    images = images[..., ::-1]
-  mean = jnp.asarray(preprocessing["mean"], jnp.float32)
-  std = jnp.asarray(preprocessing["std"], jnp.float32)
-  return (images - mean) / std
-
-
-def serving_fn(model: nnx.Module, preprocessing: Mapping[str, Any]) -> ServingFn:
+def serving_fn(model: nnx.Module, preprocessing: Preprocessing) -> ServingFn:
   """images (B, H, W, 3) RGB 0-255 -> main logits (B, h, w, classes); weights are constants."""
   graphdef, state = nnx.split(model)
 
   def serve(images):
-    logits, _ = nnx.merge(graphdef, state)(preprocess(images, preprocessing))
+    logits, _ = nnx.merge(graphdef, state)(preprocessing.normalize(images))
     return logits.astype(jnp.float32)
 
   return serve
@@ -169,11 +136,14 @@ def export_model(  # pylint: disable=redefined-builtin
     raise ValueError(
         "--format=tflite needs a fixed input size: give --batch, --height and --width."
     )
-  model, info = load_for_serving(model_directory, dtype=dtype)
+  if dtype is not None and dtype not in DTYPES:
+    raise ValueError(f"--dtype={dtype!r} is not one of {sorted(DTYPES)}.")
+  # The einsum attention: the Pallas kernels are custom calls a serving runtime cannot run.
+  loaded = load_model(model_directory, dtype=dtype, cca_impl="einsum")
   shape = input_shape(batch, height, width)
   out_dir = os.path.abspath(os.fspath(out_dir))
   os.makedirs(out_dir, exist_ok=True)
-  written = _EXPORTERS[format](serving_fn(model, info["preprocessing"]), shape, out_dir)
+  written = _EXPORTERS[format](serving_fn(loaded.model, loaded.preprocessing), shape, out_dir)
   signature = {
       "format": format,
       "input": {
@@ -186,10 +156,10 @@ def export_model(  # pylint: disable=redefined-builtin
           "name": "logits",
           "dtype": "float32",
           "layout": "NHWC at the output stride; upsample bilinearly, then argmax",
-          "num_classes": info["model"].num_classes,
+          "num_classes": loaded.num_classes,
       },
-      "preprocessing": info["preprocessing"],
-      "model": info["model"].name,
+      "preprocessing": loaded.preprocessing.to_json(),
+      "model": loaded.config.name,
   }
   path = os.path.join(out_dir, SIGNATURE_FILE)
   with open(path, "w", encoding="utf-8") as f:

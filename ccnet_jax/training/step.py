@@ -8,7 +8,7 @@ collective written by hand.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.training.losses import segmentation_loss
 from ccnet_jax.training.mesh import batch_sharding, replicated
 from ccnet_jax.training.state import ModelDef, TrainState
@@ -26,17 +27,12 @@ TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]
 
 
 def normalize_images(
-    images: jax.Array, image_box: jax.Array, preprocessing: Mapping[str, Any]
+    images: jax.Array, image_box: jax.Array, preprocessing: Preprocessing
 ) -> jax.Array:
-  """uint8 RGB crops (B, H, W, 3) -> float32 ``(x - mean) / std`` in the model's channel order,
-  0 outside each example's ``image_box`` (top, left, bottom, right): the padding, which the
-  recipe adds after normalising, so that it is the mean colour."""
-  x = images.astype(jnp.float32)
-  if preprocessing["channel_order"] == "bgr":
-    x = x[..., ::-1]
-  x = (x - jnp.asarray(preprocessing["mean"], jnp.float32)) / jnp.asarray(
-      preprocessing["std"], jnp.float32
-  )
+  """uint8 RGB crops (B, H, W, 3) -> the model's float32 input, 0 outside each example's
+  ``image_box`` (top, left, bottom, right): the padding, which the recipe adds after
+  normalising, so that it is the mean colour."""
+  x = preprocessing.normalize(jnp.asarray(images))
   rows = jnp.arange(x.shape[1])[None, :, None]
   cols = jnp.arange(x.shape[2])[None, None, :]
   top, left, bottom, right = (image_box[:, i, None, None] for i in range(4))
@@ -50,16 +46,15 @@ def make_train_step(
     schedule: optax.Schedule,
     loss_config: ml_collections.ConfigDict,
     mesh: Mesh,
-    preprocessing: Mapping[str, Any] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> TrainStep:
   """Returns the jitted ``train_step(state, batch) -> (state, metrics)``.
 
   ``batch`` holds 'image' (B, H, W, 3) and 'label' (B, H, W) int, sharded over
-  'data' (see ``mesh.global_batch``). With ``preprocessing`` ({'channel_order',
-  'mean', 'std'}, the model's input normalisation) the images are the loader's
-  uint8 RGB crops with their 'image_box' (B, 4), normalised inside the step
-  (:func:`normalize_images`); without it they are the model's input as they are.
-  The input state is donated: do not use it after the call. Metrics are
+  'data' (see ``mesh.global_batch``). With ``preprocessing`` (the model's input
+  normalisation) the images are the loader's uint8 RGB crops with their
+  'image_box' (B, 4), normalised inside the step (:func:`normalize_images`);
+  without it they are the model's input as they are. The input state is donated: do not use it after the call. Metrics are
   replicated float32 scalars: loss, main, aux, lr (the rate this step used),
   grad_norm (before clipping) and finite (1.0 when loss and gradients are
   finite; the trainer stops otherwise).
