@@ -13,8 +13,10 @@ One workdir goes through a chain of runs, each resuming where the one before sto
   F. the run to its end.
 
 The stops must save one step on both processes and exit 0; a lost process must end the
-other with one line naming it; the losses logged across the chain must be those of the
-uninterrupted run. ``pytest -s`` prints the time from each signal to each exit. The loss of
+other with one line naming it; the losses logged across the chain, each step once, must be
+those of the uninterrupted run. Each run is checked as it ends, in one test so that
+pytest-xdist never runs the chain twice. ``pytest -s`` prints the time from each signal to
+each exit (docs/multi_host.md quotes it). The loss of
 process 0 (the coordinator), which ends the others at once rather than after the heartbeat
 timeout, is checked on the runtime's recorded report in test_training_lost_process.py: every
 run here costs about a minute of CPU.
@@ -49,14 +51,6 @@ FLAGS = test_faults.flags(
     train__total_steps=TOTAL_STEPS,
     train__heartbeat_timeout_seconds=HEARTBEAT_SECONDS,
 )
-# The chain: name -> the (fault, FAULT_AT_STEP) of process 0 and of process 1.
-CHAIN = {
-    "A": [("sigterm_at_step", 0), ("none", 0)],
-    "B": [("none", 0), ("sigterm_at_step", 1)],
-    "C": [("sigterm_at_step", 2), ("sigterm_in_save", 2)],
-    "D": [("none", 0), ("kill_at_step", 4)],
-    "F": [("none", 0), ("none", 0)],
-}
 RUN_TIMEOUT = 1200  # Seconds for one run; they took up to 8 minutes at a load average of 40.
 
 
@@ -117,55 +111,12 @@ def run_two_processes(environment, workdir, faults, fault_log):
   }
 
 
-def logged_losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    records = [json.loads(line) for line in f]
-  return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
-
-
-def saved_steps(workdir):
-  return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
-
-
 def signal_times(fault_log):
   """{process: time} of the faults fired during a run (fault_runner's FAULT_LOG)."""
   if not os.path.exists(fault_log):
     return {}
   with open(fault_log, encoding="utf-8") as f:
     return {int(r["process"]): r["time"] for r in map(json.loads, f)}
-
-
-@pytest.fixture(scope="module")
-def runs(fast_compile, tmp_path_factory):
-  """The uninterrupted run, then the chain A..D, F on one workdir; what each run left."""
-  before = resource.getrusage(resource.RUSAGE_CHILDREN)
-  root = tmp_path_factory.mktemp("preemption")
-  reference = root / "reference"
-  results = {
-      "reference": run_two_processes(fast_compile, reference, [("none", 0)] * 2, root / "none")
-  }
-  results["reference"]["logged"] = logged_losses(reference)
-  workdir = root / "chain"
-  for name, faults in CHAIN.items():
-    fault_log = root / f"faults_{name}.jsonl"
-    result = run_two_processes(fast_compile, workdir, faults, fault_log)
-    result.update(
-        logged=logged_losses(workdir),
-        saved=saved_steps(workdir),
-        signalled=signal_times(fault_log),
-    )
-    results[name] = result
-  after = resource.getrusage(resource.RUSAGE_CHILDREN)
-  cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-  print(f"\n{len(results)} two-process runs, {cpu:.0f} s of CPU in all.")
-  for name in CHAIN:
-    result = results[name]
-    for process, signalled in sorted(result["signalled"].items()):
-      delays = ", ".join(
-          f"process {i} {ended - signalled:.1f} s" for i, ended in enumerate(result["ended"])
-      )
-      print(f"run {name}: from the signal to process {process} to the exits: {delays}")
-  return results
 
 
 def assert_clean(result, process):
@@ -187,7 +138,7 @@ def assert_resumed_from(result, step, reference):
   assert logged == {s: reference["logged"][s] for s in logged}, (logged, reference["logged"])
 
 
-def test_the_uninterrupted_run_ends_cleanly(runs):
+def check_reference(runs):
   reference = runs["reference"]
   for process in (0, 1):
     assert_clean(reference, process)
@@ -195,21 +146,21 @@ def test_the_uninterrupted_run_ends_cleanly(runs):
   assert "mIoU" in reference["stdout"][0]
 
 
-def test_sigterm_to_process_0_only_stops_both_at_its_step(runs):
+def check_sigterm_to_process_0_only(runs):
   result = runs["A"]
   assert_stopped_at(result, 1, "Received SIGTERM on process 0 of 2: all 2 processes")
   assert result["saved"] == [1]
   assert result["logged"] == {1: runs["reference"]["logged"][1]}
 
 
-def test_sigterm_to_process_1_only_stops_both_at_its_step(runs):
+def check_sigterm_to_process_1_only(runs):
   result = runs["B"]
   assert_stopped_at(result, 2, "Received SIGTERM on process 1 of 2: all 2 processes")
   assert_resumed_from(result, 1, runs["reference"])
   assert result["saved"] == [1, 2]
 
 
-def test_sigterm_to_both_at_different_moments_stops_both_at_the_first(runs):
+def check_sigterm_to_both_at_different_moments(runs):
   result = runs["C"]
   assert sorted(result["signalled"]) == [0, 1]
   # Process 1's signal came while the step that process 0's signal stopped was being saved.
@@ -224,7 +175,7 @@ def one_line(stderr):
   return lines[0]
 
 
-def test_a_killed_process_ends_the_other_with_one_line_naming_it(runs):
+def check_kill_of_process_1(runs):
   result = runs["D"]
   assert result["returncodes"][1] == -signal.SIGKILL
   # JAX's runtime ends the survivor (SIGABRT) once process 1 misses its heartbeats.
@@ -240,7 +191,7 @@ def test_a_killed_process_ends_the_other_with_one_line_naming_it(runs):
   assert result["saved"] == [2, 3, 4]
 
 
-def test_the_chain_resumes_to_the_losses_of_the_uninterrupted_run(runs):
+def check_the_end_of_the_chain(runs):
   result = runs["F"]
   for process in (0, 1):
     assert_clean(result, process)
@@ -248,6 +199,57 @@ def test_the_chain_resumes_to_the_losses_of_the_uninterrupted_run(runs):
   # Step 5, logged by the run that lost a process after its last checkpoint, is logged once.
   assert result["logged"] == runs["reference"]["logged"]
   assert result["saved"] == [3, 4, 6]
+
+
+# The chain: name -> the (fault, FAULT_AT_STEP) of process 0 and of process 1, and the check
+# of what the run left.
+CHAIN = {
+    "A": ([("sigterm_at_step", 0), ("none", 0)], check_sigterm_to_process_0_only),
+    "B": ([("none", 0), ("sigterm_at_step", 1)], check_sigterm_to_process_1_only),
+    "C": (
+        [("sigterm_at_step", 2), ("sigterm_in_save", 2)],
+        check_sigterm_to_both_at_different_moments,
+    ),
+    "D": ([("none", 0), ("kill_at_step", 4)], check_kill_of_process_1),
+    "F": ([("none", 0), ("none", 0)], check_the_end_of_the_chain),
+}
+
+
+def print_delays(name, result):
+  for process, signalled in sorted(result["signalled"].items()):
+    delays = ", ".join(
+        f"process {i} {ended - signalled:.1f} s" for i, ended in enumerate(result["ended"])
+    )
+    print(f"run {name}: from the signal to process {process} to the exits: {delays}")
+
+
+def test_stops_and_a_lost_process_resume_to_the_losses_of_the_uninterrupted_run(
+    fast_compile, tmp_path
+):
+  """The uninterrupted run, then the chain A..D, F on one workdir, each run checked as it ends."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  reference = tmp_path / "reference"
+  runs = {
+      "reference": run_two_processes(fast_compile, reference, [("none", 0)] * 2, tmp_path / "none")
+  }
+  runs["reference"]["logged"] = test_faults.logged_losses(reference)
+  check_reference(runs)
+  workdir = tmp_path / "chain"
+  for name, (faults, check) in CHAIN.items():
+    fault_log = tmp_path / f"faults_{name}.jsonl"
+    result = run_two_processes(fast_compile, workdir, faults, fault_log)
+    result.update(
+        logged=test_faults.logged_losses(workdir),
+        saved=test_faults.saved_steps(workdir),
+        signalled=signal_times(fault_log),
+    )
+    runs[name] = result
+    print_delays(name, result)
+    check(runs)
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+  load = ", ".join(f"{x:.0f}" for x in os.getloadavg())
+  print(f"{len(runs)} two-process runs, {cpu:.0f} s of CPU in all; load average {load}.")
 
 
 def test_one_process_agrees_with_itself_without_a_collective():

@@ -86,6 +86,13 @@ def test_initialize_distributed_names_missing_variables(monkeypatch):
     mesh_lib.initialize_distributed()
 
 
+@pytest.mark.parametrize("timeout", [0, -5, 2.5])
+def test_initialize_distributed_refuses_a_bad_heartbeat_timeout(monkeypatch, timeout):
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  with pytest.raises(ValueError, match=r"train\.heartbeat_timeout_seconds=.*positive whole"):
+    mesh_lib.initialize_distributed(timeout)
+
+
 def test_replicate_keeps_replicated_arrays_and_places_typed_keys():
   mesh = mesh_lib.make_mesh()
   placed = mesh_lib.replicate({"w": np.arange(3.0)}, mesh)["w"]
