@@ -8,7 +8,9 @@ import ast
 import pathlib
 import re
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests import processes
+
+ROOT = pathlib.Path(processes.ROOT)
 ENTRY_POINT = "__main__"
 
 

@@ -92,7 +92,7 @@ def train_and_evaluate_on_one_device(config: ml_collections.ConfigDict) -> dict:
   for _ in range(config.train.total_steps):
     state, _ = train_step(state, global_batch(next(loader), mesh))
   model = merge_model(model_def, state, train=False)
-  return ModelEvaluation(config, model, mesh)(model, out_dir=None)
+  return ModelEvaluation(config, mesh)(model, out_dir=None).metrics
 
 
 def shape_miou(results: dict) -> float:

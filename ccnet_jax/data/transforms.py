@@ -14,6 +14,7 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
+from ccnet_jax.data.labels import IGNORE_LABEL
 from ccnet_jax.models.preprocessing import Preprocessing
 
 
@@ -107,7 +108,7 @@ def pad_to(
     size: Sequence[int],
     *,
     image_fill: float = 0.0,
-    ignore_label: int = 255,
+    ignore_label: int = IGNORE_LABEL,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Pads bottom and right up to at least ``size`` = (h, w): image with ``image_fill``, label
   with ``ignore_label``. Call after normalisation, so that 0 is the mean colour."""
@@ -173,7 +174,7 @@ def train_transform(
     image = resize_bilinear_half_pixel(image, size, window)
     label = resize_nearest(label, size, window)
   image = Preprocessing.from_config(config).normalize(image)
-  image, label = pad_to(image, label, (crop_h, crop_w), ignore_label=config.ignore_label)
+  image, label = pad_to(image, label, (crop_h, crop_w), ignore_label=IGNORE_LABEL)
   if config.flip:
     image, label = random_flip(image, label, rng)
   return {
