@@ -148,10 +148,8 @@ def evaluate_from_workdir(
         f" {config.data.name} has {config.model.num_classes}; evaluate it with a matching config."
     )
   out_dir = os.path.join(workdir, "eval")
-  evaluation = ModelEvaluation(
-      config, loaded.model, make_mesh(), preprocessing=loaded.preprocessing
-  )
-  metrics = evaluation(loaded.model, out_dir=out_dir)
+  evaluation = ModelEvaluation(config, make_mesh(), preprocessing=loaded.preprocessing)
+  metrics = evaluation(loaded.model, out_dir=out_dir).metrics
   if jax.process_index() == 0:
     print(f"Evaluated the {loaded.source} on {config.data.name}/{config.data.eval_split}:")
     print(format_results_table(metrics, dataset_info(config.data.name).class_names))
