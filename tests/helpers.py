@@ -21,11 +21,13 @@ from PIL import Image
 from ccnet_jax import cli
 from ccnet_jax.data.labels import dataset_info
 from ccnet_jax.models import model_dir
+from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.models.registry import construct_model, model_config
 from configs import synthetic
 from tests.processes import ROOT
 
 __all__ = [
+    "PREPROCESSING",
     "ROOT",
     "VOC_IDS",
     "flat_arrays",
@@ -37,6 +39,11 @@ __all__ = [
     "tiny_run_config",
     "voc_tree",
 ]
+
+
+# A BGR normalisation with a distinct value per channel, so a swapped channel order or a mean
+# used as a std changes the logits.
+PREPROCESSING = Preprocessing("bgr", (104.0, 116.7, 122.7), (57.0, 58.0, 59.0))
 
 
 def tiny_model_config(

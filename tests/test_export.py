@@ -9,45 +9,18 @@ import json
 import jax
 import numpy as np
 import tensorflow as tf
-from flax import nnx
 
 from ccnet_jax import export
 from ccnet_jax.export.__main__ import main as export_main
 from ccnet_jax.models import model_dir
+from tests.export_reference import (
+    EXACT_FRACTION,
+    SHAPES,
+    assert_close_to_scale,
+    images,
+    reference_logits,
+)
 from tests.helpers import run_command, tiny_model_config
-
-# The exports run the same float32 program; only the order of summation (and fused
-# multiply-adds) may differ from JAX's. A dot product of K terms then differs by about
-# sqrt(K) * 2^-24 relative: K <= 9 * 80 here gives 2e-6 per layer, and ~20 layers in sequence,
-# their errors adding in quadrature, about 1e-5 of the logits' scale. 1e-4 leaves a margin of
-# 10 and still fails on any real difference (a wrong mean, channel order or weight).
-EXACT_FRACTION = 1e-4
-# Two sizes (odd and even, batch 1 and 2) for the exports of any size.
-SHAPES = ((1, 33, 41, 3), (2, 40, 24, 3))
-
-
-def images(shape, seed=0):
-  return np.random.default_rng(seed).uniform(0, 255, shape).astype(np.float32)
-
-
-@nnx.jit
-def _forward(model, x):
-  return model(x)[0]
-
-
-def reference_logits(saved, rgb):
-  """The saved network on ``rgb`` normalised in numpy, as its BGR preprocessing says."""
-  assert saved.preprocessing.channel_order == "bgr"
-  bgr = np.asarray(rgb, np.float32)[..., ::-1]
-  mean, std = np.float32(saved.preprocessing.mean), np.float32(saved.preprocessing.std)
-  return np.asarray(_forward(saved.model, (bgr - mean) / std))
-
-
-def assert_close_to_scale(got, want, fraction):
-  assert got.shape == want.shape
-  scale = np.abs(want).max()
-  assert scale > 1e-3
-  np.testing.assert_allclose(got, want, rtol=0, atol=fraction * scale)
 
 
 def test_stablehlo_any_size_deserialises_and_matches(saved_model, tmp_path):
@@ -60,7 +33,9 @@ def test_stablehlo_any_size_deserialises_and_matches(saved_model, tmp_path):
   for shape in SHAPES:
     x = images(shape)
     assert_close_to_scale(
-        np.asarray(exported.call(x)), reference_logits(saved_model, x), EXACT_FRACTION
+        np.asarray(exported.call(x)),
+        reference_logits(saved_model.model, saved_model.preprocessing, x),
+        EXACT_FRACTION,
     )
 
 
@@ -70,7 +45,9 @@ def test_saved_model_runs_in_tensorflow_at_any_size(saved_model, tmp_path):
   serve = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
   x = images(SHAPES[1], seed=1)
   got = serve(images=tf.constant(x))["logits"].numpy()
-  assert_close_to_scale(got, reference_logits(saved_model, x), EXACT_FRACTION)
+  assert_close_to_scale(
+      got, reference_logits(saved_model.model, saved_model.preprocessing, x), EXACT_FRACTION
+  )
   with open(tmp_path / export.SIGNATURE_FILE) as f:
     signature = json.load(f)
   assert signature["output"]["num_classes"] == 6
@@ -86,7 +63,7 @@ def test_tflite_matches_at_its_fixed_size(saved_model, tmp_path):
   interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
   interpreter.invoke()
   got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-  want = reference_logits(saved_model, x)
+  want = reference_logits(saved_model.model, saved_model.preprocessing, x)
   # TFLite (XNNPACK kernels) reorders sums the same way: the same derived bound holds.
   assert_close_to_scale(got, want, EXACT_FRACTION)
 

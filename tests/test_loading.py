@@ -10,13 +10,10 @@ from flax import nnx
 
 from ccnet_jax.loading import load_model
 from ccnet_jax.models import model_dir
-from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.training.checkpointing import RunCheckpoints
 from ccnet_jax.training.state import create_train_state
 from ccnet_jax.training.workdir import write_config
-from tests.helpers import flat_arrays, randomised, tiny_model_config, tiny_run_config
-
-PREPROCESSING = Preprocessing("bgr", (104.0, 116.7, 122.7), (57.0, 58.0, 59.0))
+from tests.helpers import PREPROCESSING, flat_arrays, randomised, tiny_model_config, tiny_run_config
 
 
 @pytest.fixture(scope="module")
