@@ -1,4 +1,4 @@
-"""What several test modules share: tiny models and runs, random weights, a VOC folder tree,
+"""What several test modules share: attention inputs, tiny models and runs, random weights, a VOC folder tree,
 running a command.
 
 Fixtures built from these (a saved model directory) are in conftest.py.
@@ -27,9 +27,12 @@ from configs import synthetic
 from tests.processes import ROOT
 
 __all__ = [
+    "ATTENTION_SHAPES",
+    "BFLOAT16_ATOL",
     "PREPROCESSING",
     "ROOT",
     "VOC_IDS",
+    "attention_inputs",
     "flat_arrays",
     "randomised",
     "run_command",
@@ -44,6 +47,33 @@ __all__ = [
 # A BGR normalisation with a distinct value per channel, so a swapped channel order or a mean
 # used as a std changes the logits.
 PREPROCESSING = Preprocessing("bgr", (104.0, 116.7, 122.7), (57.0, 58.0, 59.0))
+
+
+# bfloat16 keeps 8 bits of mantissa: inputs are rounded to ~0.4% and so is the
+# result, so a bfloat16 output may differ from the float64 reference evaluated
+# on the rounded inputs by a few ulps of bfloat16.
+BFLOAT16_ATOL = 3e-2
+
+
+def attention_inputs(shape, value_channels, seed=0, scale=1.0):
+  """Random (q, k, v) for criss-cross attention: q and k of ``shape`` (times ``scale``), v with
+  ``value_channels``."""
+  keys = jax.random.split(jax.random.key(seed), 3)
+  q = scale * jax.random.normal(keys[0], shape)
+  k = scale * jax.random.normal(keys[1], shape)
+  v = jax.random.normal(keys[2], shape[:3] + (value_channels,))
+  return q, k, v
+
+
+# (name, q/k shape, value channels): odd and even, wide and tall, down to one pixel.
+ATTENTION_SHAPES = (
+    ("square", (1, 5, 5, 4), 6),
+    ("wide", (2, 4, 7, 3), 5),
+    ("tall", (2, 7, 3, 2), 4),
+    ("single_row", (1, 1, 6, 2), 3),
+    ("single_column", (1, 6, 1, 2), 3),
+    ("single_pixel", (1, 1, 1, 2), 3),
+)
 
 
 def tiny_model_config(
