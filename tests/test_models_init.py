@@ -42,6 +42,7 @@ F = torch.nn.functional
 
 from ccnet_jax import convert  # pylint: disable=wrong-import-position
 from ccnet_jax.models import init_schemes, model_dir  # pylint: disable=wrong-import-position
+from ccnet_jax.models.heads import RCCAHead  # pylint: disable=wrong-import-position
 from ccnet_jax.models.registry import construct_model, model_config  # pylint: disable=wrong-import-position
 from ccnet_jax.models.resnet import Bottleneck  # pylint: disable=wrong-import-position
 from tests import torch_reference  # pylint: disable=wrong-import-position
@@ -250,35 +251,85 @@ def test_the_comparison_finds_a_wrong_initialisation():
   )
 
 
-def test_mmseg_starts_each_bottleneck_at_identity():
-  """mmseg's zero_init_residual on a Bottleneck (the layout ResNet-50/101 use)."""
-  reference = torch_reference.Bottleneck(
-      16,
-      8,
-      1,
-      1,
-      torch.nn.Sequential(torch.nn.Conv2d(16, 32, 1, bias=False), torch.nn.BatchNorm2d(32)),
-      torch.nn.BatchNorm2d,
-  )
-  torch_reference.mmseg_backbone_init_(reference)
+_LEAVES = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
 
-  @jax.jit
+
+def _torch_arrays(module, names, modules: dict[str, str], inplace_abn=False) -> dict:
+  """The arrays of a PyTorch module under our flat names, in our layouts.
+
+  ``modules`` maps our module paths to PyTorch's where they differ.
+  """
+  state = {k: v.numpy() for k, v in module.state_dict().items()}
+  arrays = {}
+  for name in names:
+    path, leaf = name.rsplit("/", 1)
+    value = state[f"{modules.get(path, path)}.{_LEAVES.get(leaf, leaf)}"]
+    if leaf == "kernel":
+      value = value.transpose(2, 3, 1, 0)
+    elif leaf == "scale" and inplace_abn:
+      value = np.abs(value) + torch_reference.ABN_EPS
+    arrays[name] = value.reshape(1) if leaf == "gamma" else value
+  return arrays
+
+
+def _jitted_arrays(build) -> dict:
+  """``build(key)``'s module arrays, built in one compiled program (seconds, not minutes)."""
+  arrays = jax.jit(lambda key: model_dir.model_arrays(build(key)))(jax.random.key(0))
+  return model_dir.flatten(jax.tree.map(np.asarray, arrays))
+
+
+@pytest.mark.parametrize(
+    "scheme,reference_init",
+    [
+        ("mmseg", torch_reference.mmseg_backbone_init_),
+        ("torchvision", torch_reference.kaiming_fan_out_init_),
+    ],
+)
+def test_backbone_schemes_on_a_bottleneck(scheme, reference_init):
+  """The Bottleneck of ResNet-50/101 (the networks above have BasicBlocks): mmseg's
+  zero_init_residual zeroes its third norm, torchvision's rule none."""
+  downsample = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 1, bias=False), torch.nn.BatchNorm2d(32))
+  reference = reference_init(
+      torch_reference.Bottleneck(16, 8, 1, 1, downsample, torch.nn.BatchNorm2d)
+  )
+
   def build(key):
     block = Bottleneck(16, 8, rngs=nnx.Rngs(key))
-    init_schemes.initialise_backbone(block, "mmseg", jax.random.fold_in(key, 1))
-    return model_dir.model_arrays(block)
+    init_schemes.initialise_backbone(block, scheme, jax.random.fold_in(key, 1))
+    return block
 
-  ours_arrays = model_dir.flatten(jax.tree.map(np.asarray, build(jax.random.key(0))))
+  ours = _jitted_arrays(build)
   modules = {"downsample/conv": "downsample.0", "downsample/bn": "downsample.1"}
-  leaves = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
-  state = {k: v.numpy() for k, v in reference.state_dict().items()}
-  converted = {}
-  for name in ours_arrays:
-    path, leaf = name.rsplit("/", 1)
-    value = state[f"{modules.get(path, path)}.{leaves.get(leaf, leaf)}"]
-    converted[name] = value.transpose(2, 3, 1, 0) if leaf == "kernel" else value
-  assert np.all(converted["bn3/scale"] == 0) and np.all(converted["bn2/scale"] == 1)
-  assert differences(ours_arrays, converted) == {}
+  converted = _torch_arrays(reference, ours, modules)
+  assert np.all(converted["bn3/scale"] == (0 if scheme == "mmseg" else 1))
+  assert differences(ours, converted) == {}
+
+
+def test_kaiming_head_scheme():
+  """Every conv of the RCCA head, the attention's and the classifier included, drawn as
+  torchvision's rule draws a ResNet's (the scheme of no reference code)."""
+  reference = torch_reference.kaiming_fan_out_init_(torch_reference.RCCAModule(64, 32, 5))
+
+  def build(key):
+    head = RCCAHead(64, 5, out_channels=32, rngs=nnx.Rngs(key))
+    init_schemes.initialise_head(head, "kaiming", jax.random.fold_in(key, 1))
+    return head
+
+  ours = _jitted_arrays(build)
+  modules = {
+      "conva/conv": "conva.0",
+      "conva/norm": "conva.1",
+      "attention": "cca",
+      "attention/query": "cca.query_conv",
+      "attention/key": "cca.key_conv",
+      "attention/value": "cca.value_conv",
+      "convb/conv": "convb.0",
+      "convb/norm": "convb.1",
+      "bottleneck/conv": "bottleneck.0",
+      "bottleneck/norm": "bottleneck.1",
+      "classifier": "bottleneck.3",
+  }
+  assert differences(ours, _torch_arrays(reference, ours, modules, inplace_abn=True)) == {}
 
 
 @pytest.mark.parametrize("field", ["backbone", "head"])
