@@ -10,21 +10,18 @@ from PIL import Image
 
 from ccnet_jax.data.labels import SYNTHETIC
 from ccnet_jax.models import model_dir
+from ccnet_jax.models.preprocessing import IMAGENET
 from ccnet_jax.visualize.__main__ import main as visualize_main
 from ccnet_jax.visualize.attention import model_attention, pixel_attention, save_attention
 from tests import reference
-from tests.helpers import run_command
-from tests.test_models_model_dir import randomised, tiny_config
+from tests.helpers import randomised, run_command, tiny_model_config
 
 IMAGE_SIZE = (37, 53)  # Grid 5 x 7 at output stride 8.
 PIXELS = [(10, 20), (36, 0), (0, 52)]
 
 
 def normalized(image):
-  preprocessing = model_dir.IMAGENET_PREPROCESSING
-  return (image.astype(np.float32) - np.array(preprocessing["mean"], np.float32)) / np.array(
-      preprocessing["std"], np.float32
-  )
+  return (image.astype(np.float32) - np.float32(IMAGENET.mean)) / np.float32(IMAGENET.std)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +32,7 @@ def saved(tmp_path_factory):
   the softmax; the query and key projections are redrawn at the scale of the head's input
   (std 1 / (rms * sqrt(C)), no bias), so the energies are O(1) and no weight underflows.
   """
-  config = tiny_config(num_classes=SYNTHETIC.num_classes)
+  config = tiny_model_config(num_classes=SYNTHETIC.num_classes)
   assert config.head.recurrence == 2
   model = randomised(config, seed=5)
   image = np.random.default_rng(0).integers(0, 256, IMAGE_SIZE + (3,), dtype=np.uint8)
@@ -56,7 +53,7 @@ def saved(tmp_path_factory):
 @pytest.fixture(scope="module")
 def computed(saved):
   _, model, image, _ = saved
-  return model_attention(model, image, model_dir.IMAGENET_PREPROCESSING, SYNTHETIC.num_classes)
+  return model_attention(model, image, IMAGENET, SYNTHETIC.num_classes)
 
 
 def reference_loops(model, stage4):
