@@ -305,17 +305,48 @@ def test_backbone_schemes_on_a_bottleneck(scheme, reference_init):
   assert differences(ours, converted) == {}
 
 
-def test_kaiming_head_scheme():
-  """Every conv of the RCCA head, the attention's and the classifier included, drawn as
-  torchvision's rule draws a ResNet's (the scheme of no reference code)."""
-  reference = torch_reference.kaiming_fan_out_init_(torch_reference.RCCAModule(64, 32, 5))
+def off_kaiming_normal(arrays: dict) -> dict[str, str]:
+  """Kernel name -> how it is not a draw of normal(0, sqrt(2 / fan_out)), fan_out = kh kw out.
 
+  The closed form, without a reference framework: the sample mean is normal with variance
+  sigma^2 / n, and sum(x^2) / sigma^2 is chi-square with n degrees of freedom.
+  """
+  kernels = {name: a for name, a in arrays.items() if name.endswith("/kernel")}
+  alpha = FALSE_FAILURE / (2 * len(kernels))  # Two two-sided checks per kernel.
+  found = {}
+  for name, kernel in kernels.items():
+    x = np.asarray(kernel, np.float64).ravel()
+    n, sigma = x.size, math.sqrt(2 / (kernel.shape[0] * kernel.shape[1] * kernel.shape[3]))
+    why = []
+    if 2 * stats.norm.sf(abs(x.mean()) * math.sqrt(n) / sigma) < alpha:
+      why.append(f"mean {x.mean():.3g}")
+    chi2 = np.sum(x**2) / sigma**2
+    if 2 * min(stats.chi2.sf(chi2, n), stats.chi2.cdf(chi2, n)) < alpha:
+      why.append(f"std {math.sqrt(np.mean(x**2)):.3g}, sqrt(2 / fan_out) {sigma:.3g}")
+    if why:
+      found[name] = "; ".join(why)
+  return found
+
+
+def _rcca_head_arrays(scheme: str) -> dict:
   def build(key):
     head = RCCAHead(64, 5, out_channels=32, rngs=nnx.Rngs(key))
-    init_schemes.initialise_head(head, "kaiming", jax.random.fold_in(key, 1))
+    init_schemes.initialise_head(head, scheme, jax.random.fold_in(key, 1))
     return head
 
-  ours = _jitted_arrays(build)
+  return _jitted_arrays(build)
+
+
+def test_kaiming_head_scheme():
+  """Every conv of the RCCA head, the attention's and the classifier included, drawn as
+  torchvision's rule draws a ResNet's (the scheme of no reference code): against torch's
+  ``kaiming_normal_`` and against the closed form, which torch's default init fails."""
+  reference = torch_reference.kaiming_fan_out_init_(torch_reference.RCCAModule(64, 32, 5))
+  ours = _rcca_head_arrays("kaiming")
+  assert off_kaiming_normal(ours) == {}
+  assert {"attention/query/kernel", "attention/key/kernel", "classifier/kernel"} <= set(
+      off_kaiming_normal(_rcca_head_arrays("torch"))
+  )
   modules = {
       "conva/conv": "conva.0",
       "conva/norm": "conva.1",
