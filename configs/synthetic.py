@@ -14,10 +14,6 @@ from configs.common import base_config
 
 def get_config():
   config = base_config(model="ccnet_r18_tiny", dataset="synthetic")
-  # From scratch, the backbone starts as torchvision's does, and the head with Kaiming
-  # queries and keys: from torch's defaults (the official init) the attention did not learn
-  # the cue within this budget (README, "Initialisation").
-  config.model.init.update(backbone="torchvision", head="kaiming")
 
   config.train.update(
       total_steps=600,
