@@ -364,6 +364,20 @@ def _constant_(norm: nn.BatchNorm2d, value: float) -> None:
   nn.init.constant_(norm.bias, 0)
 
 
+def kaiming_fan_out_init_(module: nn.Module) -> nn.Module:
+  """torchvision/models/resnet.py ``ResNet.__init__``'s rule, on every conv of ``module``:
+  ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``, biases 0 (torchvision's convs
+  have none); norms weight 1, bias 0. Attention gammas keep their 0."""
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, nn.Conv2d):
+        _kaiming_relu_(m)
+      elif isinstance(m, (nn.BatchNorm2d, InPlaceABN)):
+        nn.init.constant_(m.weight, 1)
+        nn.init.constant_(m.bias, 0)
+  return module
+
+
 def mmseg_backbone_init_(backbone: nn.Module) -> nn.Module:
   """mmseg/models/backbones/resnet.py ``ResNet`` trained from scratch (no ``pretrained``).
 
