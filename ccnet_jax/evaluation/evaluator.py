@@ -22,6 +22,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
+from ccnet_jax.data.labels import IGNORE_LABEL
 from ccnet_jax.evaluation.inference import InferenceSettings, predict_logits
 from ccnet_jax.evaluation.metrics import confusion_matrix, metrics_from_confusion
 from ccnet_jax.evaluation.png import colorize, overlay, save_predictions
@@ -76,7 +77,7 @@ class Evaluator:
       batch_size: int,
       num_classes: int,
       mesh: jax.sharding.Mesh,
-      ignore_label: int = 255,
+      ignore_label: int = IGNORE_LABEL,
   ):
     """Compiles nothing yet; the first :meth:`evaluate` traces the step.
 
