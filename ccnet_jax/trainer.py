@@ -156,12 +156,13 @@ class Run:
     """Evaluates ``state``, logs it, and exports it as WORKDIR/best when it is the best yet."""
     model = merge_model(self.model_def, state, train=False)
     out_dir = os.path.join(self.workdir, "predictions", f"step_{step}")
-    results = self.evaluation(model, out_dir=out_dir)
+    evaluation = self.evaluation(model, out_dir=out_dir)
+    results = evaluation.metrics
     self.writer.write_scalars(
         step, {"eval/miou": results["miou"], "eval/pixel_accuracy": results["pixel_accuracy"]}
     )
-    overlays = self.evaluation.overlays(self.config.train.num_summary_images)
-    self.writer.write_images(step, {f"eval/{name}": image for name, image in overlays.items()})
+    overlays = list(evaluation.overlays.items())[: self.config.train.num_summary_images]
+    self.writer.write_images(step, {f"eval/{name}": image for name, image in overlays})
     if results["miou"] > self.best["miou"]:
       self.best = {"step": step, "miou": float(results["miou"])}
       write_model_dir(
@@ -212,14 +213,13 @@ def _resume(checkpoints: RunCheckpoints, state: TrainState, loader, workdir: str
   return state, step
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, stop_after_steps: int | None = None
-) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming when ``workdir`` has checkpoints) and evaluates; returns the last metrics.
 
-  ``stop_after_steps`` ends this invocation early, after a checkpoint, as a time-limited
-  job would; the next invocation resumes. With several processes, a failure waits for
-  JAX's runtime to say whether a process was lost (see ``training.lost_process``).
+  A SIGTERM or SIGINT ends the run after the current step, with its checkpoint: the result
+  is then ``{'step', 'stopped': signal name}``, and the next invocation resumes. With
+  several processes, all stop at the same step, and a failure waits for JAX's runtime to
+  say whether a process was lost (see ``training.lost_process``).
   """
   heartbeat = config.train.heartbeat_timeout_seconds
   several = initialize_distributed(heartbeat)
@@ -229,7 +229,7 @@ def train_and_evaluate(
   stop = StopRequest()
   try:
     with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-      result = _train(config, workdir, stop, stop_after_steps)
+      result = _train(config, workdir, stop)
     if several:
       jax.distributed.shutdown()
     return result
@@ -241,17 +241,17 @@ def train_and_evaluate(
     stop.restore()
 
 
-def _train(config, workdir: str, stop: StopRequest, stop_after_steps) -> dict[str, Any]:
+def _train(config, workdir: str, stop: StopRequest) -> dict[str, Any]:
   mesh = make_mesh()
   check_config(config, mesh.size)
   checkpoints = _open_checkpoints(config, workdir)
   try:
-    return _loop(config, workdir, mesh, checkpoints, stop, stop_after_steps)
+    return _loop(config, workdir, mesh, checkpoints, stop)
   finally:
     checkpoints.close()
 
 
-def _loop(config, workdir, mesh, checkpoints, stop, stop_after_steps) -> dict[str, Any]:
+def _loop(config, workdir, mesh, checkpoints, stop: StopRequest) -> dict[str, Any]:
   total_steps = config.train.total_steps
   # The data first: a missing dataset is reported before any compilation.
   loader = make_train_loader(
@@ -265,12 +265,7 @@ def _loop(config, workdir, mesh, checkpoints, stop, stop_after_steps) -> dict[st
   )
   writer = MetricWriter(workdir, start_step=step)
   progress = ProgressLine(total_steps, config.train.global_batch_size)
-  evaluation = ModelEvaluation(
-      config,
-      merge_model(model_def, state, train=False),
-      mesh,
-      preprocessing=Preprocessing.from_config(config.data),
-  )
+  evaluation = ModelEvaluation(config, mesh)
   run = Run(config, workdir, model_def, checkpoints, writer, evaluation)
   every = config.train
   saved = step
@@ -286,15 +281,15 @@ def _loop(config, workdir, mesh, checkpoints, stop, stop_after_steps) -> dict[st
         progress.update(step, scalars)
       evaluate = _due(step, every.eval_every) and step < total_steps
       # Saved before an evaluation too: a preemption during it loses nothing.
-      if _due(step, every.checkpoint_every) or evaluate or step in (total_steps, stop_after_steps):
+      if _due(step, every.checkpoint_every) or evaluate or step == total_steps:
         checkpoints.save(step, state, loader.get_state())
         saved = step
       if evaluate:
         run.evaluate(step, state)
       # Every process asks at the same point of every step, so all stop at the same one.
       signalled = stop.agree()
-      if signalled or step == stop_after_steps:
-        return _stop_early(signalled, step, saved, state, loader, checkpoints)
+      if signalled:
+        return _stop(signalled, step, saved, state, loader, checkpoints)
 
     metrics = run.evaluate(total_steps, state)
     write_model_dir(workdir, FINAL_MODEL_DIR, model_def, state, config)
@@ -305,12 +300,10 @@ def _loop(config, workdir, mesh, checkpoints, stop, stop_after_steps) -> dict[st
     writer.close()
 
 
-def _stop_early(signalled, step, saved, state, loader, checkpoints) -> dict[str, Any]:
+def _stop(signalled, step, saved, state, loader, checkpoints) -> dict[str, Any]:
   """Ends the invocation at ``step`` with its checkpoint on disk; a rerun resumes there."""
   if saved != step:
     checkpoints.save(step, state, loader.get_state())
-  if not signalled:
-    return {"step": step, "stopped": "stop_after_steps"}
   if jax.process_index() == 0:
     print(_stop_message(signalled, step), flush=True)
   return {"step": step, "stopped": next(iter(signalled.values()))}

@@ -45,6 +45,10 @@ FREE_ON_RESUME = (
     "data.synthetic.num_eval",
     "model.cca_impl",
     "model.dtype",
+    # Recorded by earlier versions, read by none: the dataset fixes them.
+    "data.num_classes",
+    "data.ignore_label",
+    "loss.ignore_label",
 )
 
 
