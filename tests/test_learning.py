@@ -13,15 +13,38 @@ classes, such a network mostly predicts background on the shapes and scores less
 stops attention carrying the cue (gamma held at 0, the column branch masked out) puts R=2 in
 the same position.
 
-The network starts as the demo's does (``model.init`` of configs/synthetic.py: torchvision's
-backbone rule, Kaiming-normal head). From torch's default init (the official recipe's) the
-attention did not learn the cue in this budget: shape mIoU R=2 10.7 against R=0 14.3, cue
-accuracy 38.1%.
+The network starts as the demo's does (configs/synthetic.py's model, ccnet_r18_tiny:
+torchvision's backbone rule, Kaiming-normal head); from torch's default init (the official
+recipe's) the attention did not read the cue in 200 steps (R=2 shape mIoU 10.7 against R=0
+14.3, cue accuracy 38.1%). The learning rate is constant: under the recipe's poly decay to 0
+in 200 steps, R=2 missed the cue in two seeds of six.
 
-Measured on the 2-core CPU machine with the test's seed 0: shape mIoU R=0 11.0, R=2 62.8,
-R=2 cue accuracy 100.0% (``python -m pytest -s tests/test_learning.py``; 2 min 34 s of CPU
-time, 5 min 8 s of wall time under a load average of 13). The test asks for a 25-point lead
-(MARGIN) and 90% cue accuracy.
+Shape mIoU (%) after 200 steps on the 2-core CPU machine (a load average of 15 to 40), R=2
+cue accuracy (%) in brackets, per train.seed (the test uses seed 0), from
+``python benchmarks/learning_seeds.py`` (``--power 0.9``: the poly decay; ``--recurrences 2``
+where R=0 was not run):
+
+  seed  poly decay (power 0.9)   constant rate (this test)
+        R=0    R=2               R=0    R=2
+  0     11.0   62.8 (100.0)      13.2   66.4 (96.9)
+  1     12.7   65.8 (99.8)       -      60.9 (100.0)
+  2      9.1   67.4 (100.0)      -      73.3 (100.0)
+  3     -       9.1 (32.6)       -      57.6 (96.4)
+  4     -      56.5 (100.0)      -      70.3 (100.0)
+  5     -       9.4 (35.0)       -      49.6 (97.9)
+  6     -      -                 -      65.7 (99.2)
+  7     -      -                 -      70.1 (100.0)
+
+The outcome of a run moves with the CPU's rounding: with
+``XLA_FLAGS=--xla_cpu_enable_fast_math=true`` seed 0's R=2 scored 67.4 (100.0) instead of
+66.4 (96.9).
+
+The test asks for a 25-point lead (MARGIN) and 90% cue accuracy: at the constant rate R=2
+read the cue in every seed, its smallest shape mIoU (49.6) 36 points above the largest R=0
+score measured (13.2), its smallest cue accuracy 96.4%. In the two poly-decay seeds where it
+missed the cue the test would have failed, as it must when the attention carries nothing. Cost: 2 min 34 s of
+CPU time (``time python -m pytest -s tests/test_learning.py``, 5 min 8 s of wall time under a
+load average of 13; 22 min 38 s under 30).
 """
 
 from __future__ import annotations
@@ -62,7 +85,9 @@ def learning_config(recurrence: int, seed: int = SEED) -> ml_collections.ConfigD
   config.model.aux.enabled = False
   config.loss.update(aux_weight=0.0, ohem=True, ohem_min_kept=2000)
   config.train.update(total_steps=200, global_batch_size=8, seed=seed)
-  config.optim.learning_rate = 5e-3
+  # A constant rate: decayed to 0 over 200 steps (the recipe's poly schedule), learning
+  # stopped in some seeds before the attention had found the cue.
+  config.optim.update(learning_rate=5e-3, power=0.0)
   config.eval.update(mode="whole", batch_size=8, num_images_to_save=0)
   return config
 
@@ -99,6 +124,11 @@ def cue_accuracy(results: dict) -> float:
   """
   block = np.asarray(results["confusion"])[SHAPE_CLASSES, SHAPE_CLASSES]
   return float(np.trace(block) / block.sum())
+
+
+def passes(fcn: dict, ccnet: dict) -> bool:
+  """The test's criteria (benchmarks/learning_seeds.py tabulates them across seeds)."""
+  return shape_miou(ccnet) >= shape_miou(fcn) + MARGIN and cue_accuracy(ccnet) >= MIN_CUE_ACCURACY
 
 
 def test_criss_cross_attention_carries_the_cue_an_fcn_head_cannot_reach():
