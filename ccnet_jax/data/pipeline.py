@@ -104,8 +104,12 @@ class TrainLoader:
     grain numbers the records a shard has read globally, ``shard_index + k * shard_count``
     for worker ``k``'s position, and names the shard in its sampler; another shard at the
     same position differs only by the shift of its index, and by the sampler it names.
+    Where the examples are read from may change between runs (``data.root``,
+    ``data.decoded_dir``): grain refuses a state that names another source (by its repr), so
+    the state is given this loader's.
     """
     state = dict(state)
+    state["data_source"] = repr(self._loader._data_source)  # pylint: disable=protected-access
     shift = self._shard_index - int(state.pop("shard_index", self._shard_index))
     if shift:
       state["last_seen_indices"] = {
