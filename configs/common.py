@@ -37,6 +37,9 @@ def base_config(*, model: str, dataset: str) -> ml_collections.ConfigDict:
           "init_from": "",
           "init_part": "backbone",  # 'backbone' (ImageNet weights) or 'all' (a full model).
           "num_summary_images": 4,
+          # Several processes: one that sends no heartbeat for this long is declared lost,
+          # and the others stop (JAX's default).
+          "heartbeat_timeout_seconds": 100,
       }
   )
   config.eval = base_eval_config()  # Official: 769 sliding windows, 1/3 overlap.

@@ -147,8 +147,8 @@ class Evaluator:
           "Saving eval PNGs needs palette= (DatasetInfo.palette) and preprocessing= (of the"
           " images); pass them or set out_dir=None."
       )
-    confusion = jax.device_put(
-        jnp.zeros((self.num_classes, self.num_classes), jnp.int32), self._replicated
+    confusion = jax.make_array_from_process_local_data(
+        self._replicated, np.zeros((self.num_classes, self.num_classes), np.int32)
     )
     pngs = _Pngs(out_dir, palette, preprocessing) if save else None
     overlays, num_batches = {}, 0

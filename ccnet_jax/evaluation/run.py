@@ -28,7 +28,7 @@ from ccnet_jax.evaluation.inference import InferenceSettings
 from ccnet_jax.evaluation.metrics import format_results_table
 from ccnet_jax.loading import load_model
 from ccnet_jax.models.preprocessing import Preprocessing
-from ccnet_jax.training.mesh import make_mesh, replicated
+from ccnet_jax.training.mesh import make_mesh, replicate
 from ccnet_jax.training.workdir import (
     BEST_MODEL_DIR,
     CHECKPOINTS_DIR,
@@ -78,7 +78,7 @@ class ModelEvaluation:
           ignore_label=self.info.ignore_label,
       )
     # Every array on every device of the mesh: a loaded model sits on one device only.
-    state = jax.device_put(state, replicated(self.mesh))
+    state = replicate(state, self.mesh)
     batches = make_eval_loader(
         self.config.data,
         batch_size=self._evaluator.local_batch_size,

@@ -33,6 +33,7 @@ FREE_ON_RESUME = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.num_summary_images",
+    "train.heartbeat_timeout_seconds",
     "train.init_from",
     "train.init_part",
     "eval.",
