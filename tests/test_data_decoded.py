@@ -132,6 +132,17 @@ def test_missing_split_names_the_field(configs, tmp_path):
     build_source(stored, "train")
 
 
+def test_a_truncated_file_is_refused_by_name(configs, tmp_path):
+  _, stored = configs
+  whole = decoded.split_file(stored.decoded_dir, "cityscapes", "train")
+  with open(whole, "rb") as f:
+    data = f.read()
+  truncated = tmp_path / "cityscapes-train.array_record"
+  truncated.write_bytes(data[: len(data) // 2])
+  with pytest.raises(ValueError, match=f"^{truncated} is not a whole split file"):
+    decoded.DecodedSplit(str(truncated))
+
+
 class _Failing:
   """A source whose third example cannot be read."""
 

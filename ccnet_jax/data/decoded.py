@@ -85,7 +85,14 @@ class DecodedSplit:
 
   def __init__(self, path: str):
     self.path = path
-    self._records = grain.ArrayRecordDataSource([path])
+    try:
+      self._records = grain.ArrayRecordDataSource([path])
+    except RuntimeError as error:  # A truncated copy, another file under the name.
+      reason = (str(error).strip() or "unreadable").splitlines()[0]
+      raise ValueError(
+          f"{path} is not a whole split file ({reason}); write it again with "
+          "python -m ccnet_jax.data."
+      ) from None
 
   def __len__(self) -> int:
     return len(self._records)
