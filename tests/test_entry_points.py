@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.processes import HANG_TIMEOUT
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOTAL_STEPS, EVAL_EVERY, KEEP = 8, 2, 2
@@ -50,7 +52,7 @@ def _one_device_env():
   return {**os.environ, "XLA_FLAGS": " ".join(flags), "PYTHONPATH": ROOT, "CCNET_JAX_TRACEBACK": ""}
 
 
-def _run(script, *args, timeout=600):
+def _run(script, *args, timeout=HANG_TIMEOUT):
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, script), *map(str, args)],
       cwd=ROOT,
@@ -130,7 +132,7 @@ def test_eval_script_reproduces_the_best_and_the_latest_models_scores(run):
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
 def test_helpfull_lists_the_flags(script):
   """absl prints the help and exits with status 1, its convention for --help*."""
-  result = _run(script, "--helpfull", timeout=300)
+  result = _run(script, "--helpfull")
   assert result.returncode in (0, 1) and "Traceback" not in result.stderr, result.stderr
   for flag in ("--config", "--workdir") + (("--model",) if script == "eval.py" else ()):
     assert flag in result.stdout, result.stdout[:2000]

@@ -23,6 +23,7 @@ from ccnet_jax.evaluation.predict import (
     resolve_model_dir,
 )
 from ccnet_jax.models import model_dir
+from tests.processes import HANG_TIMEOUT
 from tests.test_models_model_dir import randomised, tiny_config
 
 torch = pytest.importorskip("torch")
@@ -157,7 +158,7 @@ def test_cli_stops_on_a_bad_input_with_one_line_naming_it(workdir, tmp_path):
       capture_output=True,
       text=True,
       env={**os.environ, "PYTHONPATH": REPO},
-      timeout=600,
+      timeout=HANG_TIMEOUT,
   )
   assert result.returncode == 1, result.stderr
   last = result.stderr.strip().splitlines()[-1]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests import distributed_worker as worker
+from tests.processes import HANG_TIMEOUT
 from tests.test_data_voc import voc_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,7 @@ def run_two_processes(phase, tmp_path, **flags):
       "tests.multi_process_worker",
       [[f"--process_id={i}", *arguments] for i in range(2)],
       repo=REPO,
-      timeout=600,
+      timeout=HANG_TIMEOUT,
   )
 
 

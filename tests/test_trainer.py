@@ -16,6 +16,7 @@ from ccnet_jax import trainer
 from ccnet_jax.evaluation.run import evaluate_from_workdir
 from ccnet_jax.models.model_dir import flatten, model_arrays, read_arrays
 from configs import synthetic
+from tests.processes import HANG_TIMEOUT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,13 +153,13 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
       "--config.train.checkpoint_every=100000",
   )
   metrics = workdir / "metrics.jsonl"
-  deadline = time.time() + 600  # Start-up and compilation on a busy 2-core machine.
+  deadline = time.time() + HANG_TIMEOUT  # Start-up and compilation, however busy the machine.
   while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
     assert process.poll() is None, process.communicate()
     assert time.time() < deadline, "training did not start"
     time.sleep(0.5)
   process.send_signal(signal.SIGTERM)
-  stdout, stderr = process.communicate(timeout=120)
+  stdout, stderr = process.communicate(timeout=HANG_TIMEOUT)
   assert process.returncode == 0, stderr
   assert "Received SIGTERM" in stdout
   saved = [int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()]
@@ -167,7 +168,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
   resumed = _run(
       "train.py", *TINY_FLAGS, f"--workdir={workdir}", f"--config.train.total_steps={saved[0] + 2}"
   )
-  stdout, stderr = resumed.communicate(timeout=300)
+  stdout, stderr = resumed.communicate(timeout=HANG_TIMEOUT)
   assert resumed.returncode == 0, stderr
   assert f"Resuming from the checkpoint of step {saved[0]}" in stdout
   assert "mIoU" in stdout
@@ -180,7 +181,7 @@ def test_missing_cityscapes_is_one_clear_error(tmp_path):
       f"--workdir={tmp_path}",
       f"--config.data.root={tmp_path / 'nowhere'}",
   )
-  _, stderr = process.communicate(timeout=300)
+  _, stderr = process.communicate(timeout=HANG_TIMEOUT)
   assert process.returncode == 1
   lines = [line for line in stderr.strip().splitlines() if line.startswith("error:")]
   assert len(lines) == 1, stderr
