@@ -15,6 +15,11 @@ whole tree (the root-sum-square of the reference's errors) instead of their own:
 whose true value is zero at float32 resolution (a gradient that vanishes by symmetry)
 has no relative error, and one of fewer than MIN_SIZE entries (a loss, a bias) is too
 small for its error to be a statistic: the reference may be exact on it by chance.
+
+A test's factor is a power of two, at least 4 and at least twice the worst ratio measured
+(its comment gives it) under each XLA configuration the test runs in: default flags, and
+for the tests marked ``numeric`` also the second run of README's test command (fast math
+on SSE4.2 vectors).
 """
 
 from __future__ import annotations
