@@ -1,9 +1,6 @@
 """Whole / sliding / multi-scale + flip inference against a numpy + torch transcription
 of the official CCNet evaluate.py (predict_sliding, predict_multiscale)."""
 
-import functools
-import math
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -11,16 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax.evaluation.inference import predict_logits, sliding_window_offsets
-from ccnet_jax.models.registry import build_model, model_config
-from tests import numerics
+from ccnet_jax.evaluation.config import base_eval_config
+from ccnet_jax.evaluation.inference import InferenceSettings, predict_logits, sliding_window_offsets
+from tests import torch_reference
+from tests.helpers import tiny_ccnet
 
 torch = pytest.importorskip("torch")
-
-# Against the official transcription in float64, allowed FACTOR x its float32 run's error
-# (tests/numerics.py); measured up to 1.1x (both XLA configurations of README's test
-# command). A misplaced window or a missed flip errs by the logits' own scale.
-FACTOR = 4
 
 NUM_CLASSES = 4
 STRIDE = 8
@@ -41,55 +34,13 @@ def pooled_linear(images):
 
 
 def pooled_linear_numpy(images):
-  """``pooled_linear`` with loops, in the dtype of ``images``."""
   b, h, w, c = images.shape
-  weights, bias = WEIGHTS.astype(images.dtype), BIAS.astype(images.dtype)
-  out = np.zeros((b, h // STRIDE, w // STRIDE, NUM_CLASSES), images.dtype)
+  out = np.zeros((b, h // STRIDE, w // STRIDE, NUM_CLASSES), np.float64)
   for i in range(h // STRIDE):
     for j in range(w // STRIDE):
       patch = images[:, i * STRIDE : (i + 1) * STRIDE, j * STRIDE : (j + 1) * STRIDE]
-      out[:, i, j] = patch.mean(axis=(1, 2)) @ weights + bias
+      out[:, i, j] = patch.mean(axis=(1, 2)) @ WEIGHTS + BIAS
   return out
-
-
-def _interp(x, size):
-  """NHWC numpy bilinear resize with torch (align_corners=True)."""
-  return (
-      torch.nn.functional.interpolate(
-          torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2),
-          size=tuple(size),
-          mode="bilinear",
-          align_corners=True,
-      )
-      .permute(0, 2, 3, 1)
-      .numpy()
-  )
-
-
-def official_sliding(image, tile_size, overlap=1 / 3, network=pooled_linear_numpy):
-  """predict_sliding of speedinghzl/CCNet evaluate.py, NHWC, per-axis stride, in the dtype
-  of ``image``; ``network`` maps a padded tile to logits at its output stride."""
-  _, height, width, _ = image.shape
-  stride_y = math.ceil(tile_size[0] * (1 - overlap))
-  stride_x = math.ceil(tile_size[1] * (1 - overlap))
-  tile_rows = max(int(math.ceil((height - tile_size[0]) / stride_y) + 1), 1)
-  tile_cols = max(int(math.ceil((width - tile_size[1]) / stride_x) + 1), 1)
-  full_probs, count = 0.0, np.zeros(image.shape[:3] + (1,), image.dtype)
-  for row in range(tile_rows):
-    for col in range(tile_cols):
-      x1, y1 = col * stride_x, row * stride_y
-      x2, y2 = min(x1 + tile_size[1], width), min(y1 + tile_size[0], height)
-      x1, y1 = max(x2 - tile_size[1], 0), max(y2 - tile_size[0], 0)
-      img = image[:, y1:y2, x1:x2]
-      padded = np.pad(
-          img, ((0, 0), (0, tile_size[0] - img.shape[1]), (0, tile_size[1] - img.shape[2]), (0, 0))
-      )
-      prediction = _interp(np.asarray(network(padded), image.dtype), tile_size)
-      if np.ndim(full_probs) == 0:
-        full_probs = np.zeros(image.shape[:3] + prediction.shape[-1:], image.dtype)
-      full_probs[:, y1:y2, x1:x2] += prediction[:, : img.shape[1], : img.shape[2]]
-      count[:, y1:y2, x1:x2] += 1
-  return full_probs / count
 
 
 def official_multiscale(image, scales, flip, sliding_tile=None):
@@ -97,33 +48,36 @@ def official_multiscale(image, scales, flip, sliding_tile=None):
   total = 0
   for scale in scales:
     size = (int(height * scale + 0.5), int(width * scale + 0.5))
-    scaled = _interp(image, size)
+    scaled = torch_reference.resize_align_corners(image, size)
     for flipped in (False, True) if flip else (False,):
       x = scaled[:, :, ::-1] if flipped else scaled
       if sliding_tile is None:
-        logits = _interp(pooled_linear_numpy(x), (height, width))
+        logits = torch_reference.resize_align_corners(
+            pooled_linear_numpy(x).astype(np.float32), (height, width)
+        )
       else:
-        logits = _interp(official_sliding(x, sliding_tile), (height, width))
+        logits = torch_reference.resize_align_corners(
+            torch_reference.official_sliding(x, sliding_tile, pooled_linear_numpy).astype(
+                np.float32
+            ),
+            (height, width),
+        )
       total = total + (logits[:, :, ::-1] if flipped else logits)
-  return total / image.dtype.type(len(scales) * (2 if flip else 1))
-
-
-def _assert_as_official(actual, official, images):
-  """``official(images)`` in float32 is the reference, in float64 the truth."""
-  reference, truth = official(images), official(images.astype(np.float64))
-  numerics.assert_as_accurate_as(actual, reference, truth, factor=FACTOR)
+  return total / (len(scales) * (2 if flip else 1))
 
 
 def _images(shape, seed=1):
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def _predict(images, **kwargs):
-  fn = jax.jit(lambda x: predict_logits(pooled_linear, x, num_classes=NUM_CLASSES, **kwargs))
+def _predict(images, **settings):
+  settings = InferenceSettings(**settings)
+  fn = jax.jit(
+      lambda x: predict_logits(pooled_linear, x, num_classes=NUM_CLASSES, settings=settings)
+  )
   return fn(images)
 
 
-@pytest.mark.numeric
 @pytest.mark.parametrize(
     "shape,crop",
     [
@@ -136,98 +90,75 @@ def test_sliding_matches_official_tiling(shape, crop):
   images = _images(shape)
   actual = _predict(images, mode="sliding", crop_size=crop)
   chex.assert_shape(actual, shape[:3] + (NUM_CLASSES,))
-  _assert_as_official(actual, lambda x: official_sliding(x, crop), images)
+  np.testing.assert_allclose(
+      actual,
+      torch_reference.official_sliding(images, crop, pooled_linear_numpy),
+      rtol=1e-4,
+      atol=1e-4,
+  )
 
 
-@pytest.mark.numeric
 def test_whole_is_one_pass_upsampled():
   images = _images((2, 40, 56, 3))
-  official = lambda x: _interp(pooled_linear_numpy(x), (40, 56))
-  _assert_as_official(_predict(images, mode="whole"), official, images)
+  expected = torch_reference.resize_align_corners(
+      pooled_linear_numpy(images).astype(np.float32), (40, 56)
+  )
+  np.testing.assert_allclose(_predict(images, mode="whole"), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.numeric
 @pytest.mark.parametrize("mode", ["whole", "sliding"])
 def test_multi_scale_flip_matches_official(mode):
   images = _images((1, 40, 56, 3))
   scales = (0.75, 1.0, 1.25)
   crop = (24, 32)
   actual = _predict(images, mode=mode, crop_size=crop, scales=scales, flip=True)
-  tile = crop if mode == "sliding" else None
-  _assert_as_official(actual, lambda x: official_multiscale(x, scales, True, tile), images)
+  expected = official_multiscale(images, scales, True, crop if mode == "sliding" else None)
+  np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_bad_settings_name_the_field():
-  images = _images((1, 16, 16, 3))
-  with pytest.raises(ValueError, match="eval.mode"):
-    _predict(images, mode="tiles")
-  with pytest.raises(ValueError, match="eval.scales"):
-    _predict(images, scales=())
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("mode", "tiles", "mode='tiles' must be one of"),
+        ("scales", (), r"scales=\(\) must be one or more positive"),
+        ("crop_size", (0, 5), r"crop_size=\(0, 5\) must be two positive"),
+        ("overlap", 1.0, "overlap=1.0 must be in"),
+    ],
+)
+def test_bad_settings_name_the_field(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    InferenceSettings(**{field: value})
+  eval_config = base_eval_config()
+  eval_config[field] = value
+  with pytest.raises(ValueError, match=f"^eval.{message}"):
+    InferenceSettings.from_config(eval_config)
+
+
+def test_logits_of_the_wrong_class_count_are_refused():
   with pytest.raises(ValueError, match="num_classes"):
-    jax.jit(lambda x: predict_logits(pooled_linear, x, num_classes=7))(images)
-
-
-def _tiny_config(num_classes=5, dtype="float32"):
-  config = model_config("ccnet_r101_official", num_classes=num_classes, dtype=dtype)
-  config.backbone.update(depth=18, base_width=8)
-  config.head.update(channels=16, out_channels=16, recurrence=1)
-  config.aux.enabled = False
-  return config
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_ccnet(num_classes=5):
-  """A ResNet-18-width-8 CCNet with random numpy weights, built once per process.
-
-  The structure comes from nnx.eval_shape and the weights from numpy (He-scaled
-  normals, BatchNorm statistics 0 / 1, attention gamma nonzero so attention matters):
-  initialising for real compiles one XLA program per parameter shape, which dominates
-  a CPU test's run time.
-  """
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(_tiny_config(num_classes))))
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # dropout keys
-      return (
-          jax.random.key(0) if leaf.shape == () else jax.random.split(jax.random.key(0), leaf.shape)
-      )
-    if not jnp.issubdtype(leaf.dtype, jnp.floating):  # key counters
-      return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
-    if "var" in name or "scale" in name:
-      return jnp.asarray(np.ones(leaf.shape, leaf.dtype))
-    if "mean" in name:
-      return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
-    fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-    return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
-
-  state = jax.tree_util.tree_map_with_path(fill, abstract)
-  return nnx.merge(graphdef, state)
+    jax.jit(lambda x: predict_logits(pooled_linear, x, num_classes=7))(_images((1, 16, 16, 3)))
 
 
 def test_ccnet_sliding_on_one_crop_equals_whole_image():
-  """One window as large as the image: the same network pass, with window bookkeeping
-  around it (copies, a sum with zeros, a division by one) that XLA compiles its own way."""
-  images = _images((1, 33, 41, 3))
-
-  @functools.partial(jax.jit, static_argnums=(0, 3))
-  def predict(graphdef, state, images, mode):
-    apply_fn = lambda x: nnx.merge(graphdef, state)(x)[0]
-    return predict_logits(apply_fn, images, num_classes=5, mode=mode, crop_size=(33, 41))
-
   model = tiny_ccnet()
-  model.eval()
   graphdef, state = nnx.split(model)
-  whole, sliding = (predict(graphdef, state, images, mode) for mode in ("whole", "sliding"))
+
+  @jax.jit
+  def whole_and_sliding(state, images):
+    apply_fn = lambda x: nnx.merge(graphdef, state)(x)[0]
+    return [
+        predict_logits(
+            apply_fn,
+            images,
+            num_classes=5,
+            settings=InferenceSettings(mode=mode, crop_size=(33, 41)),
+        )
+        for mode in ("whole", "sliding")
+    ]
+
+  whole, sliding = whole_and_sliding(state, _images((1, 33, 41, 3)))
   assert float(jnp.std(whole)) > 0
-  with jax.enable_x64(True):
-    model64 = nnx.eval_shape(lambda: build_model(_tiny_config(dtype="float64")))
-    model64.eval()
-    graphdef64, _ = nnx.split(model64)
-    images64 = jnp.asarray(images, jnp.float64)
-    truth = np.asarray(predict(graphdef64, numerics.in_float64(state), images64, "whole"))
-  numerics.assert_as_accurate_as(sliding, whole, truth, factor=FACTOR)
+  np.testing.assert_allclose(sliding, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_cityscapes_windows_are_the_official_eight():

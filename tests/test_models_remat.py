@@ -8,21 +8,20 @@ from flax import nnx
 
 from ccnet_jax.models import layers
 from ccnet_jax.models import remat as remat_lib
-from ccnet_jax.models.registry import build_model, model_config
+from ccnet_jax.models.registry import build_model
 from tests import numerics
+from tests.helpers import tiny_model_config
 
 # Recomputation repeats the same operations; only XLA's fusion and summation order differ.
 # Against float64, the rematerialised step is allowed FACTOR x the plain float32 step's
-# error (tests/numerics.py); measured up to 1.0x. A dropped BatchNorm update or a stale activation errs by a fraction
-# of the values.
+# error (tests/numerics.py); measured up to 1.0x. A dropped BatchNorm update or a stale
+# activation errs by a fraction of the values.
 FACTOR = 4
 
 
 def _tiny_config(remat: str, dtype: str = "float32"):
-  config = model_config("ccnet_r101_official", num_classes=5, remat=remat, dtype=dtype)
-  config.backbone.update(depth=18, base_width=8)
-  config.head.update(channels=16, out_channels=16, dropout=0.0)
-  config.aux.update(channels=16, dropout=0.0)
+  config = tiny_model_config(remat=remat, dtype=dtype)
+  config.head.dropout = config.aux.dropout = 0.0
   return config
 
 

@@ -11,6 +11,7 @@ from jax.test_util import check_grads
 from ccnet_jax import ops
 from ccnet_jax.ops import criss_cross_attention
 from tests import numerics, reference
+from tests.helpers import ATTENTION_SHAPES, attention_inputs
 
 # float32 results against the float64 loops, allowed FLOAT32_FACTOR x the same loops'
 # error in float32 (tests/numerics.py). The einsum sums in another order than the loops
@@ -28,28 +29,13 @@ def _bfloat16_rounding(x):
   return np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64)
 
 
-def _qkv(shape, value_channels, seed=0, scale=1.0):
-  keys = jax.random.split(jax.random.key(seed), 3)
-  q = scale * jax.random.normal(keys[0], shape)
-  k = scale * jax.random.normal(keys[1], shape)
-  v = jax.random.normal(keys[2], shape[:3] + (value_channels,))
-  return q, k, v
-
-
 @pytest.mark.numeric
 class CrissCrossAttentionTest(parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.named_parameters(
-      ("square", (1, 5, 5, 4), 6),
-      ("wide", (2, 4, 7, 3), 5),
-      ("tall", (2, 7, 3, 2), 4),
-      ("single_row", (1, 1, 6, 2), 3),
-      ("single_column", (1, 6, 1, 2), 3),
-      ("single_pixel", (1, 1, 1, 2), 3),
-  )
+  @parameterized.named_parameters(*ATTENTION_SHAPES)
   def test_matches_reference_float32(self, shape, value_channels):
-    q, k, v = _qkv(shape, value_channels, scale=1.5)
+    q, k, v = attention_inputs(shape, value_channels, scale=1.5)
     out, attention = self.variant(
         lambda q, k, v: criss_cross_attention(q, k, v, return_attention=True)
     )(q, k, v)
@@ -60,7 +46,7 @@ class CrissCrossAttentionTest(parameterized.TestCase):
     numerics.assert_as_accurate_as((out, attention), loops, truth, factor=FLOAT32_FACTOR)
 
   def test_attention_rows_sum_to_one_and_mask_the_pixel_itself(self):
-    q, k, v = _qkv((2, 6, 4, 3), 2, seed=1)
+    q, k, v = attention_inputs((2, 6, 4, 3), 2, seed=1)
     _, attention = criss_cross_attention(q, k, v, return_attention=True)
     np.testing.assert_allclose(
         attention.sum(-1), 1.0, rtol=0, atol=numerics.softmax_sum_tolerance(6 + 4)
@@ -72,7 +58,7 @@ class CrissCrossAttentionTest(parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_bfloat16(self):
-    q, k, v = (x.astype(jnp.bfloat16) for x in _qkv((2, 5, 6, 8), 16, seed=2))
+    q, k, v = (x.astype(jnp.bfloat16) for x in attention_inputs((2, 5, 6, 8), 16, seed=2))
     out = self.variant(criss_cross_attention)(q, k, v)
     chex.assert_type(out, jnp.bfloat16)
     truth = reference.criss_cross_attention(*(np.asarray(x, np.float32) for x in (q, k, v)))
@@ -80,7 +66,7 @@ class CrissCrossAttentionTest(parameterized.TestCase):
 
   def test_large_energies_stay_finite(self):
     # A naive exp would overflow in float32; the shifted softmax must not.
-    q, k, v = _qkv((1, 4, 5, 3), 2, seed=3, scale=30.0)
+    q, k, v = attention_inputs((1, 4, 5, 3), 2, seed=3, scale=30.0)
     out = criss_cross_attention(q, k, v)
     chex.assert_tree_all_finite(out)
     numerics.assert_as_accurate_as(
@@ -97,7 +83,7 @@ class CrissCrossAttentionTest(parameterized.TestCase):
     (the loss's float64 rounding over 2h); 1e-8 of the largest gradient leaves 100x.
     float32 gradients are compared with float64 in test_ops_pallas.py.
     """
-    q, k, v = _qkv((1, 3, 4, 2), 3, seed=4)
+    q, k, v = attention_inputs((1, 3, 4, 2), 3, seed=4)
     cotangent = np.asarray(jax.random.normal(jax.random.key(5), v.shape), np.float64)
     inputs = [np.asarray(x, np.float64) for x in (q, k, v)]
 
@@ -123,13 +109,13 @@ class CrissCrossAttentionTest(parameterized.TestCase):
 
   def test_check_grads_forward_and_reverse(self):
     """JAX's own check, in float64, at its default tolerances for float64."""
-    q, k, v = _qkv((2, 3, 4, 2), 3, seed=6)
+    q, k, v = attention_inputs((2, 3, 4, 2), 3, seed=6)
     with jax.enable_x64(True):
       inputs = [jnp.asarray(x, jnp.float64) for x in (q, k, v)]
       check_grads(criss_cross_attention, inputs, order=1, modes=("fwd", "rev"))
 
   def test_vmap_over_an_extra_axis(self):
-    q, k, v = _qkv((3, 4, 5, 2), 3, seed=7)
+    q, k, v = attention_inputs((3, 4, 5, 2), 3, seed=7)
     batched = jax.vmap(criss_cross_attention)(q[:, None], k[:, None], v[:, None])
     numerics.assert_as_accurate_as(
         batched[:, 0],
@@ -139,7 +125,7 @@ class CrissCrossAttentionTest(parameterized.TestCase):
     )
 
   def test_shape_errors_name_the_arrays(self):
-    q, k, v = _qkv((1, 4, 5, 2), 3)
+    q, k, v = attention_inputs((1, 4, 5, 2), 3)
     with pytest.raises(ValueError, match="q and k must have the same shape"):
       criss_cross_attention(q, k[:, :3], v)
     with pytest.raises(ValueError, match="v must share"):
@@ -178,7 +164,7 @@ class NonLocalAttentionTest(parameterized.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(("square", (2, 4, 4, 3), 5), ("wide", (1, 3, 6, 2), 4))
   def test_matches_reference(self, shape, value_channels):
-    q, k, v = _qkv(shape, value_channels, seed=8)
+    q, k, v = attention_inputs(shape, value_channels, seed=8)
     out = self.variant(ops.non_local_attention)(q, k, v)
     numerics.assert_as_accurate_as(
         out,
@@ -188,7 +174,7 @@ class NonLocalAttentionTest(parameterized.TestCase):
     )
 
   def test_attention_covers_every_pixel(self):
-    q, k, v = _qkv((1, 3, 4, 2), 2, seed=9)
+    q, k, v = attention_inputs((1, 3, 4, 2), 2, seed=9)
     _, attention = ops.non_local_attention(q, k, v, return_attention=True)
     chex.assert_shape(attention, (1, 3, 4, 3, 4))
     np.testing.assert_allclose(

@@ -17,7 +17,7 @@ from flax import nnx
 
 from ccnet_jax import ops
 from ccnet_jax.models.heads import RCCAHead
-from ccnet_jax.models.registry import build_model, model_config
+from ccnet_jax.models.registry import build_model
 from ccnet_jax.ops.pallas import (
     TUNING_GRID,
     BlockSizes,
@@ -25,6 +25,7 @@ from ccnet_jax.ops.pallas import (
     tuning_configurations,
 )
 from tests import numerics
+from tests.helpers import tiny_model_config
 
 IMPLEMENTATIONS = ("pallas", "einsum_recompute")
 
@@ -274,11 +275,9 @@ class InsideModelsTest(parameterized.TestCase):
     labels = jax.random.randint(jax.random.key(1), (2, 9, 9), 0, 5)
 
     def tiny_ccnet(dtype):
-      config = model_config("ccnet_r101_official", num_classes=5)
-      config.backbone.update(depth=18, base_width=8)
-      config.head.update(channels=16, out_channels=16, dropout=0.0)
+      config = tiny_model_config(dtype=dtype)
+      config.head.dropout = 0.0
       config.aux.enabled = False
-      config.dtype = dtype
       return build_model(config)
 
     def train(model, impl, images):

@@ -6,13 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ccnet_jax.data.labels import IGNORE_LABEL
 from ccnet_jax.training import losses
 from configs import common
 from tests import numerics
 
 torch = pytest.importorskip("torch")
 
-IGNORE = 255
+IGNORE = IGNORE_LABEL  # How the data sources mark void pixels: what the losses must ignore.
 
 
 def _rtol(logits, labels):

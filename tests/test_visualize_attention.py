@@ -12,22 +12,19 @@ from PIL import Image
 
 from ccnet_jax.data.labels import SYNTHETIC
 from ccnet_jax.models import model_dir
-from ccnet_jax.models.registry import build_model
+from ccnet_jax.models.preprocessing import IMAGENET
+from ccnet_jax.models.registry import construct_model
 from ccnet_jax.visualize.__main__ import main as visualize_main
 from ccnet_jax.visualize.attention import model_attention, pixel_attention, save_attention
 from tests import numerics, reference
-from tests.helpers import run_command
-from tests.test_models_model_dir import randomised, tiny_config
+from tests.helpers import randomised, run_command, tiny_model_config
 
 IMAGE_SIZE = (37, 53)  # Grid 5 x 7 at output stride 8.
 PIXELS = [(10, 20), (36, 0), (0, 52)]
 
 
 def normalized(image):
-  preprocessing = model_dir.IMAGENET_PREPROCESSING
-  return (image.astype(np.float32) - np.array(preprocessing["mean"], np.float32)) / np.array(
-      preprocessing["std"], np.float32
-  )
+  return (image.astype(np.float32) - np.float32(IMAGENET.mean)) / np.float32(IMAGENET.std)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +35,7 @@ def saved(tmp_path_factory):
   the softmax; the query and key projections are redrawn at the scale of the head's input
   (std 1 / (rms * sqrt(C)), no bias), so the energies are O(1) and no weight underflows.
   """
-  config = tiny_config(num_classes=SYNTHETIC.num_classes)
+  config = tiny_model_config(num_classes=SYNTHETIC.num_classes)
   assert config.head.recurrence == 2
   model = randomised(config, seed=5)
   image = np.random.default_rng(0).integers(0, 256, IMAGE_SIZE + (3,), dtype=np.uint8)
@@ -59,7 +56,7 @@ def saved(tmp_path_factory):
 @pytest.fixture(scope="module")
 def computed(saved):
   _, model, image, _ = saved
-  return model_attention(model, image, model_dir.IMAGENET_PREPROCESSING, SYNTHETIC.num_classes)
+  return model_attention(model, image, IMAGENET, SYNTHETIC.num_classes)
 
 
 def reference_loops(model, stage4, dtype=np.float64):
@@ -87,12 +84,11 @@ def dense_matrix(loop):
 def float64_loops(model, image):
   """Each loop's weights with the whole network in float64, from the image on: the truth."""
   with jax.enable_x64(True):
-    config = tiny_config(num_classes=SYNTHETIC.num_classes, dtype="float64")
-    model64 = model_dir.empty_module(lambda: build_model(config))
+    config = tiny_model_config(num_classes=SYNTHETIC.num_classes, dtype="float64")
+    model64 = model_dir.empty_module(lambda: construct_model(config))
     nnx.update(model64, numerics.in_float64(nnx.state(model)))
     model64.eval()
-    preprocessing = model_dir.IMAGENET_PREPROCESSING
-    x = (image - np.array(preprocessing["mean"])) / np.array(preprocessing["std"])
+    x = (image - np.array(IMAGENET.mean)) / np.array(IMAGENET.std)
     stage4 = model64.backbone(jnp.asarray(x[None], jnp.float64))[3]
     return [np.asarray(loop) for loop in reference_loops(model64, stage4)]
 

@@ -57,7 +57,7 @@ def convert(
       "stem": config.backbone.stem,
       "num_classes": None if isinstance(model, ResNet) else config.num_classes,
       "recurrence": None if isinstance(model, ResNet) else config.head.recurrence,
-      "preprocessing": preprocessing,
+      "preprocessing": preprocessing.to_json(),
   }
 
 

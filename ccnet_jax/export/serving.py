@@ -1,4 +1,5 @@
-"""The serving function of a model directory, and its export as SavedModel, TFLite or StableHLO.
+"""The serving function of a model directory, and its export as SavedModel, TFLite, StableHLO or
+ONNX.
 
 The exported function takes images as the user has them, float32 (B, H, W, 3) RGB on the
 0-255 scale, applies the preprocessing recorded in the model directory (channel order, mean,
@@ -6,24 +7,28 @@ std) and returns the main logits, float32 (B, h, w, num_classes) at the network'
 stride (1/8 of the input for the D8 models: h = ceil(H / 8) for the deep stem). Upsampling
 them to the image (bilinear) and the argmax are the caller's, as in training and evaluation.
 
-The criss-cross attention is always the einsum implementation: the Pallas kernels are
-device-specific custom calls that a serving runtime cannot run.
+The criss-cross attention is always the einsum implementation (its matmul form for ONNX,
+see ``export/onnx.py``): the Pallas kernels are device-specific custom calls that a serving
+runtime cannot run.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ccnet_jax.models import model_dir
-from ccnet_jax.models.registry import DTYPES, build_model
+from ccnet_jax.export import onnx as onnx_export
+from ccnet_jax.loading import load_model
+from ccnet_jax.models.preprocessing import Preprocessing
+from ccnet_jax.models.registry import DTYPES
 
-FORMATS = ("saved_model", "tflite", "stablehlo")
+FORMATS = ("saved_model", "tflite", "stablehlo", "onnx")
 STABLEHLO_FILE = "model.jax_exported"
 STABLEHLO_TEXT_FILE = "model.mlir"
 TFLITE_FILE = "model.tflite"
@@ -32,46 +37,12 @@ SIGNATURE_FILE = "serving.json"
 ServingFn = Callable[[jax.Array], jax.Array]
 
 
-def load_for_serving(directory: str | os.PathLike, *, dtype: str | None = None):
-  """(model, info) of a model directory, rebuilt with the einsum attention, in eval mode.
-
-  ``dtype`` replaces the computation dtype recorded in ``model.json`` ('float32' for a
-  runtime without bfloat16).
-  """
-  info = model_dir.read_info(directory)
-  if info["part"] != "all":
-    raise ValueError(
-        f"{os.fspath(directory)!r} holds only a backbone; export a whole model directory"
-        " (a run's model/ or best/, or one written by `python -m ccnet_jax.convert`)."
-    )
-  config = info["model"]
-  config.cca_impl = "einsum"
-  if dtype is not None:
-    if dtype not in DTYPES:
-      raise ValueError(f"--dtype={dtype!r} is not one of {sorted(DTYPES)}.")
-    config.dtype = dtype
-  model = model_dir.empty_module(lambda: build_model(config))
-  model_dir.load_state_into(model, directory, part="all")
-  model.eval()
-  return model, info
-
-
-def preprocess(images: jax.Array, preprocessing: Mapping[str, Any]) -> jax.Array:
-  """RGB 0-255 images -> the normalised input the weights expect (channel order, mean, std)."""
-  images = images.astype(jnp.float32)
-  if preprocessing["channel_order"] == "bgr":
-    images = images[..., ::-1]
-  mean = jnp.asarray(preprocessing["mean"], jnp.float32)
-  std = jnp.asarray(preprocessing["std"], jnp.float32)
-  return (images - mean) / std
-
-
-def serving_fn(model: nnx.Module, preprocessing: Mapping[str, Any]) -> ServingFn:
+def serving_fn(model: nnx.Module, preprocessing: Preprocessing) -> ServingFn:
   """images (B, H, W, 3) RGB 0-255 -> main logits (B, h, w, classes); weights are constants."""
   graphdef, state = nnx.split(model)
 
   def serve(images):
-    logits, _ = nnx.merge(graphdef, state)(preprocess(images, preprocessing))
+    logits, _ = nnx.merge(graphdef, state)(preprocessing.normalize(images))
     return logits.astype(jnp.float32)
 
   return serve
@@ -141,6 +112,7 @@ _EXPORTERS = {
     "saved_model": export_saved_model,
     "tflite": export_tflite,
     "stablehlo": export_stablehlo,
+    "onnx": onnx_export.export_onnx,
 }
 
 
@@ -153,10 +125,12 @@ def export_model(  # pylint: disable=redefined-builtin
     height: int | None = None,
     width: int | None = None,
     dtype: str | None = None,
+    opset: int | None = None,
 ) -> dict[str, Any]:
   """Exports ``model_directory`` to ``out_dir`` in ``format``; returns what was written.
 
   ``batch``, ``height``, ``width``: a fixed size, or None for any size at run time.
+  ``opset``: the ONNX opset (``format='onnx'`` only; default ``onnx.DEFAULT_OPSET``).
   ``out_dir`` also receives ``serving.json``: the input and output contract.
   """
   if format not in FORMATS:
@@ -169,11 +143,24 @@ def export_model(  # pylint: disable=redefined-builtin
     raise ValueError(
         "--format=tflite needs a fixed input size: give --batch, --height and --width."
     )
-  model, info = load_for_serving(model_directory, dtype=dtype)
+  if dtype is not None and dtype not in DTYPES:
+    raise ValueError(f"--dtype={dtype!r} is not one of {sorted(DTYPES)}.")
+  exporter = _EXPORTERS[format]
+  # The einsum attention: the Pallas kernels are custom calls a serving runtime cannot run.
+  cca_impl = "einsum"
+  if format == "onnx":
+    onnx_export.require_packages()
+    exporter = functools.partial(exporter, opset=opset or onnx_export.DEFAULT_OPSET)
+    cca_impl = "matmul"  # Its form with MatMul operators (no Einsum, no EyeLike).
+  elif opset is not None:
+    raise ValueError(f"--opset is an ONNX setting; --format={format} has none.")
+  loaded = load_model(model_directory, dtype=dtype, cca_impl=cca_impl)
+  if format == "onnx":
+    onnx_export.check_symbolic_sizes(loaded.config, height=height, width=width)
   shape = input_shape(batch, height, width)
   out_dir = os.path.abspath(os.fspath(out_dir))
   os.makedirs(out_dir, exist_ok=True)
-  written = _EXPORTERS[format](serving_fn(model, info["preprocessing"]), shape, out_dir)
+  written = exporter(serving_fn(loaded.model, loaded.preprocessing), shape, out_dir)
   signature = {
       "format": format,
       "input": {
@@ -186,11 +173,13 @@ def export_model(  # pylint: disable=redefined-builtin
           "name": "logits",
           "dtype": "float32",
           "layout": "NHWC at the output stride; upsample bilinearly, then argmax",
-          "num_classes": info["model"].num_classes,
+          "num_classes": loaded.num_classes,
       },
-      "preprocessing": info["preprocessing"],
-      "model": info["model"].name,
+      "preprocessing": loaded.preprocessing.to_json(),
+      "model": loaded.config.name,
   }
+  if format == "onnx":
+    signature["opset"] = exporter.keywords["opset"]
   path = os.path.join(out_dir, SIGNATURE_FILE)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(signature, f, indent=2)

@@ -4,6 +4,8 @@ Official CCNet and mmsegmentation weights are loaded into these layers, so their
 output shapes and values must match ``torch.nn`` exactly: convolutions use
 explicit symmetric padding ``dilation * (k // 2)`` (not 'SAME', which pads
 asymmetrically for strided convolutions), and max pooling supports ``ceil_mode``.
+Convolutions start from ``torch.nn.Conv2d``'s initialisation; ``models.init_schemes``
+redraws them as each recipe's reference code does.
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ccnet_jax.models import initializers
 from ccnet_jax.models.remat import tag_conv_output
 
 Array = jax.Array
 Dtype = jnp.dtype | None
-
-# He-normal over fan-out, as torchvision and mmseg initialise conv kernels.
-conv_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
@@ -57,7 +57,8 @@ def conv2d(
     dtype: Dtype = None,
     rngs: nnx.Rngs,
 ) -> Conv2d:
-  """A square convolution padded like ``torch.nn.Conv2d(padding=dilation * (k // 2))``."""
+  """A square convolution padded and initialised like
+  ``torch.nn.Conv2d(padding=dilation * (k // 2))``."""
   pad = dilation * (kernel_size // 2)
   return Conv2d(
       in_features,
@@ -68,7 +69,8 @@ def conv2d(
       kernel_dilation=dilation,
       use_bias=use_bias,
       dtype=dtype,
-      kernel_init=conv_kernel_init,
+      kernel_init=initializers.torch_conv_kernel,
+      bias_init=initializers.torch_conv_bias(in_features * kernel_size**2),
       rngs=rngs,
   )
 
@@ -150,21 +152,27 @@ def pooled_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bo
 def max_pool(
     x: Array, *, kernel: int = 3, stride: int = 2, padding: int = 1, ceil_mode: bool = False
 ) -> Array:
-  """NHWC max pooling equal to ``torch.nn.functional.max_pool2d`` (ceil_mode too)."""
+  """NHWC max pooling equal to ``torch.nn.functional.max_pool2d`` (ceil_mode too).
+
+  ceil_mode pads ``stride - 1`` more on the right, so that the window that rounding up adds
+  exists. PyTorch drops that window when it would start inside the right padding, which can
+  happen only when ``padding + stride - 1 >= kernel``: otherwise (the ResNet stems' 3/2/1)
+  the padding is the same for every size, which keeps it a constant in shape-polymorphic
+  exports. The explicit ``-inf`` pad and an unpadded ``nnx.max_pool`` convert to ONNX as
+  ``Pad`` + a 2-D ``MaxPool`` (a padded ``reduce_window`` becomes a 4-D one that ONNX Runtime
+  refuses); XLA folds the pad back into the pooling window.
+  """
   pads = [(0, 0)]
   for size in x.shape[1:3]:
-    out = pooled_size(size, kernel, stride, padding, ceil_mode)
-    extra = max((out - 1) * stride + kernel - (size + 2 * padding), 0)
+    if ceil_mode and padding + stride - 1 < kernel:
+      extra = stride - 1
+    else:
+      out = pooled_size(size, kernel, stride, padding, ceil_mode)
+      extra = max((out - 1) * stride + kernel - (size + 2 * padding), 0)
     pads.append((padding, padding + extra))
   pads.append((0, 0))
-  return jax.lax.reduce_window(
-      x,
-      -jnp.inf,
-      jax.lax.max,
-      window_dimensions=(1, kernel, kernel, 1),
-      window_strides=(1, stride, stride, 1),
-      padding=pads,
-  )
+  x = jnp.pad(x, pads, constant_values=-jnp.inf)
+  return nnx.max_pool(x, window_shape=(kernel, kernel), strides=(stride, stride), padding="VALID")
 
 
 class ConvNormAct(nnx.Module):

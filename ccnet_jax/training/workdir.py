@@ -19,15 +19,21 @@ from ccnet_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
+CHECKPOINTS_DIR = "checkpoints"
+# The model directories a run writes: its final model, and the one with the best evaluation.
+FINAL_MODEL_DIR = "model"
+BEST_MODEL_DIR = "best"
 # Fields a resumed run may change: when and what it logs, evaluates and keeps, how long it
 # runs, where the data lives, and how the same network is computed.
 FREE_ON_RESUME = (
+    "model.init",  # How the weights started: a checkpoint holds them since.
     "train.total_steps",
     "train.log_every",
     "train.eval_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.num_summary_images",
+    "train.heartbeat_timeout_seconds",
     "train.init_from",
     "train.init_part",
     "eval.",
@@ -39,6 +45,10 @@ FREE_ON_RESUME = (
     "data.synthetic.num_eval",
     "model.cca_impl",
     "model.dtype",
+    # Recorded by earlier versions, read by none: the dataset fixes them.
+    "data.num_classes",
+    "data.ignore_label",
+    "loss.ignore_label",
 )
 
 
