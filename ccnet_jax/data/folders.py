@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ccnet_jax.data import labels
+from ccnet_jax.data.images import read_image
 
 CITYSCAPES_HELP = (
     "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
@@ -20,15 +21,6 @@ ADE20K_HELP = (
     "(http://sceneparsing.csail.mit.edu) and set data.root to the unzipped "
     "ADEChallengeData2016 folder, or train on configs/synthetic.py, which needs no download"
 )
-
-
-def read_image(path: str) -> np.ndarray:
-  """uint8 (H, W, 3) RGB; a file PIL cannot decode raises ValueError naming it."""
-  try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert("RGB"))
-  except (OSError, SyntaxError, ValueError) as error:
-    raise ValueError(f"cannot decode image {path}: {error}") from None
 
 
 def read_label(path: str) -> np.ndarray:
