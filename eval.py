@@ -11,6 +11,11 @@ runs/<config file name>/, as for train.py. Metrics are printed and written to
 ``WORKDIR/eval/metrics.json`` with prediction PNGs beside them.
 """
 
+from ccnet_jax import interrupts
+
+if __name__ == "__main__":  # First: a signal while the libraries below load ends in one line.
+  interrupts.install()
+
 from absl import flags
 
 from ccnet_jax import cli
@@ -22,4 +27,7 @@ _EXPERIMENT = cli.define_experiment_flags(
 _MODEL = flags.DEFINE_string("model", "latest", "'latest', 'best', 'final' or a model directory.")
 
 if __name__ == "__main__":
-  _EXPERIMENT.run(lambda config, workdir: evaluate_from_workdir(config, workdir, _MODEL.value))
+  _EXPERIMENT.run(
+      lambda config, workdir: evaluate_from_workdir(config, workdir, _MODEL.value),
+      kept="the files written so far are complete (metrics.json comes last); none is half-written.",
+  )

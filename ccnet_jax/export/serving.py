@@ -3,11 +3,18 @@
 The exported function takes images as the user has them, float32 (B, H, W, 3) RGB on the
 0-255 scale, applies the preprocessing recorded in the model directory (channel order, mean,
 std) and returns the main logits, float32 (B, h, w, num_classes) at the network's output
-stride (1/8 of the input for the D8 models: h = ceil(H / 8) for the deep stem). Upsampling
-them to the image (bilinear) and the argmax are the caller's, as in training and evaluation.
+stride: for the D8 models h = floor((H + 1) / 8) + 1 with the official deep stem (its
+max-pool rounds up), h = ceil(H / 8) with mmseg's v1c and torchvision's stems, and the same
+for w; ``serving.json`` records the exported model's own expression. Upsampling them to the
+image (bilinear with align_corners=True, as ``predict.py`` and the official evaluation do) and
+the argmax are the caller's.
 
 The criss-cross attention is always the einsum implementation: the Pallas kernels are
 device-specific custom calls that a serving runtime cannot run.
+
+An export is written into a temporary folder beside OUT, which replaces OUT only when the
+export is complete (``ccnet_jax.atomic``); an existing non-empty OUT is refused unless
+``overwrite``, and then replaced whole. What a format cannot hold is refused before any work.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ccnet_jax import atomic
 from ccnet_jax.loading import load_model
 from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.models.registry import DTYPES
@@ -29,6 +37,19 @@ STABLEHLO_FILE = "model.jax_exported"
 STABLEHLO_TEXT_FILE = "model.mlir"
 TFLITE_FILE = "model.tflite"
 SIGNATURE_FILE = "serving.json"
+
+# The computation dtypes each format holds, and why where it holds fewer than JAX computes in.
+# SavedModel and StableHLO carry the XLA program as it is; TFLite's converter legalises float32
+# convolutions only (bfloat16 and float16 fail in it).
+FORMAT_DTYPES = {
+    "saved_model": tuple(DTYPES),
+    "stablehlo": tuple(DTYPES),
+    "tflite": ("float32",),
+}
+FORMAT_LIMITS = {
+    "tflite": "TFLite converts float32 models; quantise the float32 .tflite with TFLite's tools"
+    " for a smaller one",
+}
 
 ServingFn = Callable[[jax.Array], jax.Array]
 
@@ -45,12 +66,20 @@ def serving_fn(model: nnx.Module, preprocessing: Preprocessing) -> ServingFn:
 
 
 def input_shape(batch: int | None, height: int | None, width: int | None) -> tuple:
-  """The exported input shape; None entries become symbolic (any size at run time)."""
-  names = iter(("b", "h", "w"))
+  """The exported input shape; None entries become symbolic (any size at run time), named
+  b, h and w."""
   spec = ", ".join(
-      next(names) if size is None else str(int(size)) for size in (batch, height, width)
+      name if size is None else str(int(size))
+      for name, size in zip(("b", "h", "w"), (batch, height, width))
   )
   return tuple(jax.export.symbolic_shape(spec + ", 3"))
+
+
+def output_shape(serve: ServingFn, shape: Sequence) -> list[str]:
+  """The logits' shape for inputs of ``shape`` as JAX derives it: numbers, or expressions of
+  b, h and w (``floordiv(h - 1, 2)`` is (h - 1) // 2)."""
+  out = jax.eval_shape(serve, jax.ShapeDtypeStruct(tuple(shape), jnp.float32))
+  return [str(d) for d in out.shape]
 
 
 def export_stablehlo(serve: ServingFn, shape: Sequence, out_dir: str) -> list[str]:
@@ -111,24 +140,10 @@ _EXPORTERS = {
 }
 
 
-def export_model(  # pylint: disable=redefined-builtin
-    model_directory: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    format: str,
-    batch: int | None = 1,
-    height: int | None = None,
-    width: int | None = None,
-    dtype: str | None = None,
-) -> dict[str, Any]:
-  """Exports ``model_directory`` to ``out_dir`` in ``format``; returns what was written.
-
-  ``batch``, ``height``, ``width``: a fixed size, or None for any size at run time.
-  ``out_dir`` also receives ``serving.json``: the input and output contract.
-  """
+def check_export(format: str, *, sizes: dict[str, int | None], dtype: str | None) -> None:  # pylint: disable=redefined-builtin
+  """Refuses, in one line and before any work, what ``format`` cannot hold."""
   if format not in FORMATS:
     raise ValueError(f"--format={format!r} is not one of {FORMATS}.")
-  sizes = {"batch": batch, "height": height, "width": width}
   for name, size in sizes.items():
     if size is not None and int(size) < 1:
       raise ValueError(f"--{name}={size} must be a positive size (or left out for any size).")
@@ -138,12 +153,38 @@ def export_model(  # pylint: disable=redefined-builtin
     )
   if dtype is not None and dtype not in DTYPES:
     raise ValueError(f"--dtype={dtype!r} is not one of {sorted(DTYPES)}.")
+  if dtype is not None and dtype not in FORMAT_DTYPES[format]:
+    raise ValueError(
+        f"--format={format} cannot hold a {dtype} model: its computation dtypes are"
+        f" {', '.join(FORMAT_DTYPES[format])} ({FORMAT_LIMITS[format]})."
+    )
+
+
+def export_model(  # pylint: disable=redefined-builtin
+    model_directory: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    format: str,
+    batch: int | None = 1,
+    height: int | None = None,
+    width: int | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+  """Exports ``model_directory`` to ``out_dir`` in ``format``; returns what was written.
+
+  ``batch``, ``height``, ``width``: a fixed size, or None for any size at run time.
+  ``out_dir`` also receives ``serving.json``: the input and output contract. It is written
+  whole or not at all; an existing non-empty ``out_dir`` is replaced only with ``overwrite``.
+  """
+  sizes = {"batch": batch, "height": height, "width": width}
+  check_export(format, sizes=sizes, dtype=dtype)
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  atomic.check_replaceable(out_dir, overwrite=overwrite)
   # The einsum attention: the Pallas kernels are custom calls a serving runtime cannot run.
   loaded = load_model(model_directory, dtype=dtype, cca_impl="einsum")
   shape = input_shape(batch, height, width)
-  out_dir = os.path.abspath(os.fspath(out_dir))
-  os.makedirs(out_dir, exist_ok=True)
-  written = _EXPORTERS[format](serving_fn(loaded.model, loaded.preprocessing), shape, out_dir)
+  serve = serving_fn(loaded.model, loaded.preprocessing)
   signature = {
       "format": format,
       "input": {
@@ -155,13 +196,19 @@ def export_model(  # pylint: disable=redefined-builtin
       "output": {
           "name": "logits",
           "dtype": "float32",
-          "layout": "NHWC at the output stride; upsample bilinearly, then argmax",
+          "shape": output_shape(serve, shape),
+          "layout": (
+              "NHWC at the output stride; upsample to (H, W) bilinearly with"
+              " align_corners=True, then argmax"
+          ),
           "num_classes": loaded.num_classes,
       },
       "preprocessing": loaded.preprocessing.to_json(),
       "model": loaded.config.name,
   }
-  path = os.path.join(out_dir, SIGNATURE_FILE)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(signature, f, indent=2)
-  return {"wrote": written + [path], **signature}
+  with atomic.replacing_directory(out_dir, overwrite=overwrite) as staging:
+    written = _EXPORTERS[format](serve, shape, staging)
+    with open(os.path.join(staging, SIGNATURE_FILE), "w", encoding="utf-8") as f:
+      json.dump(signature, f, indent=2)
+  written = [os.path.join(out_dir, os.path.relpath(path, staging)) for path in written]
+  return {"wrote": written + [os.path.join(out_dir, SIGNATURE_FILE)], **signature}

@@ -49,4 +49,4 @@ def main(arguments: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, kept="no figure was half-written (each is written whole or not at all).")
