@@ -13,6 +13,11 @@ as the benchmark server expects); for each video ``NAME_pred.mp4`` and ``NAME_ov
 one label-id PNG a frame in ``NAME_labelIds/``).
 """
 
+from ccnet_jax import interrupts
+
+if __name__ == "__main__":  # First: a signal while the libraries below load ends in one line.
+  interrupts.install()
+
 import warnings
 
 from absl import flags, logging
@@ -22,7 +27,7 @@ from ccnet_jax.data.labels import DATASET_NAMES
 from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.inference import MODES, InferenceSettings
 from ccnet_jax.loading import load_model
-from ccnet_jax.prediction.files import ON_ERROR, predict_paths
+from ccnet_jax.prediction.files import ON_ERROR, check_out_dir, predict_paths
 from ccnet_jax.prediction.predictor import Predictor
 
 _MODEL = flags.DEFINE_string(
@@ -32,7 +37,13 @@ _OUT = flags.DEFINE_string("out", None, "Folder for the outputs (created if need
 _DATASET = flags.DEFINE_enum(
     "dataset", None, DATASET_NAMES, "Palette and label ids (default: from the class count)."
 )
-_MODE = flags.DEFINE_enum("mode", "whole", MODES, "Whole-image or sliding-window inference.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "whole",
+    MODES,
+    "Whole-image or sliding-window inference. By default an image size whose whole-image"
+    " program does not fit in the device's free memory is predicted in sliding windows.",
+)
 _CROP = flags.DEFINE_list("crop_size", ["769", "769"], "Sliding window height,width.")
 _OVERLAP = flags.DEFINE_float("overlap", 1 / 3, "Fraction of a window shared with the next.")
 _SCALES = flags.DEFINE_list("scales", ["1.0"], "Image scales whose predictions are averaged.")
@@ -59,6 +70,7 @@ def main(inputs):
   if not inputs:
     raise UserError("give at least one input: image files, folders, globs or videos.")
   model, out = cli.required(_MODEL), cli.required(_OUT)
+  check_out_dir(out)  # Before the model loads: a --out that cannot be written fails at once.
   # Progress and results are printed: logs are quiet (warnings at most, none unless
   # CCNET_JAX_TRACEBACK is set, see cli).
   logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))
@@ -76,7 +88,14 @@ def main(inputs):
   except ValueError as error:
     raise ValueError(f"--{error}") from None
   loaded = load_model(model, dtype=_DTYPE.value)
-  predictor = Predictor(loaded, settings=settings, dataset=_DATASET.value, batch_size=_BATCH.value)
+  predictor = Predictor(
+      loaded,
+      settings=settings,
+      dataset=_DATASET.value,
+      batch_size=_BATCH.value,
+      # --mode=whole named on the command line is kept; the default may switch to sliding.
+      fallback_to_sliding=not flags.FLAGS["mode"].present,
+  )
   print(f"Model: {loaded.source} ({predictor.dataset.name} classes).", flush=True)
   counts = predict_paths(
       predictor,
@@ -94,4 +113,4 @@ def main(inputs):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, kept="the outputs written so far are complete; none is half-written.")
