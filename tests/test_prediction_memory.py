@@ -11,16 +11,27 @@ import pytest
 from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.inference import InferenceSettings
 from ccnet_jax.loading import load_model
+from ccnet_jax.models import model_dir
 from ccnet_jax.prediction import memory
 from ccnet_jax.prediction.predictor import Predictor, bucket_size
+from tests.helpers import randomised, tiny_model_config
 
 SIZE = (96, 64)
 CROP = (32, 32)
 
 
 @pytest.fixture(scope="module")
-def loaded(saved_model):
-  return load_model(saved_model.directory)
+def loaded(saved_model, tmp_path_factory):
+  """The saved model, widened so that its activations, not the image and the logits, take most
+  of a whole-image program's memory (as in a real network): 32x32 windows then need less."""
+  config = tiny_model_config(num_classes=saved_model.config.num_classes)
+  config.backbone.base_width = 32
+  config.head.update(channels=64, out_channels=64)
+  directory = tmp_path_factory.mktemp("wide") / "model"
+  model_dir.save_model(
+      directory, randomised(config, seed=3), config, preprocessing=saved_model.preprocessing
+  )
+  return load_model(directory)
 
 
 def images(count, size=SIZE, seed=0):

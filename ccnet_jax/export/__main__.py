@@ -3,6 +3,7 @@
   python -m ccnet_jax.export models/ccnet_official exported/sm --format=saved_model
   python -m ccnet_jax.export runs/cs/model exported/lite --format=tflite --height=512 --width=512
   python -m ccnet_jax.export runs/cs/model exported/hlo --format=stablehlo --batch=0
+  python -m ccnet_jax.export runs/cs/model exported/onnx --format=onnx --batch=0
 
 The arguments are the model directory (a run's model/, or a converted one) and the directory to
 write the export into (written whole or not at all; an existing OUT_DIR that holds files is
@@ -30,6 +31,7 @@ _OVERWRITE = flags.DEFINE_bool(
 _DTYPE = flags.DEFINE_string(
     "dtype", None, "Computation dtype (default: the model's; float32 for CPU runtimes)."
 )
+_OPSET = flags.DEFINE_integer("opset", None, "ONNX opset (--format=onnx; default: 21).")
 
 
 def main(arguments: list[str]) -> None:
@@ -42,6 +44,7 @@ def main(arguments: list[str]) -> None:
       height=_HEIGHT.value or None,
       width=_WIDTH.value or None,
       dtype=_DTYPE.value,
+      opset=_OPSET.value,
       overwrite=_OVERWRITE.value,
   )
   print(json.dumps(summary, indent=2))

@@ -1,4 +1,5 @@
-"""The serving function of a model directory, and its export as SavedModel, TFLite or StableHLO.
+"""The serving function of a model directory, and its export as SavedModel, TFLite, StableHLO or
+ONNX.
 
 The exported function takes images as the user has them, float32 (B, H, W, 3) RGB on the
 0-255 scale, applies the preprocessing recorded in the model directory (channel order, mean,
@@ -9,8 +10,9 @@ for w; ``serving.json`` records the exported model's own expression. Upsampling 
 image (bilinear with align_corners=True, as ``predict.py`` and the official evaluation do) and
 the argmax are the caller's.
 
-The criss-cross attention is always the einsum implementation: the Pallas kernels are
-device-specific custom calls that a serving runtime cannot run.
+The criss-cross attention is always the einsum implementation (its matmul form for ONNX,
+see ``export/onnx.py``): the Pallas kernels are device-specific custom calls that a serving
+runtime cannot run.
 
 An export is written into a temporary folder beside OUT, which replaces OUT only when the
 export is complete (``ccnet_jax.atomic``); an existing non-empty OUT is refused unless
@@ -19,6 +21,7 @@ export is complete (``ccnet_jax.atomic``); an existing non-empty OUT is refused 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -28,11 +31,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ccnet_jax import atomic
+from ccnet_jax.export import onnx as onnx_export
 from ccnet_jax.loading import load_model
 from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.models.registry import DTYPES
 
-FORMATS = ("saved_model", "tflite", "stablehlo")
+FORMATS = ("saved_model", "tflite", "stablehlo", "onnx")
 STABLEHLO_FILE = "model.jax_exported"
 STABLEHLO_TEXT_FILE = "model.mlir"
 TFLITE_FILE = "model.tflite"
@@ -45,6 +49,7 @@ FORMAT_DTYPES = {
     "saved_model": tuple(DTYPES),
     "stablehlo": tuple(DTYPES),
     "tflite": ("float32",),
+    "onnx": tuple(DTYPES),
 }
 FORMAT_LIMITS = {
     "tflite": "TFLite converts float32 models; quantise the float32 .tflite with TFLite's tools"
@@ -137,10 +142,13 @@ _EXPORTERS = {
     "saved_model": export_saved_model,
     "tflite": export_tflite,
     "stablehlo": export_stablehlo,
+    "onnx": onnx_export.export_onnx,
 }
 
 
-def check_export(format: str, *, sizes: dict[str, int | None], dtype: str | None) -> None:  # pylint: disable=redefined-builtin
+def check_export(  # pylint: disable=redefined-builtin
+    format: str, *, sizes: dict[str, int | None], dtype: str | None, opset: int | None = None
+) -> None:
   """Refuses, in one line and before any work, what ``format`` cannot hold."""
   if format not in FORMATS:
     raise ValueError(f"--format={format!r} is not one of {FORMATS}.")
@@ -158,6 +166,8 @@ def check_export(format: str, *, sizes: dict[str, int | None], dtype: str | None
         f"--format={format} cannot hold a {dtype} model: its computation dtypes are"
         f" {', '.join(FORMAT_DTYPES[format])} ({FORMAT_LIMITS[format]})."
     )
+  if opset is not None and format != "onnx":
+    raise ValueError(f"--opset is an ONNX setting; --format={format} has none.")
 
 
 def export_model(  # pylint: disable=redefined-builtin
@@ -169,20 +179,30 @@ def export_model(  # pylint: disable=redefined-builtin
     height: int | None = None,
     width: int | None = None,
     dtype: str | None = None,
+    opset: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
   """Exports ``model_directory`` to ``out_dir`` in ``format``; returns what was written.
 
   ``batch``, ``height``, ``width``: a fixed size, or None for any size at run time.
+  ``opset``: the ONNX opset (``format='onnx'`` only; default ``onnx.DEFAULT_OPSET``).
   ``out_dir`` also receives ``serving.json``: the input and output contract. It is written
   whole or not at all; an existing non-empty ``out_dir`` is replaced only with ``overwrite``.
   """
   sizes = {"batch": batch, "height": height, "width": width}
-  check_export(format, sizes=sizes, dtype=dtype)
+  check_export(format, sizes=sizes, dtype=dtype, opset=opset)
   out_dir = os.path.abspath(os.fspath(out_dir))
   atomic.check_replaceable(out_dir, overwrite=overwrite)
+  exporter = _EXPORTERS[format]
   # The einsum attention: the Pallas kernels are custom calls a serving runtime cannot run.
-  loaded = load_model(model_directory, dtype=dtype, cca_impl="einsum")
+  cca_impl = "einsum"
+  if format == "onnx":
+    onnx_export.require_packages()
+    exporter = functools.partial(exporter, opset=opset or onnx_export.DEFAULT_OPSET)
+    cca_impl = "matmul"  # Its form with MatMul operators (no Einsum, no EyeLike).
+  loaded = load_model(model_directory, dtype=dtype, cca_impl=cca_impl)
+  if format == "onnx":
+    onnx_export.check_symbolic_sizes(loaded.config, height=height, width=width)
   shape = input_shape(batch, height, width)
   serve = serving_fn(loaded.model, loaded.preprocessing)
   signature = {
@@ -206,8 +226,10 @@ def export_model(  # pylint: disable=redefined-builtin
       "preprocessing": loaded.preprocessing.to_json(),
       "model": loaded.config.name,
   }
+  if format == "onnx":
+    signature["opset"] = exporter.keywords["opset"]
   with atomic.replacing_directory(out_dir, overwrite=overwrite) as staging:
-    written = _EXPORTERS[format](serve, shape, staging)
+    written = exporter(serve, shape, staging)
     with open(os.path.join(staging, SIGNATURE_FILE), "w", encoding="utf-8") as f:
       json.dump(signature, f, indent=2)
   written = [os.path.join(out_dir, os.path.relpath(path, staging)) for path in written]

@@ -30,6 +30,7 @@ from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.evaluator import model_predict_fn
 from ccnet_jax.evaluation.inference import InferenceSettings, predict_logits
 from ccnet_jax.loading import LoadedModel
+from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.prediction import memory
 
 
@@ -140,13 +141,28 @@ class Predictor:
 
   def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
     """(H, W) uint8 train ids for each uint8 (H, W, 3) RGB image; all of one size."""
-    labels = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = [
-          self.preprocessing.normalize(image) for image in images[start : start + self.batch_size]
-      ]
-      padding = [np.zeros_like(chunk[0])] * (bucket_size(len(chunk), self.batch_size) - len(chunk))
-      batch = np.stack(chunk + padding)
-      result = self._program(batch.shape)(self._state, batch)
-      labels.extend(np.asarray(result, np.uint8)[: len(chunk)])
-    return labels
+    return label_in_batches(
+        images,
+        self.batch_size,
+        self.preprocessing,
+        lambda batch: self._program(batch.shape)(self._state, batch),
+    )
+
+
+def label_in_batches(
+    images: Sequence[np.ndarray],
+    batch_size: int,
+    preprocessing: Preprocessing,
+    labels: Callable[[np.ndarray], jax.Array],
+) -> list[np.ndarray]:
+  """``labels`` (normalised batch -> train ids) over ``images`` in batches of ``batch_size``.
+
+  A short batch is padded with zeros to :func:`bucket_size`: never more than twice the images
+  it holds, and a few compiled programs per image size.
+  """
+  result = []
+  for start in range(0, len(images), batch_size):
+    chunk = [preprocessing.normalize(image) for image in images[start : start + batch_size]]
+    padding = [np.zeros_like(chunk[0])] * (bucket_size(len(chunk), batch_size) - len(chunk))
+    result.extend(np.asarray(labels(np.stack(chunk + padding)), np.uint8)[: len(chunk)])
+  return result
