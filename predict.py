@@ -24,13 +24,13 @@ import warnings
 
 from absl import flags, logging
 
-from ccnet_jax import cli
+from ccnet_jax import atomic, cli
 from ccnet_jax.data.labels import DATASET_NAMES
 from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.inference import MODES, InferenceSettings
 from ccnet_jax.export.onnx_runtime import PROVIDERS, OnnxModel, is_onnx_export
 from ccnet_jax.loading import load_model
-from ccnet_jax.prediction.files import ON_ERROR, check_out_dir, predict_paths
+from ccnet_jax.prediction.files import ON_ERROR, predict_paths
 from ccnet_jax.prediction.predictor import Predictor
 from ccnet_jax.prediction.runtime import RuntimePredictor
 
@@ -84,7 +84,9 @@ def main(inputs):
   if not inputs:
     raise UserError("give at least one input: image files, folders, globs or videos.")
   model, out = cli.required(_MODEL), cli.required(_OUT)
-  check_out_dir(out)  # Before the model loads: a --out that cannot be written fails at once.
+  atomic.make_folder(
+      out, "--out"
+  )  # Before the model loads: a --out that cannot be written fails at once.
   # Progress and results are printed: logs are quiet (warnings at most, none unless
   # CCNET_JAX_TRACEBACK is set, see cli).
   logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))

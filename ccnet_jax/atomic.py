@@ -16,6 +16,8 @@ import secrets
 import shutil
 from typing import Iterator
 
+from ccnet_jax.errors import UserError
+
 PARTIAL = ".partial-"
 
 _in_flight: set[str] = set()  # Temporaries being written, for discard_in_flight.
@@ -70,6 +72,12 @@ def writing(path: str | os.PathLike) -> Iterator[str]:
   try:
     yield temporary
     os.replace(temporary, path)
+  except OSError as error:
+    _remove(temporary)
+    if error.filename:
+      raise
+    # A writer that writes through a file object (PIL) raises without naming the file.
+    raise OSError(error.errno, error.strerror or str(error), path) from error
   except BaseException:
     _remove(temporary)
     raise
@@ -77,10 +85,42 @@ def writing(path: str | os.PathLike) -> Iterator[str]:
     _in_flight.discard(temporary)
 
 
+def _check_parents(path: str, name: str) -> None:
+  """Refuses a ``path`` below a file, or below a folder that cannot be created."""
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f"{name}={path} is below {parent}, which is a file; name a folder elsewhere.")
+
+
+def check_folder(path: str | os.PathLike, name: str = "--out") -> None:
+  """Refuses, in one line and before any work, an output folder ``path`` (the flag ``name``)
+  that is a file or lies below one."""
+  path = os.fspath(path)
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise UserError(f"{name}={path} is a file; name a folder for the outputs.")
+  _check_parents(path, name)
+
+
+def make_folder(path: str | os.PathLike, name: str = "--out") -> None:
+  """Creates the output folder ``path`` (the flag ``name``), or names in one line why it cannot
+  be one (:func:`check_folder`), before any work."""
+  path = os.fspath(path)
+  check_folder(path, name)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as error:
+    raise UserError(
+        f"{name}={path} cannot be created ({error.strerror}); name a folder you can write to."
+    ) from None
+
+
 def check_replaceable(path: str | os.PathLike, *, overwrite: bool, flag: str = "--overwrite"):
   """Refuses, before any work, a ``path`` that :func:`replacing_directory` would not replace:
-  a file, or a non-empty folder without ``overwrite``."""
+  a file, a folder below a file, or a non-empty folder without ``overwrite``."""
   path = os.fspath(path)
+  _check_parents(path, "OUT")
   if os.path.lexists(path) and not os.path.isdir(path):
     raise FileExistsError(f"{path} exists and is not a folder; name a new folder.")
   if os.path.isdir(path) and os.listdir(path) and not overwrite:

@@ -32,13 +32,6 @@ OUTPUT_SUFFIXES = ("_pred.png", "_overlay.png", "_labelIds.png", "_pred.mp4", "_
 LABEL_ID_FRAMES = "_labelIds"
 
 
-def check_out_dir(out_dir: str) -> None:
-  """Creates ``--out``, or names why it cannot be the outputs' folder, before any work."""
-  if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-    raise FileExistsError(f"--out={out_dir} is a file; name a folder for the outputs.")
-  os.makedirs(out_dir, exist_ok=True)
-
-
 class Outputs:
   """Writes what one prediction produces: colour PNGs, overlays, optional label-id PNGs.
 
@@ -211,7 +204,7 @@ def predict_paths(
   Returns counts: {'images', 'videos', 'frames', 'skipped'}.
   """
   policy = _ErrorPolicy(on_error)
-  check_out_dir(out_dir)
+  atomic.make_folder(out_dir, "--out")
   outputs = Outputs(out_dir, predictor.dataset, label_ids=label_ids)
   inputs = gather_inputs(arguments, policy, skip=outputs.owns)
   images = [item for item in inputs if not item.is_video]
