@@ -41,13 +41,11 @@ def saved_model(tmp_path_factory):
   preprocessing)``. Read-only: tests that change a model directory write their own."""
   from ccnet_jax.data.labels import SYNTHETIC  # pylint: disable=import-outside-toplevel
   from ccnet_jax.models import model_dir  # pylint: disable=import-outside-toplevel
-  from ccnet_jax.models.preprocessing import Preprocessing  # pylint: disable=import-outside-toplevel
-  from tests.helpers import randomised, tiny_model_config  # pylint: disable=import-outside-toplevel
+  from tests.helpers import PREPROCESSING, randomised, tiny_model_config  # pylint: disable=import-outside-toplevel
 
   config = tiny_model_config(num_classes=SYNTHETIC.num_classes)
   model = randomised(config, seed=7)
-  preprocessing = Preprocessing("bgr", (104.0, 116.7, 122.7), (57.0, 58.0, 59.0))
   workdir = tmp_path_factory.mktemp("saved_model")
   directory = workdir / "model"
-  model_dir.save_model(directory, model, config, preprocessing=preprocessing)
-  return SavedModel(workdir, directory, config, model, preprocessing)
+  model_dir.save_model(directory, model, config, preprocessing=PREPROCESSING)
+  return SavedModel(workdir, directory, config, model, PREPROCESSING)

@@ -140,6 +140,13 @@ def config_from_json(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
   return config
 
 
+def _checkpointer() -> ocp.StandardCheckpointer:
+  """An orbax checkpointer of this process alone: one process writes a model directory."""
+  this = jax.process_index()
+  options = ocp.options.MultiprocessingOptions(primary_host=this, active_processes={this})
+  return ocp.StandardCheckpointer(multiprocessing_options=options)
+
+
 def save_model(
     directory: str | os.PathLike,
     model: CCNet | ResNet,
@@ -172,7 +179,7 @@ def save_model(
   }
 
   with atomic.replacing_directory(directory, overwrite=True) as staging:
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _checkpointer() as checkpointer:
       checkpointer.save(os.path.join(staging, "params"), arrays)
     with open(os.path.join(staging, INFO_FILE), "w") as f:
       json.dump(description, f, indent=2)
@@ -222,7 +229,7 @@ def read_arrays(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"{path} not found: the model directory has no params checkpoint.")
   check_links(directory)
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _checkpointer() as checkpointer:
       restored = checkpointer.restore(path, _restore_target(checkpointer.metadata(path)))
   except Exception as error:  # A damaged checkpoint fails in many libraries' types.
     # The libraries' messages can quote the bytes they read: only the error's type is named.
