@@ -84,9 +84,7 @@ def main(inputs):
   if not inputs:
     raise UserError("give at least one input: image files, folders, globs or videos.")
   model, out = cli.required(_MODEL), cli.required(_OUT)
-  atomic.make_folder(
-      out, "--out"
-  )  # Before the model loads: a --out that cannot be written fails at once.
+  atomic.check_folder(out, "--out")  # Before the model loads: a bad --out fails at once.
   # Progress and results are printed: logs are quiet (warnings at most, none unless
   # CCNET_JAX_TRACEBACK is set, see cli).
   logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from ccnet_jax import atomic
+from ccnet_jax.errors import UserError
 
 
 def listing(folder):
@@ -89,3 +90,19 @@ def test_what_a_signal_handler_discards(tmp_path):
   atomic._retired[aside] = str(out)  # pylint: disable=protected-access
   atomic.discard_in_flight()
   assert listing(tmp_path) == ["export"] and listing(out) == ["old"]
+
+
+def test_an_output_folder_below_a_file_is_named_before_any_work(tmp_path):
+  blocker = tmp_path / "notes.txt"
+  blocker.write_text("the user's", encoding="utf-8")
+  for check in (
+      lambda path: atomic.make_folder(path, "--out"),
+      lambda path: atomic.check_replaceable(path, overwrite=True),
+  ):
+    with pytest.raises(UserError, match=f"below {blocker}, which is a file; name a folder"):
+      check(blocker / "a" / "b")
+  with pytest.raises(UserError, match="is a file; name a folder for the outputs"):
+    atomic.make_folder(blocker)
+  assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+  atomic.make_folder(tmp_path / "new" / "out")
+  assert os.path.isdir(tmp_path / "new" / "out")

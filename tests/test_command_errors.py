@@ -79,9 +79,6 @@ def test_an_out_that_is_a_file_is_named_in_the_commands_own_line(
   assert result.returncode == 1, result.stderr[-3000:]
   assert str(out) in one_error_line(result.stderr)
   assert out.read_bytes() == content
-  # A folder below a file is named too, before any work.
-  result = run_python(*[str(a).replace(str(out), str(out / "below")) for a in argv])
-  assert result.returncode == 1 and f"below {out}, which is a file" in one_error_line(result.stderr)
 
 
 def test_a_write_that_fails_names_the_file_and_what_predict_kept(saved_model, image, tmp_path):
