@@ -167,6 +167,7 @@ def test_export_refuses_a_folder_holding_files_unless_overwrite(saved_model, tmp
             "--format=tflite cannot hold a bfloat16 model",
         ),
         (["--format=stablehlo", "--opset=17"], "--opset is an ONNX setting"),
+        (["--format=onnx", "--dtype=bfloat16"], "--format=onnx cannot hold a bfloat16 model"),
         (["--format=tflite"], "needs a fixed input size"),
     ],
 )

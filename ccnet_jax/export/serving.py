@@ -44,16 +44,18 @@ SIGNATURE_FILE = "serving.json"
 
 # The computation dtypes each format holds, and why where it holds fewer than JAX computes in.
 # SavedModel and StableHLO carry the XLA program as it is; TFLite's converter legalises float32
-# convolutions only (bfloat16 and float16 fail in it).
+# convolutions only (bfloat16 and float16 fail in it); a bfloat16 ONNX graph fails ONNX's type
+# check at its Conv nodes.
 FORMAT_DTYPES = {
     "saved_model": tuple(DTYPES),
     "stablehlo": tuple(DTYPES),
     "tflite": ("float32",),
-    "onnx": tuple(DTYPES),
+    "onnx": ("float32", "float16"),
 }
 FORMAT_LIMITS = {
     "tflite": "TFLite converts float32 models; quantise the float32 .tflite with TFLite's tools"
     " for a smaller one",
+    "onnx": "ONNX's Conv takes no bfloat16 at the opsets ONNX Runtime runs; export float16",
 }
 
 ServingFn = Callable[[jax.Array], jax.Array]
