@@ -1,8 +1,8 @@
 """How every command runs: absl flags, the shared start of train.py and eval.py, user errors.
 
 Every command (``train.py``, ``eval.py``, ``predict.py``, ``python -m ccnet_jax.convert``,
-``.export``, ``.visualize``, ``.explore``) is a ``main(arguments)`` handed to :func:`run`, so
-all parse their flags alike (``--help`` prints the command's docstring and its flags,
+``.data``, ``.export``, ``.visualize``, ``.explore``) is a ``main(arguments)`` handed to
+:func:`run`, so all parse their flags alike (``--help`` prints the command's docstring and its flags,
 ``--helpfull`` every flag) and end alike when they stop early, in one line that says what the
 command kept (its ``kept`` text):
 
