@@ -193,13 +193,12 @@ def test_serving_json_states_the_exported_shapes(saved_model, tmp_path):
   assert "align_corners=True" in signature["output"]["layout"]
   with open(out / serving.STABLEHLO_FILE, "rb") as f:
     exported = jax.export.deserialize(bytearray(f.read()))
-  h_expression, w_expression = signature["output"]["shape"][1:3]
+  expressions = signature["output"]["shape"][1:3]
+  functions = {"floordiv": lambda a, b: a // b}
   for height, width in ((15, 23), (16, 9)):
     logits = exported.call(jnp.zeros((1, height, width, 3), jnp.float32))
-    written = [
-        eval(expression, {"floordiv": lambda a, b: a // b}, {"h": height, "w": width})  # pylint: disable=eval-used
-        for expression in (h_expression, w_expression)
-    ]
+    sizes = {"h": height, "w": width}
+    written = [eval(e, functions, sizes) for e in expressions]  # pylint: disable=eval-used
     assert list(logits.shape) == [1, *written, SYNTHETIC.num_classes]
     assert written == [(height + 1) // 8 + 1, (width + 1) // 8 + 1]
 

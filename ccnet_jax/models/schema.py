@@ -2,9 +2,9 @@
 
 ``model.json`` (a model directory) and the ``model`` section of a run's ``config.json`` are
 read with :func:`read_json` and checked with :func:`check` against :data:`MODEL` (and
-``model.json`` as a whole against :func:`model_file`). Each field has a type and the values it may take: a set of names,
-or a range whose bounds keep an absurd value (a recurrence of a billion loops, a width of a
-million channels) from hanging or exhausting the build. A wrong type, a value out of range, a
+``model.json`` as a whole against :func:`model_file`). Each field has a type and the values it
+may take: a set of names, or a range whose bounds keep an absurd value (a recurrence of a
+billion loops, a width of a million channels) from hanging or exhausting the build. A wrong type, a value out of range, a
 non-finite number, a missing or unknown field, a list where an object belongs: each is one
 :class:`UserError` naming the file, the field and what is allowed, never the file's content.
 """
