@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ccnet_jax.models.remat import tag_conv_output
+from ccnet_jax.ops.dilated_conv import get_dilated_conv
 
 Array = jax.Array
 Dtype = jnp.dtype | None
@@ -53,12 +54,17 @@ def conv2d(
     *,
     stride: int = 1,
     dilation: int = 1,
+    dilated_conv: str = "auto",
     use_bias: bool = False,
     dtype: Dtype = None,
     rngs: nnx.Rngs,
 ) -> Conv2d:
-  """A square convolution padded like ``torch.nn.Conv2d(padding=dilation * (k // 2))``."""
+  """A square convolution padded like ``torch.nn.Conv2d(padding=dilation * (k // 2))``.
+
+  A dilated one is computed in the form ``dilated_conv`` names (``ops.dilated_conv``).
+  """
   pad = dilation * (kernel_size // 2)
+  conv_fn = get_dilated_conv(dilated_conv) if dilation > 1 else jax.lax.conv_general_dilated
   return Conv2d(
       in_features,
       out_features,
@@ -69,6 +75,7 @@ def conv2d(
       use_bias=use_bias,
       dtype=dtype,
       kernel_init=conv_kernel_init,
+      conv_general_dilated=conv_fn,
       rngs=rngs,
   )
 
