@@ -51,9 +51,11 @@ def make_train_step(
 
   def train_step(state: TrainState, batch: Batch):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (metrics, batch_stats)), grads = grad_fn(
-        state.params, state.batch_stats, batch["image"], batch["label"], state.dropout_key()
-    )
+    # Under the mesh, kernels XLA cannot partition (Pallas) run per device in a shard_map.
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      (loss, (metrics, batch_stats)), grads = grad_fn(
+          state.params, state.batch_stats, batch["image"], batch["label"], state.dropout_key()
+      )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
