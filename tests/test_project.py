@@ -23,3 +23,13 @@ def test_ci_installs_what_readme_installs():
   for requirement_file in re.findall(r"-r (\S+)", _readme_block_after("Install")):
     assert requirement_file in ci
     assert (ROOT / requirement_file).is_file()
+
+
+def test_aot_compilers_install_as_readme_says():
+  """README's install line, CI's and the one the missing-compiler error names are one command."""
+  from ccnet_jax.aot.libraries import INSTALL, REQUIREMENTS
+
+  assert INSTALL in _readme_block_after("Install").splitlines()
+  ci = (ROOT / ".ci" / "run").read_text()
+  assert INSTALL.replace("pip install ", "pip install -q ") in ci.splitlines()
+  assert (ROOT / REQUIREMENTS).is_file()
