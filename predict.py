@@ -5,24 +5,29 @@
   python predict.py --model=models/ccnet_official img.png --out=out --scales=0.75,1,1.25 --flip
 
 ``--model`` is a model directory (written by training or ``python -m ccnet_jax.convert``)
-or a training workdir (its exported ``model/``, else ``best/``). Inputs are image files,
-folders (searched recursively), glob patterns and video files. For each image it writes
-``NAME_pred.png`` (classes in the dataset's colours) and ``NAME_overlay.png``, with
-``--label_ids`` also ``NAME_labelIds.png`` (Cityscapes label ids, as the benchmark server
-expects); for each video ``NAME_pred.mp4`` and ``NAME_overlay.mp4`` (and with ``--label_ids``
+or a training workdir (its exported ``model/``, else ``best/``, else its newest checkpoint).
+Inputs are image files, folders (searched recursively), glob patterns and video files. For
+each image it writes ``NAME_pred.png`` (classes in the dataset's colours) and
+``NAME_overlay.png``, with ``--label_ids`` also ``NAME_labelIds.png`` (Cityscapes label ids,
+as the benchmark server expects); for each video ``NAME_pred.mp4`` and ``NAME_overlay.mp4`` (and with ``--label_ids``
 one label-id PNG a frame in ``NAME_labelIds/``).
 """
 
 import warnings
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from ccnet_jax.cli import run_user_command
+from ccnet_jax import cli
 from ccnet_jax.data.labels import DATASET_NAMES
-from ccnet_jax.evaluation.inference import MODES
-from ccnet_jax.evaluation.predict import ON_ERROR, Predictor, predict_paths
+from ccnet_jax.errors import UserError
+from ccnet_jax.evaluation.inference import MODES, InferenceSettings
+from ccnet_jax.loading import load_model
+from ccnet_jax.prediction.files import ON_ERROR, predict_paths
+from ccnet_jax.prediction.predictor import Predictor
 
-_MODEL = flags.DEFINE_string("model", None, "Model directory or training workdir.")
+_MODEL = flags.DEFINE_string(
+    "model", None, "Model directory, training workdir or its checkpoints/ (see ccnet_jax.loading)."
+)
 _OUT = flags.DEFINE_string("out", None, "Folder for the outputs (created if needed).")
 _DATASET = flags.DEFINE_enum(
     "dataset", None, DATASET_NAMES, "Palette and label ids (default: from the class count)."
@@ -41,7 +46,6 @@ _ON_ERROR = flags.DEFINE_enum(
     "on_error", "stop", ON_ERROR, "On a bad input: stop with its error, or skip it and go on."
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.mark_flags_as_required(["model", "out"])
 
 
 def _numbers(values, kind, flag):
@@ -51,43 +55,43 @@ def _numbers(values, kind, flag):
     raise ValueError(f"--{flag}={','.join(values)} must be a comma-separated list of numbers.")
 
 
-def _predict(inputs):
-  predictor = Predictor(
-      _MODEL.value,
-      dataset=_DATASET.value,
-      mode=_MODE.value,
-      crop_size=_numbers(_CROP.value, int, "crop_size"),
-      overlap=_OVERLAP.value,
-      scales=_numbers(_SCALES.value, float, "scales"),
-      flip=_FLIP.value,
-      batch_size=_BATCH.value,
-      dtype=_DTYPE.value,
-  )
-  print(f"Model: {predictor.model_dir} ({predictor.dataset.name} classes).", flush=True)
+def main(inputs):
+  if not inputs:
+    raise UserError("give at least one input: image files, folders, globs or videos.")
+  model, out = cli.required(_MODEL), cli.required(_OUT)
+  # Progress and results are printed: logs are quiet (warnings at most, none unless
+  # CCNET_JAX_TRACEBACK is set, see cli).
+  logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))
+  # Videos run ffmpeg as a subprocess (fork, then exec at once): JAX's warning that a forked
+  # child cannot use JAX's threads does not concern it.
+  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+  try:
+    settings = InferenceSettings(
+        mode=_MODE.value,
+        crop_size=_numbers(_CROP.value, int, "crop_size"),
+        overlap=_OVERLAP.value,
+        scales=_numbers(_SCALES.value, float, "scales"),
+        flip=_FLIP.value,
+    )
+  except ValueError as error:
+    raise ValueError(f"--{error}") from None
+  loaded = load_model(model, dtype=_DTYPE.value)
+  predictor = Predictor(loaded, settings=settings, dataset=_DATASET.value, batch_size=_BATCH.value)
+  print(f"Model: {loaded.source} ({predictor.dataset.name} classes).", flush=True)
   counts = predict_paths(
       predictor,
       inputs,
-      _OUT.value,
+      out,
       label_ids=_LABEL_IDS.value,
       on_error=_ON_ERROR.value,
       progress=_PROGRESS.value,
   )
   print(
       f"Wrote {counts['images']} images and {counts['videos']} videos ({counts['frames']}"
-      f" frames) to {_OUT.value}; {counts['skipped']} inputs skipped.",
+      f" frames) to {out}; {counts['skipped']} inputs skipped.",
       flush=True,
   )
 
 
-def main(argv):
-  if len(argv) < 2:
-    raise app.UsageError("Give at least one input: image files, folders, globs or videos.")
-  logging.set_verbosity(logging.WARNING)  # Progress and results are printed; keep logs quiet.
-  # Videos run ffmpeg as a subprocess (fork, then exec at once): JAX's warning that a forked
-  # child cannot use JAX's threads does not concern it.
-  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-  run_user_command(lambda: _predict(argv[1:]))
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -45,6 +45,7 @@ import numpy as np
 
 from ccnet_jax import ops
 from ccnet_jax.cli import run_user_command
+from ccnet_jax.ops import implementations
 from ccnet_jax.ops.pallas import BlockSizes, tuning_configurations
 from ccnet_jax.ops.pallas import criss_cross as pallas_criss_cross
 
@@ -206,7 +207,7 @@ def memory_increments(size: int, batch: int) -> dict[str, float]:
       padded = functools.partial(
           pallas_criss_cross.criss_cross_attention_pallas, pad_to_power_of_two=True
       )
-      with mock.patch.dict(ops._IMPLEMENTATIONS, {"pallas": padded}):
+      with mock.patch.dict(implementations._IMPLEMENTATIONS, {"pallas": padded}):
         result["pallas_opaque_padded"] = extra("criss_cross", 2, "pallas")
   return result
 

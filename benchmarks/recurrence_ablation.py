@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ccnet_jax.data.labels import dataset_info
-from ccnet_jax.training.trainer import train_and_evaluate
+from ccnet_jax.trainer import train_and_evaluate
 from configs import synthetic
 
 

@@ -1,23 +1,30 @@
-"""What the entry points share: flags, the default workdir, and user errors as one line.
+"""How every command runs: absl flags, the shared start of train.py and eval.py, user errors.
 
-A user error (a missing dataset, a bad config field, a corrupt file, a full disk) ends
-the command with ``error: ...`` on stderr and exit status 1, never a traceback;
+Every command (``train.py``, ``eval.py``, ``predict.py``, ``python -m ccnet_jax.convert``,
+``.export``, ``.visualize``) is a ``main(arguments)`` handed to :func:`run`, so all parse
+their flags alike (``--help`` prints the command's docstring and its flags, ``--helpfull``
+every flag) and end alike on a user error (a missing dataset, a bad flag or config field, a
+corrupt file, a full disk): ``error: ...`` on stderr and exit status 1, never a traceback;
 ``CCNET_JAX_TRACEBACK=1`` in the environment shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import runpy
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
-from absl import flags, logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ccnet_jax.errors import UserError
 from ccnet_jax.training.workdir import flatten_config
+
+# Flags that the functions below define belong to the command that calls them (its --help).
+flags.disclaim_key_flags()
 
 # Raised for what the user can fix: a missing dataset, a bad config value, a corrupt file.
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, UserError)
@@ -39,7 +46,7 @@ def _describe_os_error(error: OSError) -> str:
   reason = error.strerror or str(error)
   return (
       f"cannot write or read{where}: {reason}. Fix it (free disk space, permissions) and run"
-      " the same command again: training resumes from the last complete checkpoint."
+      " the same command again."
   )
 
 
@@ -119,6 +126,8 @@ def _first_line(error: Exception) -> str:
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's flag parsing, with a mistyped flag, config field or config file as one line."""
+  if flags.FLAGS.is_parsed():  # A second command in one process starts from the defaults.
+    flags.FLAGS.unparse_flags()
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as error:
@@ -155,3 +164,57 @@ def print_config(config: ml_collections.ConfigDict) -> None:
   """Every field of the resolved config, one per line as ``--config.a.b=value``."""
   for name, value in sorted(flatten_config(config).items()):
     print(f"--config.{name}={value}")
+
+
+def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
+  """Parses the flags of ``argv`` (default ``sys.argv``), calls ``main(positional arguments)``
+  as a user command (see the module docstring) and exits: 0 when it returns, 1 on a user error.
+  """
+  app.run(
+      lambda args: run_user_command(lambda: main(args[1:])), argv=argv, flags_parser=parse_flags
+  )
+
+
+def required(holder: flags.FlagHolder) -> Any:
+  """The value of a flag that the command cannot do without; a user error when it is unset."""
+  if holder.value is None:
+    raise UserError(f"--{holder.name} is required (--help describes it).")
+  return holder.value
+
+
+def no_arguments(arguments: Sequence[str]) -> None:
+  if arguments:
+    raise UserError(
+        f"unexpected arguments {' '.join(arguments)}; this command takes flags only (--help)."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentFlags:
+  """``--config``, ``--workdir`` and ``--print_config``: how train.py and eval.py name a run."""
+
+  config: flags.FlagHolder
+  workdir: flags.FlagHolder
+  print_config: flags.FlagHolder
+
+  def run(self, command: Callable[[ml_collections.ConfigDict, str], object]) -> None:
+    """Runs ``command(config, workdir)`` as the program, after ``--print_config``'s check."""
+
+    def main(arguments: list[str]) -> None:
+      no_arguments(arguments)
+      config = required(self.config)
+      if self.print_config.value:
+        print_config(config)
+        return
+      command(config, default_workdir(self.workdir.value))
+
+    run(main)
+
+
+def define_experiment_flags(workdir_help: str) -> ExperimentFlags:
+  """Defines the flags of :class:`ExperimentFlags` for the calling command."""
+  return ExperimentFlags(
+      config=config_flags.DEFINE_config_file("config", None, CONFIG_HELP),
+      workdir=flags.DEFINE_string("workdir", None, workdir_help),
+      print_config=flags.DEFINE_bool("print_config", False, "Print every config field and exit."),
+  )

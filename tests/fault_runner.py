@@ -18,8 +18,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from ccnet_jax import trainer
 from ccnet_jax.evaluation import run as evaluation_run
-from ccnet_jax.training import checkpointing, trainer
+from ccnet_jax.training import checkpointing
 
 AT_STEP = int(os.environ.get("FAULT_AT_STEP", "0"))
 

@@ -14,14 +14,22 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 
 from ccnet_jax import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ccnet_jax.convert import __main__ as cli  # pylint: disable=wrong-import-position
+from ccnet_jax.convert.__main__ import main as convert_main  # pylint: disable=wrong-import-position
+from ccnet_jax.loading import load_model  # pylint: disable=wrong-import-position
 from ccnet_jax.models import model_dir  # pylint: disable=wrong-import-position
+from ccnet_jax.models.preprocessing import OFFICIAL  # pylint: disable=wrong-import-position
 from ccnet_jax.models.registry import build_model  # pylint: disable=wrong-import-position
 from tests import torch_reference  # pylint: disable=wrong-import-position
+from tests.helpers import run_command  # pylint: disable=wrong-import-position
 
 torch.set_num_threads(1)
 
 TOLERANCE = 1e-4
+
+
+def _load(format, state_dict, **options):  # pylint: disable=redefined-builtin
+  """The converted module (in eval mode) of a checkpoint in ``format``."""
+  return convert.load_checkpoint(format, state_dict, **options)[0]
 
 
 def _save(tmp_path, state_dict, name="model.pth"):
@@ -74,9 +82,7 @@ def _official(depth=18, recurrence=2, seed=0, num_classes=5):
 def test_official_ccnet_matches_pytorch(tmp_path, depth, recurrence, size):
   net = _official(depth, recurrence)
   path = _save(tmp_path, {"module." + k: v for k, v in net.state_dict_like_release().items()})
-  model = convert.load_official_ccnet(
-      convert.read_state_dict(path), num_classes=5, recurrence=recurrence
-  )
+  model = _load("official", convert.read_state_dict(path), num_classes=5, recurrence=recurrence)
   assert model.backbone.stem.ceil_mode and model.aux_head.conv.conv.use_bias
   images = _images(*size)
   want_logits, want_aux = _torch_forward(net, images)
@@ -90,12 +96,12 @@ def test_official_gamma_matters_and_abn_scale_uses_abs(tmp_path):
   net = _official(recurrence=2, seed=3)
   state = {k: v.numpy() for k, v in net.state_dict_like_release().items()}
   images = _images(33, 41)
-  reference = _forward(convert.load_official_ccnet(state, num_classes=5), images)[0]
+  reference = _forward(_load("official", state, num_classes=5), images)[0]
   no_gamma = dict(state, **{"head.cca.gamma": np.zeros(1, np.float32)})
-  without = _forward(convert.load_official_ccnet(no_gamma, num_classes=5), images)[0]
+  without = _forward(_load("official", no_gamma, num_classes=5), images)[0]
   assert not np.allclose(without, reference, atol=1e-3)
   assert (state["head.conva.1.weight"] < 0).any()
-  model = convert.load_official_ccnet(state, num_classes=5)
+  model = _load("official", state, num_classes=5)
   np.testing.assert_allclose(
       np.asarray(model.head.conva.norm.scale[...]),
       np.abs(state["head.conva.1.weight"]) + 1e-5,
@@ -121,7 +127,7 @@ def test_mmseg_ccnet_matches_pytorch(tmp_path, recurrence, size):
   state_dict, meta = convert.read_checkpoint(_save(tmp_path, checkpoint))
   assert meta["config"].endswith(f"recurrence={recurrence}))")
   # R is read from the meta's config text.
-  model = convert.load_mmseg_ccnet({"state_dict": state_dict, "meta": meta})
+  model = _load("mmseg", {"state_dict": state_dict, "meta": meta})
   assert model.head.recurrence == recurrence and model.backbone.layer3[0].conv2.kernel_dilation == 1
   images = _images(*size)
   want_logits, want_aux = _torch_forward(net, images)
@@ -147,8 +153,8 @@ def test_backbones_match_pytorch(tmp_path, format, stem, dilation_style, depth, 
       seed=depth,
   )
   state = dict(net.state_dict())
-  backbone = convert.load_backbone(
-      convert.read_state_dict(_save(tmp_path, state)), format, output_stride=output_stride
+  backbone = _load(
+      format, convert.read_state_dict(_save(tmp_path, state)), output_stride=output_stride
   )
   images = _images(57, 70)
   pairs = zip(_forward(backbone, images), _torch_forward(net, images))
@@ -159,13 +165,14 @@ def test_backbones_match_pytorch(tmp_path, format, stem, dilation_style, depth, 
 def test_backbone_of_a_whole_model_fills_only_the_backbone():
   net = _official(seed=5)
   state = {k: v.numpy() for k, v in net.state_dict_like_release().items()}
-  model = convert.load_official_ccnet(state, num_classes=5)
-  target = convert.load_official_ccnet(
+  model = _load("official", state, num_classes=5)
+  target = _load(
+      "official",
       {k: v.numpy() for k, v in _official(seed=6).state_dict_like_release().items()},
       num_classes=5,
   )
   head_before = model_dir.flatten(model_dir.model_arrays(target.head))
-  convert.load_backbone_into(target, state, "official")
+  convert.load_into(target.backbone, state, "official")
   got = model_dir.flatten(model_dir.model_arrays(target))
   for name, value in model_dir.flatten(model_dir.model_arrays(model.backbone)).items():
     np.testing.assert_array_equal(got["backbone/" + name], value)
@@ -183,7 +190,7 @@ def test_unmatched_and_missing_names_are_listed():
   state["head.extra.weight"] = np.zeros((1,), np.float32)
   state["layer1.0.bn1.num_batches_tracked"] = np.zeros((), np.int64)  # Ignored.
   with pytest.raises(ValueError) as error:
-    convert.load_official_ccnet(state, num_classes=5)
+    _load("official", state, num_classes=5)
   message = str(error.value)
   assert "1 unmatched checkpoint names ['head.extra.weight']" in message
   assert "1 missing ['backbone/layer2/1/bn1/var <- layer2.1.bn1.running_var']" in message
@@ -192,23 +199,24 @@ def test_unmatched_and_missing_names_are_listed():
 def test_wrong_classes_depth_and_format_fail_clearly():
   state = {k: v.numpy() for k, v in _official().state_dict_like_release().items()}
   with pytest.raises(ValueError, match="has 5 classes; pass num_classes=5"):
-    convert.load_official_ccnet(state)
+    _load("official", state, num_classes=19)
   with pytest.raises(ValueError, match="depth=101 but the checkpoint is a ResNet-18"):
     convert.backbone_config(state, "mit", depth=101)
   with pytest.raises(ValueError, match="Unknown checkpoint format"):
-    convert.convert_arrays(state, convert.load_official_ccnet(state, num_classes=5), "caffe")
+    convert.convert_arrays(state, _load("official", state, num_classes=5), "caffe")
 
 
 def test_cli_writes_a_loadable_model(tmp_path, capsys):
   net = _official(recurrence=1, seed=7)
   path = _save(tmp_path, net.state_dict_like_release())
   out = tmp_path / "exported"
-  assert cli.main(["official", str(path), str(out), "--recurrence", "1"]) == 0
+  assert run_command(convert_main, "official", path, out, "--recurrence", "1") == 0
   printed = capsys.readouterr().out
   assert '"recurrence": 1' in printed and str(out) in printed
-  model, info = model_dir.load_model(out)
-  assert info["preprocessing"] == model_dir.OFFICIAL_PREPROCESSING
-  assert info["model"].head.recurrence == 1 and info["model"].num_classes == 5
+  loaded = load_model(out)
+  model = loaded.model
+  assert loaded.preprocessing == OFFICIAL
+  assert loaded.config.head.recurrence == 1 and loaded.num_classes == 5
   images = _images(41, 40)
   want_logits, want_aux = _torch_forward(net, images)
   logits, aux = _forward(model, images)
@@ -219,9 +227,9 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
       torch_reference.ResNet(18, stem="v1c", width=8, fc_classes=3), seed=8
   )
   bb_path = _save(tmp_path, backbone_net.state_dict(), "resnet18_v1c.pth")
-  assert cli.main(["v1c", str(bb_path), str(tmp_path / "bb")]) == 0
+  assert run_command(convert_main, "v1c", bb_path, tmp_path / "bb") == 0
   assert '"part": "backbone"' in capsys.readouterr().out
-  config = model_dir.read_info(tmp_path / "bb")["model"]
+  config = model_dir.read_info(tmp_path / "bb").config
   config.num_classes = 7
   target = model_dir.empty_module(lambda: build_model(config))
   model_dir.load_state_into(target, tmp_path / "bb", part="backbone")
@@ -229,7 +237,7 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
       np.asarray(target.backbone.stem.conv3.kernel[...]),
       backbone_net.state_dict()["stem.6.weight"].numpy().transpose(2, 3, 1, 0),
   )
-  assert cli.main(["official", str(tmp_path / "missing.pth"), str(tmp_path / "x")]) == 1
+  assert run_command(convert_main, "official", tmp_path / "missing.pth", tmp_path / "x") == 1
   assert "not found" in capsys.readouterr().err
 
 

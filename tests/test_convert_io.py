@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ccnet_jax.convert import io  # pylint: disable=wrong-import-position
+from tests.helpers import run_command
 from tests.processes import run_python
 
 
@@ -161,7 +162,7 @@ def test_both_formats_are_read_and_converted_where_torch_cannot_be_imported(tmp_
   """Read: equal to the tensors saved. Converted (a legacy-format official CCNet): equal, array
   for array, to the model converted with torch.load from the zip format, whose outputs
   test_convert.py compares to the PyTorch network's."""
-  from ccnet_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  from ccnet_jax.convert.__main__ import main  # pylint: disable=g-import-not-at-top
   from ccnet_jax.models import model_dir  # pylint: disable=g-import-not-at-top
 
   tensors = _tensors()
@@ -173,11 +174,13 @@ def test_both_formats_are_read_and_converted_where_torch_cannot_be_imported(tmp_
     _save(release, tmp_path / f"release_{file_format}.pth", file_format)
   result = _run_without_torch(
       "import pickle\n"
-      "from ccnet_jax.convert import io, __main__ as cli\n"
+      "from ccnet_jax import cli\n"
+      "from ccnet_jax.convert import io\n"
+      "from ccnet_jax.convert.__main__ import main\n"
       "files = {f: io.read_checkpoint(f'{sys.argv[1]}/{f}.pth') for f in ('zip', 'legacy')}\n"
       "pickle.dump(files, open(f'{sys.argv[1]}/read.pkl', 'wb'))\n"
-      "sys.exit(cli.main(['official', f'{sys.argv[1]}/release_legacy.pth',\n"
-      "                   f'{sys.argv[1]}/from_legacy', '--recurrence', '1']))\n",
+      "cli.run(main, ['convert', 'official', f'{sys.argv[1]}/release_legacy.pth',\n"
+      "               f'{sys.argv[1]}/from_legacy', '--recurrence', '1'])\n",
       tmp_path,
   )
   assert result.returncode == 0, result.stderr
@@ -189,14 +192,8 @@ def test_both_formats_are_read_and_converted_where_torch_cannot_be_imported(tmp_
     _assert_equal_to_torch(state, tensors)
 
   assert (
-      cli.main(
-          [
-              "official",
-              str(tmp_path / "release_zip.pth"),
-              str(tmp_path / "from_zip"),
-              "--recurrence",
-              "1",
-          ]
+      run_command(
+          main, "official", tmp_path / "release_zip.pth", tmp_path / "from_zip", "--recurrence", "1"
       )
       == 0
   )
@@ -232,13 +229,13 @@ def test_damaged_files_are_one_value_error_naming_them(tmp_path, file_format):
 # import of torch and JAX instead of one per file), each with its stderr in FILE.err and its
 # exit status in FILE.status; an uncaught exception would end the child with a traceback.
 _CONVERT_EACH = """
-import contextlib, os, runpy, sys
+import contextlib, sys
+from ccnet_jax import cli
+from ccnet_jax.convert.__main__ import main
 for path in sys.argv[1:]:
   with open(path + '.err', 'w') as err, contextlib.redirect_stderr(err):
-    sys.argv = ['ccnet_jax.convert', 'official', path, path + '.out']
     try:
-      runpy.run_module('ccnet_jax.convert', run_name='__main__')
-      status = 0
+      cli.run(main, ['ccnet_jax.convert', 'official', path, path + '.out'])
     except SystemExit as e:
       status = e.code
   with open(path + '.status', 'w') as f:

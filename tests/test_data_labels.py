@@ -46,3 +46,21 @@ def test_synthetic_info_and_unknown_name():
   assert info.num_classes == 6 and info.palette.shape == (6, 3)
   with pytest.raises(ValueError, match="data.name"):
     labels.dataset_info("kitti")
+
+
+def test_dataset_from_the_class_count_or_named():
+  assert labels.dataset_for_model(19).name == "cityscapes"
+  assert labels.dataset_for_model(150).name == "ade20k"
+  assert labels.dataset_for_model(6).name == "synthetic"
+  with pytest.raises(ValueError, match="pass --dataset"):
+    labels.dataset_for_model(7)
+  with pytest.raises(ValueError, match="--dataset=ade20k has 150 classes"):
+    labels.dataset_for_model(19, "ade20k")
+
+
+def test_cityscapes_label_ids_follow_the_official_table():
+  table = labels.train_id_to_label_id("cityscapes")
+  for train_id in range(19):
+    assert table[train_id] == cs_labels.trainId2label[train_id].id
+  ade = labels.train_id_to_label_id("ade20k")
+  np.testing.assert_array_equal(ade[:150], np.arange(1, 151))

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from ccnet_jax.data import transforms
 from ccnet_jax.data.config import data_config
 from ccnet_jax.data.pipeline import make_eval_loader, make_train_loader
 from ccnet_jax.data.sources import build_source
+from ccnet_jax.models.preprocessing import Preprocessing
 
 
 def _config(num_train=16, num_eval=10, size=16):
@@ -45,12 +45,8 @@ def test_process_shards_are_disjoint_and_cover_the_data():
   config = _config()
   config.flip = False  # Without flips a training image equals its normalised source image.
   source = build_source(config, config.train_split)
-  references = np.stack(
-      [
-          transforms.normalize(source[i]["image"], config.mean, config.std)
-          for i in range(len(source))
-      ]
-  )
+  normalize = Preprocessing.from_config(config).normalize
+  references = np.stack([normalize(source[i]["image"]) for i in range(len(source))])
   seen = []
   for process in range(2):
     loader = make_train_loader(
@@ -121,7 +117,7 @@ def test_eval_loader_shards_pad_and_cover(batch_size):
           example = source[names.index(name)]
           np.testing.assert_array_equal(batch["label"][j], example["label"])
           np.testing.assert_allclose(
-              batch["image"][j], transforms.normalize(example["image"], config.mean, config.std)
+              batch["image"][j], Preprocessing.from_config(config).normalize(example["image"])
           )
   assert len({len(batches) for batches in per_process}) == 1
   valid_names = [

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ccnet_jax.data.config import data_config
 from ccnet_jax.data.sources import build_source
-from ccnet_jax.data.tfds_sources import ADE20KTFDS, CityscapesTFDS
+from ccnet_jax.data.tfds_sources import TFDSSource
 
 
 def _encode(array, fmt):
@@ -49,7 +49,9 @@ def cityscapes(tmp_path_factory):
 def test_cityscapes_tfds_pixel_for_pixel(cityscapes):
   root, expected = cityscapes
   for split in ("train", "val"):
-    source = CityscapesTFDS(split, data_dir=str(root / "data"), manual_dir=str(root / "manual"))
+    source = TFDSSource(
+        "cityscapes", split, data_dir=str(root / "data"), manual_dir=str(root / "manual")
+    )
     assert len(source) == 1
     example = source[0]
     image, train_ids = expected[example["name"]]
@@ -64,12 +66,12 @@ def test_cityscapes_tfds_through_config(cityscapes):
   config = data_config("cityscapes")
   config.source, config.tfds_data_dir = "tfds", str(root / "data")
   source = build_source(config, config.eval_split)
-  assert isinstance(source, CityscapesTFDS) and source[0]["name"] in expected
+  assert isinstance(source, TFDSSource) and source[0]["name"] in expected
 
 
 def test_cityscapes_tfds_missing_zips(tmp_path):
   with pytest.raises(FileNotFoundError) as error:
-    CityscapesTFDS("train", data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path))
+    TFDSSource("cityscapes", "train", data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path))
   message = str(error.value)
   assert "leftImg8bit_trainvaltest.zip" in message and "gtFine_trainvaltest.zip" in message
   assert "cityscapes-dataset.com" in message and "configs/synthetic.py" in message
@@ -90,7 +92,9 @@ def test_ade20k_tfds_pixel_for_pixel(tmp_path):
             f"ADEChallengeData2016/annotations/{split}/{name}.png", _encode(ids, "PNG")
         )
         expected[name] = (image, np.where(ids == 0, 255, ids.astype(int) - 1))
-  source = ADE20KTFDS("validation", data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path))
+  source = TFDSSource(
+      "ade20k", "validation", data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path)
+  )
   assert len(source) == 2
   for i in range(2):
     example = source[i]
@@ -100,4 +104,12 @@ def test_ade20k_tfds_pixel_for_pixel(tmp_path):
     assert example["label"][0, 0] == 255 and example["label"][0, 1] == 149
     assert np.abs(example["image"].astype(int) - image).mean() < 3
   with pytest.raises(FileNotFoundError, match="ADEChallengeData2016.zip"):
-    ADE20KTFDS("training", data_dir=str(tmp_path / "other"), manual_dir=str(tmp_path / "none"))
+    TFDSSource(
+        "ade20k", "training", data_dir=str(tmp_path / "other"), manual_dir=str(tmp_path / "none")
+    )
+
+
+def test_a_split_without_labels_is_refused_before_anything_is_prepared(tmp_path):
+  with pytest.raises(ValueError, match="'test' is not a labelled ADE20K TFDS split"):
+    TFDSSource("ade20k", "test", data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path))
+  assert not (tmp_path / "data").exists()

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ccnet_jax.data import transforms
 from ccnet_jax.data.config import data_config
+from ccnet_jax.models.preprocessing import Preprocessing
 
 
 def _torch_resize(array: np.ndarray, size, mode: str) -> np.ndarray:
@@ -109,19 +110,6 @@ def test_random_flip_flips_image_and_label_together():
   assert 8 < flipped < 32
 
 
-def test_normalize_rgb_and_bgr():
-  image = np.random.default_rng(0).integers(0, 256, (3, 4, 3)).astype(np.uint8)
-  mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 5.0)
-  out = transforms.normalize(image, mean, std, "rgb")
-  assert out.dtype == np.float32
-  np.testing.assert_allclose(out[..., 1], (image[..., 1] - 20.0) / 4.0, rtol=1e-6)
-  out = transforms.normalize(image, mean, std, "bgr")
-  np.testing.assert_allclose(out[..., 0], (image[..., 2] - 10.0) / 2.0, rtol=1e-6)
-  np.testing.assert_allclose(out[..., 2], (image[..., 0] - 30.0) / 5.0, rtol=1e-6)
-  with pytest.raises(ValueError, match="channel_order"):
-    transforms.normalize(image, mean, std, "hsv")
-
-
 def test_train_transform_pads_small_images_with_ignore():
   config = data_config("cityscapes")
   config.crop_size = (40, 48)
@@ -143,7 +131,9 @@ def test_eval_transform_keeps_full_size():
   config = data_config("ade20k")
   image = np.random.default_rng(0).integers(0, 256, (17, 23, 3)).astype(np.uint8)
   label = np.ones((17, 23), np.uint8)
-  out = transforms.eval_transform({"image": image, "label": label, "name": "a"}, config)
+  out = transforms.eval_transform(
+      {"image": image, "label": label, "name": "a"}, Preprocessing.from_config(config)
+  )
   assert out["image"].shape == (17, 23, 3) and out["label"].dtype == np.int32
   expected = (image - np.float32(config.mean)) / np.float32(config.std)
   np.testing.assert_allclose(out["image"], expected, rtol=1e-5)
@@ -171,7 +161,7 @@ def test_train_transform_equals_the_composition_of_the_steps(name, crop):
           scale_max=config.scale_max,
           scale_step=config.scale_step,
       )
-    want_image = transforms.normalize(want_image, config.mean, config.std, config.channel_order)
+    want_image = Preprocessing.from_config(config).normalize(want_image)
     want_image, want_label = transforms.pad_to(want_image, want_label, crop)
     want_image, want_label = transforms.random_crop(want_image, want_label, crop, rng)
     want_image, want_label = transforms.random_flip(want_image, want_label, rng)

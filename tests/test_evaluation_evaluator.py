@@ -1,4 +1,5 @@
-"""PNG helpers against the palette, and the Evaluator end to end on an 8-device mesh."""
+"""The Evaluator end to end on an 8-device mesh, against numpy metrics of the official
+sliding-window predictions."""
 
 import os
 
@@ -10,58 +11,15 @@ from PIL import Image
 
 from ccnet_jax.evaluation.config import base_eval_config
 from ccnet_jax.evaluation.evaluator import Evaluator, model_predict_fn
-from ccnet_jax.evaluation.visualize import colorize, denormalize, overlay, save_predictions
+from ccnet_jax.evaluation.png import colorize
+from ccnet_jax.models.preprocessing import Preprocessing
 from tests.test_evaluation_inference import official_sliding, tiny_ccnet
 
 PALETTE = np.array(
     [[128, 64, 128], [244, 35, 232], [70, 70, 70], [220, 20, 60], [0, 0, 142]], np.uint8
 )
 NUM_CLASSES = len(PALETTE)
-NORMALIZATION = {"mean": (104.0, 117.0, 123.0), "std": (58.0, 57.0, 57.5), "channel_order": "bgr"}
-
-
-def test_colorize_uses_the_palette_and_blacks_out_ignore():
-  labels = np.random.default_rng(0).integers(0, NUM_CLASSES, size=(6, 7))
-  labels[0, :3] = 255
-  color = colorize(labels, PALETTE)
-  assert color.dtype == np.uint8 and color.shape == (6, 7, 3)
-  for y in range(6):
-    for x in range(7):
-      expected = [0, 0, 0] if labels[y, x] == 255 else PALETTE[labels[y, x]]
-      np.testing.assert_array_equal(color[y, x], expected)
-
-
-def test_overlay_and_denormalize():
-  rgb = np.random.default_rng(1).integers(0, 256, size=(4, 5, 3)).astype(np.uint8)
-  bgr = rgb[..., ::-1].astype(np.float32)
-  normalized = (bgr - np.array(NORMALIZATION["mean"])) / np.array(NORMALIZATION["std"])
-  np.testing.assert_array_equal(denormalize(normalized, **NORMALIZATION), rgb)
-  white = np.full_like(rgb, 255)
-  np.testing.assert_array_equal(
-      overlay(rgb, white, alpha=0.25), np.round(0.75 * rgb + 0.25 * 255).astype(np.uint8)
-  )
-  with pytest.raises(ValueError, match="channel_order"):
-    denormalize(normalized, (0, 0, 0), (1, 1, 1), "hsv")
-
-
-def test_save_predictions_writes_readable_pngs(tmp_path):
-  rng = np.random.default_rng(2)
-  image = rng.integers(0, 256, size=(6, 8, 3)).astype(np.uint8)
-  prediction = rng.integers(0, NUM_CLASSES, size=(6, 8))
-  label = rng.integers(0, NUM_CLASSES, size=(6, 8))
-  paths = save_predictions(str(tmp_path), "city/frame_1", image, prediction, label, PALETTE)
-  assert sorted(os.path.basename(p) for p in paths) == [
-      "city_frame_1_gt.png",
-      "city_frame_1_overlay.png",
-      "city_frame_1_pred.png",
-  ]
-  np.testing.assert_array_equal(
-      np.asarray(Image.open(tmp_path / "city_frame_1_pred.png")), colorize(prediction, PALETTE)
-  )
-  np.testing.assert_array_equal(
-      np.asarray(Image.open(tmp_path / "city_frame_1_gt.png")), colorize(label, PALETTE)
-  )
-  assert np.asarray(Image.open(tmp_path / "city_frame_1_overlay.png")).shape == (6, 8, 3)
+PREPROCESSING = Preprocessing("bgr", (104.0, 117.0, 123.0), (58.0, 57.0, 57.5))
 
 
 def _batches(sizes, shape=(33, 41), seed=3):
@@ -102,7 +60,7 @@ def test_evaluate_ccnet_matches_numpy_on_its_predictions(tmp_path, axis_type):
   mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
   evaluator = Evaluator(predict_fn, eval_config=eval_config, num_classes=NUM_CLASSES, mesh=mesh)
   metrics = evaluator.evaluate(
-      state, batches, out_dir=str(tmp_path), palette=PALETTE, normalization=NORMALIZATION
+      state, batches, out_dir=str(tmp_path), palette=PALETTE, preprocessing=PREPROCESSING
   )
 
   # The expected predictions come from a transcription of the official sliding-window

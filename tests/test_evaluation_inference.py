@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ccnet_jax.evaluation.inference import predict_logits, sliding_window_offsets
+from ccnet_jax.evaluation.config import base_eval_config
+from ccnet_jax.evaluation.inference import InferenceSettings, predict_logits, sliding_window_offsets
 from ccnet_jax.models.registry import build_model, model_config
 
 torch = pytest.importorskip("torch")
@@ -104,8 +105,11 @@ def _images(shape, seed=1):
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def _predict(images, **kwargs):
-  fn = jax.jit(lambda x: predict_logits(pooled_linear, x, num_classes=NUM_CLASSES, **kwargs))
+def _predict(images, **settings):
+  settings = InferenceSettings(**settings)
+  fn = jax.jit(
+      lambda x: predict_logits(pooled_linear, x, num_classes=NUM_CLASSES, settings=settings)
+  )
   return fn(images)
 
 
@@ -140,14 +144,27 @@ def test_multi_scale_flip_matches_official(mode):
   np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_bad_settings_name_the_field():
-  images = _images((1, 16, 16, 3))
-  with pytest.raises(ValueError, match="eval.mode"):
-    _predict(images, mode="tiles")
-  with pytest.raises(ValueError, match="eval.scales"):
-    _predict(images, scales=())
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("mode", "tiles", "mode='tiles' must be one of"),
+        ("scales", (), r"scales=\(\) must be one or more positive"),
+        ("crop_size", (0, 5), r"crop_size=\(0, 5\) must be two positive"),
+        ("overlap", 1.0, "overlap=1.0 must be in"),
+    ],
+)
+def test_bad_settings_name_the_field(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    InferenceSettings(**{field: value})
+  eval_config = base_eval_config()
+  eval_config[field] = value
+  with pytest.raises(ValueError, match=f"^eval.{message}"):
+    InferenceSettings.from_config(eval_config)
+
+
+def test_logits_of_the_wrong_class_count_are_refused():
   with pytest.raises(ValueError, match="num_classes"):
-    jax.jit(lambda x: predict_logits(pooled_linear, x, num_classes=7))(images)
+    jax.jit(lambda x: predict_logits(pooled_linear, x, num_classes=7))(_images((1, 16, 16, 3)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -194,7 +211,12 @@ def test_ccnet_sliding_on_one_crop_equals_whole_image():
   def whole_and_sliding(state, images):
     apply_fn = lambda x: nnx.merge(graphdef, state)(x)[0]
     return [
-        predict_logits(apply_fn, images, num_classes=5, mode=mode, crop_size=(33, 41))
+        predict_logits(
+            apply_fn,
+            images,
+            num_classes=5,
+            settings=InferenceSettings(mode=mode, crop_size=(33, 41)),
+        )
         for mode in ("whole", "sliding")
     ]
 

@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 
 from ccnet_jax.errors import UserError
+from ccnet_jax.trainer import check_config, initial_model
 from ccnet_jax.training import workdir as workdir_lib
 from ccnet_jax.training.checkpointing import SKIPPED_DIR, RunCheckpoints
 from ccnet_jax.training.optim import make_optimizer
 from ccnet_jax.training.preemption import StopRequest
 from ccnet_jax.training.state import create_train_state
-from ccnet_jax.training.trainer import check_config, initial_model
 from configs import synthetic
 from tests.processes import run_python
 
@@ -472,7 +472,7 @@ def test_a_second_signal_is_not_deferred():
 def test_evaluation_and_the_cli_do_not_import_the_training_loop(environment):
   code = (
       "import sys, ccnet_jax.cli, ccnet_jax.evaluation.run;"
-      " print('ccnet_jax.training.trainer' in sys.modules)"
+      " print('ccnet_jax.trainer' in sys.modules)"
   )
   result = run_python("-c", code, env=environment)
   assert result.returncode == 0, result.stderr

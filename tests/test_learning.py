@@ -42,11 +42,11 @@ import numpy as np
 from ccnet_jax.data.pipeline import make_train_loader
 from ccnet_jax.data.synthetic import SHAPE_RED
 from ccnet_jax.evaluation.run import ModelEvaluation
+from ccnet_jax.trainer import initial_model
 from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
 from ccnet_jax.training.optim import make_optimizer
 from ccnet_jax.training.state import create_train_state, merge_model
 from ccnet_jax.training.step import make_train_step
-from ccnet_jax.training.trainer import initial_model
 from configs import synthetic
 
 SHAPE_CLASSES = slice(SHAPE_RED, SHAPE_RED + 3)

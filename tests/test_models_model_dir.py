@@ -1,4 +1,4 @@
-"""save_model / load_model / load_state_into: the round trip keeps every array and the outputs."""
+"""save_model / read_info / load_state_into: the round trip keeps every array and the outputs."""
 
 import json
 import os
@@ -9,33 +9,9 @@ import pytest
 from flax import nnx
 
 from ccnet_jax.models import model_dir
-from ccnet_jax.models.registry import build_model, model_config
-
-
-def tiny_config(depth=18, num_classes=5):
-  config = model_config("ccnet_r101_official", num_classes=num_classes)
-  config.backbone.update(depth=depth, base_width=8)
-  config.head.update(channels=16, out_channels=16)
-  config.aux.channels = 16
-  return config
-
-
-def randomised(config, seed):
-  """A model whose every array (gamma and BatchNorm statistics included) is random."""
-  model = model_dir.empty_module(lambda: build_model(config, seed=seed))
-  state = nnx.state(model, (nnx.Param, nnx.BatchStat))
-  leaves, treedef = jax.tree.flatten(state.to_pure_dict())
-  rng = np.random.default_rng(seed)
-  leaves = [
-      (rng.uniform(0.5, 1.5, x.shape) if x.ndim == 1 else rng.normal(0, 0.2, x.shape)).astype(
-          np.float32
-      )
-      for x in leaves
-  ]
-  state.replace_by_pure_dict(jax.tree.unflatten(treedef, leaves))
-  nnx.update(model, state)
-  model.eval()
-  return model
+from ccnet_jax.models.preprocessing import IMAGENET, Preprocessing
+from ccnet_jax.models.registry import construct_model
+from tests.helpers import flat_arrays, randomised, tiny_model_config
 
 
 @nnx.jit
@@ -43,16 +19,12 @@ def forward(model, images):
   return model(images)
 
 
-def flat_arrays(module):
-  return {k: np.asarray(v) for k, v in model_dir.flatten(model_dir.model_arrays(module)).items()}
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-  config = tiny_config()
+  config = tiny_model_config()
   model = randomised(config, seed=1)
   directory = tmp_path_factory.mktemp("export") / "model"
-  preprocessing = {"channel_order": "BGR", "mean": (104.0, 116.7, 122.7), "std": (1, 1, 1)}
+  preprocessing = Preprocessing("bgr", (104.0, 116.7, 122.7), (1, 1, 1))
   model_dir.save_model(directory, model, config, preprocessing=preprocessing)
   return config, model, directory
 
@@ -60,17 +32,16 @@ def saved(tmp_path_factory):
 def test_round_trip_restores_every_array_config_and_preprocessing(saved):
   config, model, directory = saved
   assert sorted(os.listdir(directory)) == ["model.json", "params"]
-  loaded, info = model_dir.load_model(directory)
+  info = model_dir.read_info(directory)
+  loaded = model_dir.empty_module(lambda: construct_model(info.config))
+  model_dir.load_state_into(loaded, directory)
+  loaded.eval()
   original, restored = flat_arrays(model), flat_arrays(loaded)
   assert sorted(original) == sorted(restored)
   for name in original:
     np.testing.assert_array_equal(restored[name], original[name], err_msg=name)
-  assert info["model"].to_dict() == config.to_dict()
-  assert info["preprocessing"] == {
-      "channel_order": "bgr",
-      "mean": (104.0, 116.7, 122.7),
-      "std": (1.0, 1.0, 1.0),
-  }
+  assert info.config.to_dict() == config.to_dict() and info.part == "all"
+  assert info.preprocessing == Preprocessing("bgr", (104.0, 116.7, 122.7), (1.0, 1.0, 1.0))
   x = np.random.default_rng(0).normal(size=(1, 33, 41, 3)).astype(np.float32)
   assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(nnx.state(loaded)))
   for want, got in zip(forward(model, x), forward(loaded, x)):
@@ -89,27 +60,24 @@ def test_load_state_into_backbone_keeps_the_heads(saved):
 
 
 def test_backbone_only_export_initialises_a_ccnet_but_is_not_a_model(tmp_path):
-  config = tiny_config(num_classes=3)
+  config = tiny_model_config(num_classes=3)
   backbone = randomised(config, seed=3).backbone
   model_dir.save_model(tmp_path / "bb", backbone, config, preprocessing=None)
-  target = model_dir.empty_module(lambda: build_model(tiny_config(num_classes=7)))
+  target = model_dir.empty_module(lambda: construct_model(tiny_model_config(num_classes=7)))
   info = model_dir.load_state_into(target, tmp_path / "bb", part="backbone")
-  assert info["part"] == "backbone"
-  assert info["preprocessing"] == model_dir.IMAGENET_PREPROCESSING
+  assert info.part == "backbone" and info.preprocessing == IMAGENET
   for name, value in flat_arrays(backbone).items():
     np.testing.assert_array_equal(flat_arrays(target.backbone)[name], value, err_msg=name)
-  with pytest.raises(ValueError, match="only a backbone"):
-    model_dir.load_model(tmp_path / "bb")
   with pytest.raises(ValueError, match="only a backbone"):
     model_dir.load_state_into(target, tmp_path / "bb", part="all")
 
 
 def test_shape_and_name_mismatches_are_listed(saved):
   _, _, directory = saved
-  other_classes = model_dir.empty_module(lambda: build_model(tiny_config(num_classes=6)))
+  other_classes = model_dir.empty_module(lambda: construct_model(tiny_model_config(num_classes=6)))
   with pytest.raises(ValueError, match=r"head/classifier/kernel: \(1, 1, 16, 5\) vs model"):
     model_dir.load_state_into(other_classes, directory)
-  deeper = model_dir.empty_module(lambda: build_model(tiny_config(depth=34)))
+  deeper = model_dir.empty_module(lambda: construct_model(tiny_model_config(depth=34)))
   with pytest.raises(ValueError, match=r"missing \['backbone/layer1/2/bn1/bias'"):
     model_dir.load_state_into(deeper, directory, part="backbone")
 
@@ -118,20 +86,13 @@ def test_overwrite_replaces_and_bad_inputs_fail_clearly(saved, tmp_path):
   config, model, _ = saved
   directory = tmp_path / "m"
   model_dir.save_model(directory, model, config, preprocessing=None)
-  config2 = tiny_config(num_classes=4)
+  config2 = tiny_model_config(num_classes=4)
   model_dir.save_model(directory, randomised(config2, seed=4), config2, preprocessing=None)
   assert sorted(os.listdir(tmp_path)) == ["m"]
   with open(directory / "model.json") as f:
     assert json.load(f)["model"]["num_classes"] == 4
-  assert model_dir.load_model(directory)[1]["model"].num_classes == 4
+  assert model_dir.read_info(directory).config.num_classes == 4
   with pytest.raises(FileNotFoundError, match="model.json"):
-    model_dir.load_model(tmp_path / "nothing")
-  with pytest.raises(ValueError, match="channel_order"):
-    model_dir.save_model(
-        tmp_path / "x",
-        model,
-        config,
-        preprocessing={"channel_order": "RGBA", "mean": (0, 0, 0), "std": (1, 1, 1)},
-    )
+    model_dir.read_info(tmp_path / "nothing")
   with pytest.raises(ValueError, match="part="):
     model_dir.load_state_into(model, directory, part="heads")

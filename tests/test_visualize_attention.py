@@ -10,20 +10,18 @@ from PIL import Image
 
 from ccnet_jax.data.labels import SYNTHETIC
 from ccnet_jax.models import model_dir
-from ccnet_jax.visualize import __main__ as cli
+from ccnet_jax.models.preprocessing import IMAGENET
+from ccnet_jax.visualize.__main__ import main as visualize_main
 from ccnet_jax.visualize.attention import model_attention, pixel_attention, save_attention
 from tests import reference
-from tests.test_models_model_dir import randomised, tiny_config
+from tests.helpers import randomised, run_command, tiny_model_config
 
 IMAGE_SIZE = (37, 53)  # Grid 5 x 7 at output stride 8.
 PIXELS = [(10, 20), (36, 0), (0, 52)]
 
 
 def normalized(image):
-  preprocessing = model_dir.IMAGENET_PREPROCESSING
-  return (image.astype(np.float32) - np.array(preprocessing["mean"], np.float32)) / np.array(
-      preprocessing["std"], np.float32
-  )
+  return (image.astype(np.float32) - np.float32(IMAGENET.mean)) / np.float32(IMAGENET.std)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +32,7 @@ def saved(tmp_path_factory):
   the softmax; the query and key projections are redrawn at the scale of the head's input
   (std 1 / (rms * sqrt(C)), no bias), so the energies are O(1) and no weight underflows.
   """
-  config = tiny_config(num_classes=SYNTHETIC.num_classes)
+  config = tiny_model_config(num_classes=SYNTHETIC.num_classes)
   assert config.head.recurrence == 2
   model = randomised(config, seed=5)
   image = np.random.default_rng(0).integers(0, 256, IMAGE_SIZE + (3,), dtype=np.uint8)
@@ -55,7 +53,7 @@ def saved(tmp_path_factory):
 @pytest.fixture(scope="module")
 def computed(saved):
   _, model, image, _ = saved
-  return model_attention(model, image, model_dir.IMAGENET_PREPROCESSING, SYNTHETIC.num_classes)
+  return model_attention(model, image, IMAGENET, SYNTHETIC.num_classes)
 
 
 def reference_loops(model, stage4):
@@ -128,21 +126,15 @@ def test_figure_shows_image_maps_and_prediction(saved, computed, tmp_path):
 def test_cli_names_a_pixel_outside_the_image(saved, tmp_path, capsys):
   directory, _, image, _ = saved
   Image.fromarray(image).save(tmp_path / "scene.png")
-  with pytest.raises(SystemExit) as exit_info:
-    cli.main(
-        [
-            "attention",
-            "--model",
-            directory,
-            "--image",
-            str(tmp_path / "scene.png"),
-            "--pixel",
-            "37,0",
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
-  assert exit_info.value.code == 1
+  status = run_command(
+      visualize_main,
+      "attention",
+      f"--model={directory}",
+      f"--image={tmp_path / 'scene.png'}",
+      "--pixel=37,0",
+      f"--out={tmp_path / 'out'}",
+  )
+  assert status == 1
   assert capsys.readouterr().err.strip() == (
       "error: --pixel=37,0 lies outside the 37x53 image (rows 0..36, columns 0..52)."
   )

@@ -349,6 +349,65 @@ class MMSegCCNet(nn.Module):
     return self.decode_head(stage4), self.auxiliary_head(stage3)
 
 
+def _kaiming_relu_(conv: nn.Conv2d) -> None:
+  """mmengine ``kaiming_init`` with its defaults: normal, mode fan_out, relu, bias 0."""
+  nn.init.kaiming_normal_(conv.weight, a=0, mode="fan_out", nonlinearity="relu")
+  if conv.bias is not None:
+    nn.init.constant_(conv.bias, 0)
+
+
+def _constant_(norm: nn.BatchNorm2d, value: float) -> None:
+  """mmengine ``constant_init(norm, value, bias=0)``."""
+  nn.init.constant_(norm.weight, value)
+  nn.init.constant_(norm.bias, 0)
+
+
+def mmseg_backbone_init_(backbone: nn.Module) -> nn.Module:
+  """mmseg/models/backbones/resnet.py ``ResNet`` trained from scratch (no ``pretrained``).
+
+  Its init_cfg: Kaiming on every Conv2d, Constant 1 on the norms; then, applied after
+  (each block's own init_cfg, as ``zero_init_residual=True`` by default), the last norm of
+  each residual block (norm3, or norm2 of a BasicBlock) Constant 0.
+  """
+  with torch.no_grad():
+    for m in backbone.modules():
+      if isinstance(m, nn.Conv2d):
+        _kaiming_relu_(m)
+      elif isinstance(m, nn.BatchNorm2d):
+        _constant_(m, 1)
+    for m in backbone.modules():
+      if isinstance(m, Bottleneck):
+        _constant_(m.bn3, 0)
+      elif isinstance(m, BasicBlock):
+        _constant_(m.bn2, 0)
+  return backbone
+
+
+def mmseg_head_init_(head: nn.Module) -> nn.Module:
+  """An mmseg decode head (CCHead, FCNHead): mmcv ``ConvModule.init_weights`` for each
+  conv module (Kaiming for ReLU, norm 1 / 0) and ``BaseDecodeHead``'s init_cfg for
+  ``conv_seg``: normal(0, 0.01), bias 0. The criss-cross attention's convs
+  (mmcv/ops/cc_attention.py, plain ``nn.Conv2d``) keep torch's defaults, its gamma 0.
+  """
+  with torch.no_grad():
+    for m in head.modules():
+      if isinstance(m, ConvModule):
+        _kaiming_relu_(m.conv)
+        _constant_(m.bn, 1)
+    nn.init.normal_(head.conv_seg.weight, 0, 0.01)
+    nn.init.constant_(head.conv_seg.bias, 0)
+  return head
+
+
+def mmseg_init_(net: MMSegCCNet) -> MMSegCCNet:
+  """mmsegmentation's initialisation of a whole CCNet trained from scratch, written from
+  its source (mmseg ResNet, mmcv ConvModule, mmseg BaseDecodeHead)."""
+  mmseg_backbone_init_(net.backbone)
+  mmseg_head_init_(net.decode_head)
+  mmseg_head_init_(net.auxiliary_head)
+  return net
+
+
 def randomise_(module: nn.Module, seed: int) -> nn.Module:
   """Random weights everywhere: He-scaled convolutions, random norm affine and statistics,
   InPlaceABN weights of both signs, and attention gamma far from its zero init.

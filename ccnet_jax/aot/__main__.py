@@ -11,16 +11,16 @@ plan does not fit. Needs the compilers' libraries (requirements-aot.txt).
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from ccnet_jax import cli
 from ccnet_jax.aot.compile import compile_for_target, prepare
 from ccnet_jax.aot.table import format_table
 from ccnet_jax.aot.targets import parse_target
-from ccnet_jax.cli import CONFIG_HELP, parse_flags, run_user_command
 from ccnet_jax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, CONFIG_HELP)
+_CONFIG = config_flags.DEFINE_config_file("config", None, cli.CONFIG_HELP)
 _TARGET = flags.DEFINE_string(
     "target", None, "tpu:GENERATION:TOPOLOGY (tpu:v5e:4x4, tpu:v5p:2x2x1) or gpu:KIND[xCOUNT]."
 )
@@ -30,7 +30,6 @@ _EVAL_SIZE = flags.DEFINE_string(
 )
 _DUMP = flags.DEFINE_string("dump", None, "Write each program's optimised HLO into this folder.")
 _JSON = flags.DEFINE_string("json", None, "Also write the report as JSON to this file.")
-flags.mark_flags_as_required(["config", "target"])
 
 
 def _eval_size() -> tuple[int, int] | None:
@@ -43,31 +42,21 @@ def _eval_size() -> tuple[int, int] | None:
   return height, width
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  fits = []
-
-  def command():
-    target = parse_target(_TARGET.value)
-    prepare(target)
-    report = compile_for_target(
-        _CONFIG.value,
-        target,
-        eval_step=_EVAL.value,
-        eval_image_size=_eval_size(),
-        dump_dir=_DUMP.value,
-    )
-    print(format_table(report), flush=True)
-    if _JSON.value:
-      with open(_JSON.value, "w", encoding="utf-8") as f:
-        json.dump(report.to_json(), f, indent=1)
-    fits.append(report.fits())
-
-  run_user_command(command)
-  if not all(fits):
+def main(arguments: list[str]) -> None:
+  cli.no_arguments(arguments)
+  config = cli.required(_CONFIG)
+  target = parse_target(cli.required(_TARGET))
+  prepare(target)
+  report = compile_for_target(
+      config, target, eval_step=_EVAL.value, eval_image_size=_eval_size(), dump_dir=_DUMP.value
+  )
+  print(format_table(report), flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w", encoding="utf-8") as f:
+      json.dump(report.to_json(), f, indent=1)
+  if not report.fits():
     raise SystemExit(1)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

@@ -4,56 +4,41 @@
   python -m ccnet_jax.convert mmseg ccnet_r101-d8_769x769_80k.pth models/ccnet_mmseg
   python -m ccnet_jax.convert mit resnet101-imagenet.pth models/resnet101_mit
 
-Whole models ('official', 'mmseg') are evaluated with ``python eval.py --config ...
---model=OUT_DIR``; ImageNet backbones ('mit', 'torchvision', 'v1c') are written
-backbone-only, as initialisation for training (``--config.train.init_from=OUT_DIR``).
+The arguments are FORMAT (official, mmseg, mit, torchvision, v1c), the checkpoint file (.pth,
+.pt, .safetensors, .npz) and the model directory to write. Whole models ('official', 'mmseg')
+are evaluated with ``python eval.py --config ... --model=OUT_DIR``; ImageNet backbones ('mit',
+'torchvision', 'v1c') are written backbone-only, as initialisation for training
+(``--config.train.init_from=OUT_DIR``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from typing import Sequence
 
+from absl import flags
+
+from ccnet_jax import cli
 from ccnet_jax.convert import io, loaders, mapping
+from ccnet_jax.errors import UserError
 from ccnet_jax.models import model_dir
 from ccnet_jax.models.resnet import ResNet
 
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="python -m ccnet_jax.convert", description=__doc__.split("\n")[0]
-  )
-  parser.add_argument("format", choices=sorted(mapping.FORMATS))
-  parser.add_argument("input", help="checkpoint file (.pth, .pt, .safetensors, .npz)")
-  parser.add_argument("output", help="model directory to write")
-  parser.add_argument(
-      "--num-classes",
-      type=int,
-      default=None,
-      help="check the classifier size (default: read from the checkpoint)",
-  )
-  parser.add_argument(
-      "--recurrence",
-      type=int,
-      default=None,
-      help="R, the number of criss-cross steps (default: 2, or mmseg's meta)",
-  )
-  parser.add_argument(
-      "--depth",
-      type=int,
-      default=None,
-      help="check the ResNet depth (default: read from the checkpoint)",
-  )
-  return parser
+_NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes", None, "Check the classifier size (default: read from the checkpoint)."
+)
+_RECURRENCE = flags.DEFINE_integer(
+    "recurrence", None, "R, the number of criss-cross steps (default: 2, or mmseg's meta)."
+)
+_DEPTH = flags.DEFINE_integer(
+    "depth", None, "Check the ResNet depth (default: read from the checkpoint)."
+)
 
 
 def convert(
-    format: str,
+    format: str,  # pylint: disable=redefined-builtin
     path: str,
     output: str,
-    *,  # pylint: disable=redefined-builtin
+    *,
     num_classes: int | None = None,
     recurrence: int | None = None,
     depth: int | None = None,
@@ -72,27 +57,21 @@ def convert(
       "stem": config.backbone.stem,
       "num_classes": None if isinstance(model, ResNet) else config.num_classes,
       "recurrence": None if isinstance(model, ResNet) else config.head.recurrence,
-      "preprocessing": preprocessing,
+      "preprocessing": preprocessing.to_json(),
   }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    summary = convert(
-        args.format,
-        args.input,
-        args.output,
-        num_classes=args.num_classes,
-        recurrence=args.recurrence,
-        depth=args.depth,
+def main(arguments: list[str]) -> None:
+  if len(arguments) != 3 or arguments[0] not in mapping.FORMATS:
+    raise UserError(
+        f"expected FORMAT CHECKPOINT OUT_DIR with FORMAT one of {', '.join(sorted(mapping.FORMATS))},"
+        f" got {' '.join(arguments) or 'nothing'} (--help)."
     )
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  summary = convert(
+      *arguments, num_classes=_NUM_CLASSES.value, recurrence=_RECURRENCE.value, depth=_DEPTH.value
+  )
   print(json.dumps(summary, indent=2))
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -17,8 +17,8 @@ from flax import nnx
 
 from ccnet_jax.convert import mapping
 from ccnet_jax.models import model_dir
-from ccnet_jax.models.ccnet import CCNet
-from ccnet_jax.models.registry import build_model, model_config
+from ccnet_jax.models.preprocessing import IMAGENET, OFFICIAL, Preprocessing
+from ccnet_jax.models.registry import construct_model, model_config
 from ccnet_jax.models.resnet import DEPTHS, ResNet
 
 BACKBONE_FORMATS = ("mit", "torchvision", "v1c")
@@ -199,7 +199,7 @@ def load_checkpoint(
     recurrence: int | None = None,
     depth: int | None = None,
     output_stride: int | None = None,
-) -> tuple[nnx.Module, ml_collections.ConfigDict, dict[str, Any]]:
+) -> tuple[nnx.Module, ml_collections.ConfigDict, Preprocessing]:
   """Any supported checkpoint as (module in eval mode, its model config, its preprocessing).
 
   'official' and 'mmseg' give a whole CCNet (R from ``recurrence``, else the checkpoint's
@@ -213,7 +213,7 @@ def load_checkpoint(
     )
     if depth is not None and depth != config.backbone.depth:
       raise ValueError(f"--depth={depth} but the checkpoint is a ResNet-{config.backbone.depth}.")
-    build, preprocessing = (lambda: build_model(config)), model_dir.OFFICIAL_PREPROCESSING
+    build, preprocessing = (lambda: construct_model(config)), OFFICIAL
   elif format == "mmseg":
     config = mmseg_config(
         state_dict,
@@ -222,66 +222,18 @@ def load_checkpoint(
         recurrence=recurrence,
         meta=meta or found_meta,
     )
-    build, preprocessing = (lambda: build_model(config)), model_dir.IMAGENET_PREPROCESSING
+    build, preprocessing = (lambda: construct_model(config)), IMAGENET
   else:
     if num_classes is not None or recurrence is not None:
       raise ValueError(
-          f"--num-classes and --recurrence do not apply to the backbone-only {format!r} format."
+          f"--num_classes and --recurrence do not apply to the backbone-only {format!r} format."
       )
     config = backbone_config(state_dict, format, depth=depth)
     if output_stride is not None:
       config.backbone.output_stride = output_stride
     build = lambda: ResNet(**config.backbone.to_dict(), rngs=nnx.Rngs(0))  # noqa: E731
-    preprocessing = model_dir.IMAGENET_PREPROCESSING
+    preprocessing = IMAGENET
   model = model_dir.empty_module(build)
   mapping.load_into(model, state_dict, format)
   model.eval()
   return model, config, preprocessing
-
-
-def load_official_ccnet(
-    state_dict: Mapping[str, np.ndarray], *, num_classes: int = 19, recurrence: int = 2
-) -> CCNet:
-  """An official CCNet checkpoint as a CCNet in eval mode.
-
-  ``model(x)`` takes float32 NHWC images preprocessed like the release
-  (``OFFICIAL_PREPROCESSING``: BGR, mean subtraction) and returns
-  ``(logits, aux_logits)`` at output stride 8. R is not stored in the
-  checkpoint: the released Cityscapes models use R=2.
-  """
-  return load_checkpoint("official", state_dict, num_classes=num_classes, recurrence=recurrence)[0]
-
-
-def load_mmseg_ccnet(
-    state_dict: Mapping[str, Any],
-    *,
-    depth: int | None = None,
-    num_classes: int | None = None,
-    recurrence: int | None = None,
-) -> CCNet:
-  """An mmsegmentation CCNet checkpoint (bare or {'state_dict', 'meta'}) in eval mode.
-
-  Inputs are RGB normalised with ``IMAGENET_PREPROCESSING``.
-  """
-  return load_checkpoint(
-      "mmseg", state_dict, depth=depth, num_classes=num_classes, recurrence=recurrence
-  )[0]
-
-
-def load_backbone(
-    state_dict: Mapping[str, np.ndarray],
-    format: str,  # pylint: disable=redefined-builtin
-    *,
-    output_stride: int = 8,
-) -> ResNet:
-  """An ImageNet ResNet ('mit', 'torchvision' or 'v1c') as a dilated ResNet in eval mode."""
-  return load_checkpoint(format, state_dict, output_stride=output_stride)[0]
-
-
-def load_backbone_into(
-    model: CCNet,
-    state_dict: Mapping[str, Any],
-    format: str,  # pylint: disable=redefined-builtin
-) -> None:
-  """Fills only ``model.backbone`` from any format (whole-model heads are ignored)."""
-  mapping.load_into(model.backbone, _unwrap(state_dict)[0], format)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-from ccnet_jax.data.tfds_sources import ADE20K_ZIP
+ADE20K_ZIP = "ADEChallengeData2016.zip"
 
 
 class Ade20kChallenge2016(tfds.core.GeneratorBasedBuilder):

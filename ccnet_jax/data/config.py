@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
-from ccnet_jax.models.model_dir import IMAGENET_PREPROCESSING, OFFICIAL_PREPROCESSING
+from ccnet_jax.models.preprocessing import IMAGENET, OFFICIAL
 
 
 def _common() -> ml_collections.ConfigDict:
@@ -26,9 +28,8 @@ def _common() -> ml_collections.ConfigDict:
           "scale_max": 2.0,
           "scale_step": 0.0,
           "flip": True,
-          "mean": IMAGENET_PREPROCESSING["mean"],
-          "std": IMAGENET_PREPROCESSING["std"],
-          "channel_order": IMAGENET_PREPROCESSING["channel_order"],
+          # The input normalisation (models.preprocessing.Preprocessing.from_config).
+          **dataclasses.asdict(IMAGENET),
           # Grain worker processes for training (0 = in the main process) and batches each
           # worker buffers; evaluation decodes with max(num_workers, 2) threads.
           "num_workers": 0,
@@ -48,7 +49,7 @@ def data_config(name: str) -> ml_collections.ConfigDict:
     config.crop_size = (769, 769)
     # Official CCNet: scale = 0.5 + random.randint(0, 11) / 10 (inclusive), {0.5, ..., 1.6}.
     config.scale_min, config.scale_max, config.scale_step = 0.5, 1.6, 0.1
-    config.update(OFFICIAL_PREPROCESSING)
+    config.update(dataclasses.asdict(OFFICIAL))
   elif name == "ade20k":
     config.root = "/path/to/ADEChallengeData2016"
     config.train_split, config.eval_split = "training", "validation"

@@ -480,6 +480,26 @@ def dataset_info(name: str) -> DatasetInfo:
   return _INFOS[name]
 
 
+def dataset_for_model(num_classes: int, name: str | None = None) -> DatasetInfo:
+  """The dataset whose palette and label ids a model's outputs use: ``name``, or the one
+  known dataset with ``num_classes`` classes."""
+  if name:
+    info = dataset_info(name)
+    if info.num_classes != num_classes:
+      raise ValueError(
+          f"--dataset={name} has {info.num_classes} classes but the model predicts"
+          f" {num_classes}; pass the dataset the model was trained on."
+      )
+    return info
+  matches = [info for info in _INFOS.values() if info.num_classes == num_classes]
+  if len(matches) != 1:
+    raise ValueError(
+        f"The model predicts {num_classes} classes, which names no single known dataset;"
+        f" pass --dataset (one of {', '.join(DATASET_NAMES)})."
+    )
+  return matches[0]
+
+
 def train_id_to_label_id(name: str) -> np.ndarray:
   """(256,) uint8: a dataset's train id -> the id its annotation files use.
 

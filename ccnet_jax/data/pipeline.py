@@ -31,6 +31,7 @@ from absl import flags
 
 from ccnet_jax.data import transforms
 from ccnet_jax.data.sources import build_source
+from ccnet_jax.models.preprocessing import Preprocessing
 
 
 def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -168,12 +169,14 @@ def make_eval_loader(
     config: ml_collections.ConfigDict,
     *,
     batch_size: int = 1,
+    preprocessing: Preprocessing | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[dict]:
   """One pass over ``config.eval_split``: {'image', 'label', 'valid': bool (b,), 'name'}.
 
-  Images keep their full size. Padding examples (``valid=False``) repeat a real image so that
+  Images keep their full size and are normalised with ``preprocessing`` (default: the
+  config's; a converted model brings its own). Padding examples (``valid=False``) repeat a real image so that
   every process yields the same number of equally shaped batches; their names are ''.
   """
   index, count = _process_layout(process_index, process_count)
@@ -182,11 +185,12 @@ def make_eval_loader(
   source = build_source(config, config.eval_split)
   if len(source) == 0:
     raise ValueError(f"the {config.eval_split!r} split of {config.name!r} is empty.")
+  preprocessing = preprocessing or Preprocessing.from_config(config)
   indices = eval_shard(len(source), index, count, batch_size)
   filler = min(index * len(indices), len(source) - 1)
 
   def load(i: int | None) -> tuple[dict, bool]:
-    example = transforms.eval_transform(source[filler if i is None else i], config)
+    example = transforms.eval_transform(source[filler if i is None else i], preprocessing)
     if i is None:
       example["name"] = ""
     return example, i is not None

@@ -48,13 +48,12 @@ def build_source(config: ml_collections.ConfigDict, split: str):
       )
     from ccnet_jax.data import tfds_sources  # pylint: disable=g-import-not-at-top
 
-    if config.name == "cityscapes":
-      return tfds_sources.CityscapesTFDS(
-          split, data_dir=config.tfds_data_dir or None, manual_dir=config.manual_dir or None
-      )
-    if config.name == "ade20k":
-      return tfds_sources.ADE20KTFDS(
-          split, data_dir=config.tfds_data_dir or None, manual_dir=config.manual_dir or None
+    if config.name in tfds_sources.DATASETS:
+      return tfds_sources.TFDSSource(
+          config.name,
+          split,
+          data_dir=config.tfds_data_dir or None,
+          manual_dir=config.manual_dir or None,
       )
   else:
     raise ValueError(

@@ -9,23 +9,24 @@ ADE20K: the TFDS catalogue's ``scene_parse150`` downloads ``ChallengeData2017/im
 ``annotations_instance.tar`` from sceneparsing.csail.mit.edu and nothing else; it has no manual
 directory, and its annotations are the instance-segmentation PNGs of the 2017 challenge rather
 than the 150-class semantic maps of ADEChallengeData2016 that CCNet is trained and evaluated on.
-So :class:`ADE20KTFDS` uses the builder defined here, ``ade20k_challenge2016``, which prepares
-ADEChallengeData2016.zip (the file users of mmsegmentation and the official code already have)
+So ADE20K is read with the builder of ``ade20k_tfds_builder.py``, ``ade20k_challenge2016``, which
+prepares ADEChallengeData2016.zip (the file users of mmsegmentation and the official code already have)
 from ``manual_dir`` into ArrayRecord.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from ccnet_jax.data import labels
+from ccnet_jax.data.ade20k_tfds_builder import ADE20K_ZIP  # Importing it registers the builder.
 from ccnet_jax.data.folders import ADE20K_HELP, CITYSCAPES_HELP, map_label
 
-CITYSCAPES_ZIPS = ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip")
-ADE20K_ZIP = "ADEChallengeData2016.zip"
 _SPLITS = {
     "train": "train",
     "training": "train",
@@ -35,16 +36,57 @@ _SPLITS = {
 }
 
 
-def _tfds():
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+@dataclasses.dataclass(frozen=True)
+class TFDSDataset:
+  """Where a dataset lives in TFDS: its builder, the zips it prepares from, its features."""
 
-  return tfds
+  title: str
+  builder: str
+  zips: tuple[str, ...]
+  help_text: str  # What to download, for the error that says the zips are missing.
+  splits: tuple[str, ...]  # The TFDS splits with labels.
+  image: str  # Feature names of the image, the label-id map and the example's name.
+  label: str
+  name: str
+  id_to_train_id: np.ndarray
+  num_label_ids: int
 
 
-def _tfds_split(split: str, dataset: str) -> str:
-  if split not in _SPLITS:
+DATASETS = {
+    "cityscapes": TFDSDataset(
+        title="Cityscapes",
+        builder="cityscapes/semantic_segmentation",
+        zips=("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip"),
+        help_text=CITYSCAPES_HELP.replace(" and unzip both into data.root", ""),
+        splits=("train", "validation", "test"),
+        image="image_left",
+        label="segmentation_label",
+        name="image_id",
+        id_to_train_id=labels.CITYSCAPES_ID_TO_TRAIN_ID,
+        num_label_ids=labels.CITYSCAPES_NUM_LABEL_IDS,
+    ),
+    "ade20k": TFDSDataset(
+        title="ADE20K",
+        builder="ade20k_challenge2016",
+        zips=(ADE20K_ZIP,),
+        help_text=ADE20K_HELP.replace(
+            " and set data.root to the unzipped ADEChallengeData2016 folder", ""
+        ),
+        splits=("train", "validation"),
+        image="image",
+        label="annotation",
+        name="name",
+        id_to_train_id=labels.ADE20K_ID_TO_TRAIN_ID,
+        num_label_ids=labels.ADE20K_NUM_LABEL_IDS,
+    ),
+}
+
+
+def _tfds_split(split: str, dataset: TFDSDataset) -> str:
+  if _SPLITS.get(split) not in dataset.splits:
+    names = sorted(name for name, tfds_split in _SPLITS.items() if tfds_split in dataset.splits)
     raise ValueError(
-        f"data split {split!r} is not a {dataset} TFDS split; use one of " f"{sorted(_SPLITS)}."
+        f"data split {split!r} is not a labelled {dataset.title} TFDS split; use one of {names}."
     )
   return _SPLITS[split]
 
@@ -58,7 +100,6 @@ def prepared_builder(
     help_text: str,
 ):
   """The TFDS builder of ``name`` prepared in ArrayRecord, preparing it from ``manual_dir``."""
-  tfds = _tfds()
   builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
     file_format = builder.info.file_format
@@ -89,18 +130,26 @@ def prepared_builder(
   return builder
 
 
-class CityscapesTFDS:
-  """TFDS ``cityscapes/semantic_segmentation`` (1024x2048 images, gtFine label ids)."""
+class TFDSSource:
+  """One split of a dataset of :data:`DATASETS`, prepared (once) and read by index."""
 
-  def __init__(self, split: str, *, data_dir: str | None = None, manual_dir: str | None = None):
-    self.split = _tfds_split(split, "Cityscapes")
+  def __init__(
+      self,
+      dataset: str,
+      split: str,
+      *,
+      data_dir: str | None = None,
+      manual_dir: str | None = None,
+  ):
+    self.dataset = DATASETS[dataset]
+    self.split = _tfds_split(split, self.dataset)
     self.data_dir = data_dir
     builder = prepared_builder(
-        "cityscapes/semantic_segmentation",
+        self.dataset.builder,
         data_dir=data_dir,
         manual_dir=manual_dir,
-        zips=CITYSCAPES_ZIPS,
-        help_text=CITYSCAPES_HELP.replace(" and unzip both into data.root", ""),
+        zips=self.dataset.zips,
+        help_text=self.dataset.help_text,
     )
     self._source = builder.as_data_source(split=self.split)
 
@@ -108,61 +157,16 @@ class CityscapesTFDS:
     return len(self._source)
 
   def __repr__(self) -> str:
-    return f"CityscapesTFDS(split={self.split!r}, data_dir={self.data_dir!r})"
+    return f"TFDSSource({self.dataset.builder!r}, split={self.split!r}, data_dir={self.data_dir!r})"
 
   def __getitem__(self, index: int) -> dict:
     record = self._source[index]
-    name = record["image_id"]
+    name = record[self.dataset.name]
     name = name.decode("utf-8") if isinstance(name, bytes) else str(name)
     label = map_label(
-        np.asarray(record["segmentation_label"])[..., 0],
-        labels.CITYSCAPES_ID_TO_TRAIN_ID,
-        labels.CITYSCAPES_NUM_LABEL_IDS,
-        f"TFDS cityscapes {self.split} example {name}",
+        np.asarray(record[self.dataset.label])[..., 0],
+        self.dataset.id_to_train_id,
+        self.dataset.num_label_ids,
+        f"TFDS {self.dataset.builder} {self.split} example {name}",
     )
-    return {"image": np.asarray(record["image_left"], np.uint8), "label": label, "name": name}
-
-
-class ADE20KTFDS:
-  """ADE20K through the ``ade20k_challenge2016`` builder (splits 'train'/'training',
-  'validation'), prepared from ADEChallengeData2016.zip in ``manual_dir``."""
-
-  def __init__(self, split: str, *, data_dir: str | None = None, manual_dir: str | None = None):
-    # Importing the module registers the builder with TFDS.
-    from ccnet_jax.data import ade20k_tfds_builder  # pylint: disable=g-import-not-at-top
-
-    del ade20k_tfds_builder
-    self.split = _tfds_split(split, "ADE20K")
-    if self.split == "test":
-      raise ValueError(
-          "ADEChallengeData2016 has no labelled 'test' split; use 'training' or " "'validation'."
-      )
-    self.data_dir = data_dir
-    builder = prepared_builder(
-        "ade20k_challenge2016",
-        data_dir=data_dir,
-        manual_dir=manual_dir,
-        zips=(ADE20K_ZIP,),
-        help_text=ADE20K_HELP.replace(
-            " and set data.root to the unzipped ADEChallengeData2016 " "folder", ""
-        ),
-    )
-    self._source = builder.as_data_source(split=self.split)
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __repr__(self) -> str:
-    return f"ADE20KTFDS(split={self.split!r}, data_dir={self.data_dir!r})"
-
-  def __getitem__(self, index: int) -> dict:
-    record = self._source[index]
-    name = record["name"]
-    name = name.decode("utf-8") if isinstance(name, bytes) else str(name)
-    label = map_label(
-        np.asarray(record["annotation"])[..., 0],
-        labels.ADE20K_ID_TO_TRAIN_ID,
-        labels.ADE20K_NUM_LABEL_IDS,
-        f"TFDS ade20k {self.split} example {name}",
-    )
-    return {"image": np.asarray(record["image"], np.uint8), "label": label, "name": name}
+    return {"image": np.asarray(record[self.dataset.image], np.uint8), "label": label, "name": name}

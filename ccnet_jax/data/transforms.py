@@ -14,6 +14,8 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
+from ccnet_jax.models.preprocessing import Preprocessing
+
 
 def sample_scale(
     rng: np.random.Generator, scale_min: float, scale_max: float, scale_step: float
@@ -108,7 +110,7 @@ def pad_to(
     ignore_label: int = 255,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Pads bottom and right up to at least ``size`` = (h, w): image with ``image_fill``, label
-  with ``ignore_label``. Call after :func:`normalize` so that 0 is the mean colour."""
+  with ``ignore_label``. Call after normalisation, so that 0 is the mean colour."""
   pad_h = max(0, int(size[0]) - image.shape[0])
   pad_w = max(0, int(size[1]) - image.shape[1])
   if pad_h == 0 and pad_w == 0:
@@ -145,28 +147,13 @@ def random_flip(
   return image, label
 
 
-def normalize(
-    image: np.ndarray, mean: Sequence[float], std: Sequence[float], channel_order: str = "rgb"
-) -> np.ndarray:
-  """RGB (H, W, 3) on the 0-255 scale -> float32 ``(x - mean) / std`` in ``channel_order``.
-
-  ``mean`` and ``std`` are given in ``channel_order`` (the official CCNet weights expect BGR).
-  """
-  if channel_order not in ("rgb", "bgr"):
-    raise ValueError(f"data.channel_order={channel_order!r} must be 'rgb' or 'bgr'.")
-  image = image.astype(np.float32)
-  if channel_order == "bgr":
-    image = image[..., ::-1]
-  return (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
 def train_transform(
     example: dict, config: ml_collections.ConfigDict, rng: np.random.Generator
 ) -> dict:
   """Scale, normalise, pad, crop, flip: {'image': float32 (h, w, 3), 'label': int32 (h, w)}.
 
-  The same result (and the same random draws) as :func:`random_scale`, :func:`normalize`,
-  :func:`pad_to`, :func:`random_crop` and :func:`random_flip` in turn, but only the pixels of
+  The same result (and the same random draws) as :func:`random_scale`, normalisation
+  (``Preprocessing.from_config(config)``), :func:`pad_to`, :func:`random_crop` and :func:`random_flip` in turn, but only the pixels of
   the crop are resampled: a 1024x2048 image scaled by 1.6 is never built whole.
   """
   image, label = example["image"], example["label"]
@@ -185,7 +172,7 @@ def train_transform(
   else:
     image = resize_bilinear_half_pixel(image, size, window)
     label = resize_nearest(label, size, window)
-  image = normalize(image, config.mean, config.std, config.channel_order)
+  image = Preprocessing.from_config(config).normalize(image)
   image, label = pad_to(image, label, (crop_h, crop_w), ignore_label=config.ignore_label)
   if config.flip:
     image, label = random_flip(image, label, rng)
@@ -195,10 +182,10 @@ def train_transform(
   }
 
 
-def eval_transform(example: dict, config: ml_collections.ConfigDict) -> dict:
+def eval_transform(example: dict, preprocessing: Preprocessing) -> dict:
   """Normalisation only, full image: {'image': float32, 'label': int32, 'name': str}."""
   return {
-      "image": normalize(example["image"], config.mean, config.std, config.channel_order),
+      "image": preprocessing.normalize(example["image"]),
       "label": np.asarray(example["label"], np.int32),
       "name": example["name"],
   }

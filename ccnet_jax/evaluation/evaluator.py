@@ -21,9 +21,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from ccnet_jax.evaluation.inference import MODES, predict_logits
+from ccnet_jax.evaluation.inference import InferenceSettings, predict_logits
 from ccnet_jax.evaluation.metrics import confusion_matrix, metrics_from_confusion
-from ccnet_jax.evaluation.visualize import colorize, denormalize, overlay, save_predictions
+from ccnet_jax.evaluation.png import colorize, overlay, save_predictions
+from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.training.mesh import DATA_AXIS, batch_sharding, replicated
 
 PredictFn = Callable[[Any, jax.Array], jax.Array]
@@ -43,13 +44,6 @@ def model_predict_fn(model: nnx.Module) -> tuple[PredictFn, nnx.State]:
     return network(images)[0]
 
   return predict_fn, state
-
-
-def _field(config: Any, name: str) -> Any:
-  try:
-    return config[name]
-  except (KeyError, TypeError, AttributeError):
-    return getattr(config, name)
 
 
 class Evaluator:
@@ -78,8 +72,6 @@ class Evaluator:
       raise ValueError(f"The evaluation mesh needs a {DATA_AXIS!r} axis, got {mesh.axis_names}.")
     if int(eval_config.batch_size) < 1:
       raise ValueError(f"eval.batch_size={eval_config.batch_size!r} must be a positive integer.")
-    if eval_config.mode not in MODES:
-      raise ValueError(f"eval.mode={eval_config.mode!r} must be one of {MODES}.")
     self.eval_config = eval_config
     self.num_classes = num_classes
     self.ignore_label = ignore_label
@@ -96,12 +88,7 @@ class Evaluator:
     predict = functools.partial(
         predict_logits,
         num_classes=num_classes,
-        mode=eval_config.mode,
-        crop_size=tuple(eval_config.crop_size),
-        overlap=float(eval_config.overlap),
-        scales=tuple(eval_config.scales),
-        flip=bool(eval_config.flip),
-        align_corners=bool(eval_config.align_corners),
+        settings=InferenceSettings.from_config(eval_config),
     )
 
     def step(state, confusion, images, labels, valid):
@@ -163,22 +150,22 @@ class Evaluator:
       *,
       out_dir: str | None = None,
       palette: np.ndarray | None = None,
-      normalization: Mapping[str, Any] | None = None,
+      preprocessing: Preprocessing | None = None,
       num_images_to_save: int | None = None,
   ) -> dict[str, Any]:
     """Metrics over all batches (identical on every process), plus 'confusion' (K x K).
 
     Process 0 writes PNGs of its first ``num_images_to_save`` valid images to ``out_dir``
     (default count: ``eval_config.num_images_to_save``); that needs the dataset
-    ``palette`` and the data config's ``normalization`` (mean, std, channel_order).
+    ``palette`` and the ``preprocessing`` of the batches' images (to show them as they were).
     """
     if num_images_to_save is None:
       num_images_to_save = int(self.eval_config.get("num_images_to_save", 0))
     save = out_dir is not None and num_images_to_save > 0 and jax.process_index() == 0
-    if save and (palette is None or normalization is None):
+    if save and (palette is None or preprocessing is None):
       raise ValueError(
-          "Saving eval PNGs needs palette= (DatasetInfo.palette) and normalization= (the data "
-          "config with mean, std, channel_order); pass them or set out_dir=None."
+          "Saving eval PNGs needs palette= (DatasetInfo.palette) and preprocessing= (of the"
+          " images); pass them or set out_dir=None."
       )
     confusion = jax.device_put(
         jnp.zeros((self.num_classes, self.num_classes), jnp.int32), self._replicated
@@ -200,7 +187,7 @@ class Evaluator:
             predictions,
             out_dir,
             palette,
-            normalization,
+            preprocessing,
             num_images_to_save - saved,
         )
     if not num_batches:
@@ -210,19 +197,14 @@ class Evaluator:
     metrics["confusion"] = totals.tolist()
     return metrics
 
-  def _save(self, batch, local, predictions, out_dir, palette, normalization, limit) -> int:
+  def _save(self, batch, local, predictions, out_dir, palette, preprocessing, limit) -> int:
     predictions = np.asarray(
         multihost_utils.global_array_to_host_local_array(predictions, self.mesh, P(DATA_AXIS))
     )
     names = list(batch.get("name", [])) or [f"image_{i}" for i in range(len(local["valid"]))]
     saved = 0
     for i in np.flatnonzero(local["valid"])[:limit]:
-      image = denormalize(
-          local["image"][i],
-          _field(normalization, "mean"),
-          _field(normalization, "std"),
-          _field(normalization, "channel_order"),
-      )
+      image = preprocessing.denormalize(local["image"][i])
       save_predictions(out_dir, str(names[i]), image, predictions[i], local["label"][i], palette)
       self.saved_overlays[str(names[i])] = overlay(image, colorize(predictions[i], palette))
       saved += 1

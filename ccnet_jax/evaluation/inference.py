@@ -8,8 +8,9 @@ one full-resolution logits canvas is live at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,54 @@ from ccnet_jax.ops.resize import resize_bilinear
 ApplyFn = Callable[[jax.Array], jax.Array]
 
 MODES = ("whole", "sliding")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+  """How the logits of an image are computed; checked once, when the value is made.
+
+  mode: 'whole' (one pass per scale) or 'sliding' (windows of ``crop_size`` (height, width),
+  each sharing ``overlap`` of its size with its neighbour). scales: image scales whose
+  predictions are averaged; each is resized bilinearly (align_corners=True, like the official
+  ndimage.zoom). flip: also predict the mirrored image, mirrored back. align_corners: the
+  convention of the logits' upsampling.
+  """
+
+  mode: str = "whole"
+  crop_size: tuple[int, int] = (769, 769)
+  overlap: float = 1 / 3
+  scales: tuple[float, ...] = (1.0,)
+  flip: bool = False
+  align_corners: bool = True
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"mode={self.mode!r} must be one of {MODES}.")
+    crop_size = tuple(int(c) for c in self.crop_size)
+    if len(crop_size) != 2 or min(crop_size) < 1:
+      raise ValueError(f"crop_size={crop_size} must be two positive sizes (height, width).")
+    if not 0 <= float(self.overlap) < 1:
+      raise ValueError(f"overlap={self.overlap!r} must be in [0, 1).")
+    scales = tuple(float(scale) for scale in self.scales)
+    if not scales or min(scales) <= 0:
+      raise ValueError(f"scales={scales} must be one or more positive scales.")
+    for name, value in (
+        ("crop_size", crop_size),
+        ("overlap", float(self.overlap)),
+        ("scales", scales),
+        ("flip", bool(self.flip)),
+        ("align_corners", bool(self.align_corners)),
+    ):
+      object.__setattr__(self, name, value)
+
+  @classmethod
+  def from_config(cls, eval_config: Any) -> InferenceSettings:
+    """The settings of an ``eval`` config section; an error names its field (``eval.mode``)."""
+    fields = {field.name: eval_config[field.name] for field in dataclasses.fields(cls)}
+    try:
+      return cls(**fields)
+    except ValueError as error:
+      raise ValueError(f"eval.{error}") from None
 
 
 def scaled_size_half_up(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -119,12 +168,7 @@ def predict_logits(
     images: jax.Array,
     *,
     num_classes: int,
-    mode: str = "whole",
-    crop_size: Sequence[int] = (769, 769),
-    overlap: float = 1 / 3,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    align_corners: bool = True,
+    settings: InferenceSettings = InferenceSettings(),
 ) -> jax.Array:
   """(B, H, W, K) float32 logits at the image size, averaged over scales and flips.
 
@@ -132,24 +176,12 @@ def predict_logits(
     apply_fn: NHWC images -> NHWC logits at the network's output stride.
     images: (B, H, W, 3) normalised images.
     num_classes: K, the logits' channels.
-    mode: 'whole' (one pass per scale) or 'sliding' (windows of ``crop_size``).
-    crop_size: sliding window (height, width).
-    overlap: fraction of a window shared with its neighbour.
-    scales: image scales; each is resized bilinearly (align_corners=True, like the
-      official ndimage.zoom), predicted, and its logits upsampled to the image size.
-    flip: also predict the horizontally flipped image, flipped back.
-    align_corners: convention of the logits upsampling.
+    settings: whole image or sliding windows, scales, flip (see :class:`InferenceSettings`).
   """
-  if mode not in MODES:
-    raise ValueError(f"eval.mode={mode!r} must be one of {MODES}.")
-  if not scales or any(scale <= 0 for scale in scales):
-    raise ValueError(f"eval.scales={tuple(scales)!r} must be a non-empty list of positive scales.")
-  if not 0 <= overlap < 1:
-    raise ValueError(f"eval.overlap={overlap!r} must be in [0, 1).")
-  if len(crop_size) != 2 or min(crop_size) < 1:
-    raise ValueError(f"eval.crop_size={tuple(crop_size)!r} must be (height, width) >= 1.")
   if images.ndim != 4:
     raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}.")
+  mode, crop_size, overlap = settings.mode, settings.crop_size, settings.overlap
+  scales, flip, align_corners = settings.scales, settings.flip, settings.align_corners
   height, width = images.shape[1:3]
   total, passes = None, 0
   for scale in scales:

@@ -1,8 +1,8 @@
 """``eval.py``'s job: find the model a user names, evaluate it, write the results.
 
 Also :class:`ModelEvaluation`, the dataset evaluation the training loop runs between
-steps. A training checkpoint is read through ``training.checkpointing`` (weights only,
-no optimiser); nothing here depends on the training loop.
+steps. Models are read by :func:`ccnet_jax.loading.load_model` (a checkpoint by its weights
+alone, no optimiser); nothing here depends on the training loop.
 """
 
 from __future__ import annotations
@@ -21,19 +21,38 @@ from ccnet_jax.data.pipeline import make_eval_loader
 from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.evaluator import Evaluator, model_predict_fn
 from ccnet_jax.evaluation.metrics import format_results_table
-from ccnet_jax.models.model_dir import load_model
-from ccnet_jax.training.checkpointing import load_checkpoint_model
+from ccnet_jax.loading import load_model
+from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.training.mesh import make_mesh, replicated
-from ccnet_jax.training.workdir import config_differences, saved_config
+from ccnet_jax.training.workdir import (
+    BEST_MODEL_DIR,
+    CHECKPOINTS_DIR,
+    FINAL_MODEL_DIR,
+    config_differences,
+    saved_config,
+)
+
+# eval.py's --model names for the models of a run, and where each lives in its workdir.
+RUN_MODELS = {"latest": CHECKPOINTS_DIR, "best": BEST_MODEL_DIR, "final": FINAL_MODEL_DIR}
 
 
 class ModelEvaluation:
   """Evaluates models of one architecture on the configured split, compiling once."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model: nnx.Module, mesh):
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      model: nnx.Module,
+      mesh,
+      *,
+      preprocessing: Preprocessing | None = None,
+  ):
+    """``preprocessing``: how the images are normalised for the models (default: the run's,
+    ``config.data``)."""
     self.config = config
     self.info = dataset_info(config.data.name)
     self.mesh = mesh
+    self.preprocessing = preprocessing or Preprocessing.from_config(config.data)
     predict_fn, _ = model_predict_fn(model)
     self.evaluator = Evaluator(
         predict_fn,
@@ -50,10 +69,12 @@ class ModelEvaluation:
     state = jax.device_put(nnx.split(model)[1], replicated(self.mesh))
     return self.evaluator.evaluate(
         state,
-        make_eval_loader(self.config.data, batch_size=per_process),
+        make_eval_loader(
+            self.config.data, batch_size=per_process, preprocessing=self.preprocessing
+        ),
         out_dir=out_dir,
         palette=self.info.palette,
-        normalization=self.config.data,
+        preprocessing=self.preprocessing,
     )
 
   def overlays(self, limit: int) -> dict[str, np.ndarray]:
@@ -73,65 +94,54 @@ def _check_run_model(config: ml_collections.ConfigDict, workdir: str) -> None:
     )
 
 
-def _from_checkpoint(config: ml_collections.ConfigDict, workdir: str):
-  """The model of the newest training checkpoint in ``workdir``."""
+def _check_checkpoints(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The run in ``workdir`` has checkpoints of the model ``config`` describes."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(
         f"--workdir={workdir} does not exist: name the workdir of a training run, or pass"
         " --model=<model directory>."
     )
-  directory = os.path.join(workdir, "checkpoints")
+  directory = os.path.join(workdir, CHECKPOINTS_DIR)
   if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
     raise FileNotFoundError(
         f"No checkpoint in {directory}: train first (python train.py --config ..."
         f" --workdir {workdir}) or pass --model=<model directory>."
     )
   _check_run_model(config, workdir)
-  model, step = load_checkpoint_model(config.model, directory)
-  return model, f"checkpoint of step {step}", None
-
-
-def load_named_model(config: ml_collections.ConfigDict, workdir: str, which: str):
-  """(model in eval mode, description, preprocessing) for --model: latest, best, final or a
-  directory. ``preprocessing`` is the normalisation a model directory records (None for a
-  training checkpoint, whose config is the run's)."""
-  if which == "latest":
-    return _from_checkpoint(config, workdir)
-  directory = {"best": os.path.join(workdir, "best"), "final": os.path.join(workdir, "model")}.get(
-      which, which
-  )
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(
-        f"--model={which}: {directory} is not a model directory (one written by training as"
-        " WORKDIR/best or WORKDIR/model, or by python -m ccnet_jax.convert)."
-    )
-  model, info = load_model(directory)
-  if info["model"].num_classes != config.model.num_classes:
-    raise ValueError(
-        f"--model={which}: {directory} predicts {info['model'].num_classes} classes but"
-        f" {config.data.name} has {config.model.num_classes}; evaluate it with a matching config."
-    )
-  return model, directory, info["preprocessing"]
 
 
 def evaluate_from_workdir(
     config: ml_collections.ConfigDict, workdir: str, which: str = "latest"
 ) -> dict[str, Any]:
-  """Evaluates the named model; prints the table, writes metrics.json and PNGs to WORKDIR/eval."""
+  """Evaluates the model ``which`` names: 'latest' (the newest checkpoint of the run in
+  ``workdir``), 'best', 'final', or the path of a model directory or another run; prints the
+  table, writes metrics.json and PNGs to WORKDIR/eval.
+
+  The model computes with the config's ``model.dtype`` and ``model.cca_impl``, and is fed
+  with the input normalisation it records (a converted model brings its own).
+  """
   workdir = os.path.abspath(workdir)
-  model, description, preprocessing = load_named_model(config, workdir, which)
-  if preprocessing is not None:
-    # A converted model expects its own input normalisation (official CCNet: BGR, mean only).
-    config = config.copy_and_resolve_references()
-    config.data.update(
-        channel_order=preprocessing["channel_order"],
-        mean=tuple(preprocessing["mean"]),
-        std=tuple(preprocessing["std"]),
+  if which == "latest":
+    _check_checkpoints(config, workdir)
+  path = os.path.join(workdir, RUN_MODELS[which]) if which in RUN_MODELS else which
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"--model={which}: {path} is not a model directory (one written by training as"
+        " WORKDIR/best or WORKDIR/model, or by python -m ccnet_jax.convert)."
+    )
+  loaded = load_model(path, dtype=config.model.dtype, cca_impl=config.model.cca_impl)
+  if loaded.num_classes != config.model.num_classes:
+    raise ValueError(
+        f"--model={which}: {path} predicts {loaded.num_classes} classes but"
+        f" {config.data.name} has {config.model.num_classes}; evaluate it with a matching config."
     )
   out_dir = os.path.join(workdir, "eval")
-  metrics = ModelEvaluation(config, model, make_mesh())(model, out_dir=out_dir)
+  evaluation = ModelEvaluation(
+      config, loaded.model, make_mesh(), preprocessing=loaded.preprocessing
+  )
+  metrics = evaluation(loaded.model, out_dir=out_dir)
   if jax.process_index() == 0:
-    print(f"Evaluated the {description} on {config.data.name}/{config.data.eval_split}:")
+    print(f"Evaluated the {loaded.source} on {config.data.name}/{config.data.eval_split}:")
     print(format_results_table(metrics, dataset_info(config.data.name).class_names))
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:

@@ -4,55 +4,43 @@
   python -m ccnet_jax.export runs/cs/model exported/lite --format=tflite --height=512 --width=512
   python -m ccnet_jax.export runs/cs/model exported/hlo --format=stablehlo --batch=0
 
-Sizes left out (or 0) are symbolic: the export accepts any size there at run time.
-TFLite needs all three fixed.
+The arguments are the model directory (a run's model/, or a converted one) and the directory to
+write the export into. Sizes left out (or 0) are symbolic: the export accepts any size there at
+run time. TFLite needs all three fixed.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-from typing import Sequence
 
-from ccnet_jax.cli import run_user_command
-from ccnet_jax.export import FORMATS, export_model
+from absl import flags
+
+from ccnet_jax import cli
+from ccnet_jax.errors import UserError
+from ccnet_jax.export.serving import FORMATS, export_model
+
+_FORMAT = flags.DEFINE_enum("format", None, FORMATS, "What to write.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Fixed batch size; 0 = any.")
+_HEIGHT = flags.DEFINE_integer("height", 0, "Fixed image height; 0 = any.")
+_WIDTH = flags.DEFINE_integer("width", 0, "Fixed image width; 0 = any.")
+_DTYPE = flags.DEFINE_string(
+    "dtype", None, "Computation dtype (default: the model's; float32 for CPU runtimes)."
+)
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="python -m ccnet_jax.export", description=__doc__.split("\n")[0]
+def main(arguments: list[str]) -> None:
+  if len(arguments) != 2:
+    raise UserError(f"expected MODEL_DIR OUT_DIR, got {' '.join(arguments) or 'nothing'} (--help).")
+  summary = export_model(
+      *arguments,
+      format=cli.required(_FORMAT),
+      batch=_BATCH.value or None,
+      height=_HEIGHT.value or None,
+      width=_WIDTH.value or None,
+      dtype=_DTYPE.value,
   )
-  parser.add_argument("model_dir", help="model directory (a run's model/, or a converted one)")
-  parser.add_argument("output", help="directory to write the export into")
-  parser.add_argument("--format", choices=FORMATS, required=True)
-  parser.add_argument("--batch", type=int, default=1, help="fixed batch size; 0 = any (default 1)")
-  parser.add_argument("--height", type=int, default=0, help="fixed image height; 0 = any")
-  parser.add_argument("--width", type=int, default=0, help="fixed image width; 0 = any")
-  parser.add_argument(
-      "--dtype",
-      default=None,
-      help="computation dtype (default: the model's; float32 for CPU runtimes)",
-  )
-  return parser
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  args = _parser().parse_args(argv)
-
-  def command():
-    summary = export_model(
-        args.model_dir,
-        args.output,
-        format=args.format,
-        batch=args.batch or None,
-        height=args.height or None,
-        width=args.width or None,
-        dtype=args.dtype,
-    )
-    print(json.dumps(summary, indent=2))
-
-  run_user_command(command)
+  print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

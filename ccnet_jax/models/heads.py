@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ccnet_jax import ops
 from ccnet_jax.models.layers import ConvNormAct, Dtype, channel_dropout, conv2d
+from ccnet_jax.ops.criss_cross import criss_cross_attention
+from ccnet_jax.ops.implementations import get_criss_cross
+from ccnet_jax.ops.non_local import non_local_attention
 
 Array = jax.Array
 
@@ -46,15 +48,15 @@ class CrissCrossAttention(_QueryKeyValueAttention):
 
   def __init__(self, channels: int, *, impl: str = "einsum", **kwargs):
     super().__init__(channels, **kwargs)
-    ops.get_criss_cross(impl)  # Fail at construction on an unknown name.
+    get_criss_cross(impl)  # Fail at construction on an unknown name.
     self.impl = impl
 
   def _attend(self, q, k, v):
-    return ops.get_criss_cross(self.impl)(q, k, v)
+    return get_criss_cross(self.impl)(q, k, v)
 
   def attention_map(self, x: Array) -> Array:
     """The (B, H, W, H + W) attention weights (column then row) for visualisation."""
-    _, attention = ops.criss_cross_attention(
+    _, attention = criss_cross_attention(
         self.query(x), self.key(x), self.value(x), return_attention=True
     )
     return attention
@@ -64,7 +66,7 @@ class NonLocalAttention(_QueryKeyValueAttention):
   """The embedded-Gaussian non-local block: every pixel attends to every pixel."""
 
   def _attend(self, q, k, v):
-    return ops.non_local_attention(q, k, v)
+    return non_local_attention(q, k, v)
 
 
 ATTENTIONS = {"criss_cross": CrissCrossAttention, "non_local": NonLocalAttention, "none": None}

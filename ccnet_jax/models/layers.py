@@ -4,6 +4,8 @@ Official CCNet and mmsegmentation weights are loaded into these layers, so their
 output shapes and values must match ``torch.nn`` exactly: convolutions use
 explicit symmetric padding ``dilation * (k // 2)`` (not 'SAME', which pads
 asymmetrically for strided convolutions), and max pooling supports ``ceil_mode``.
+Convolutions start from ``torch.nn.Conv2d``'s initialisation; ``models.init_schemes``
+redraws them as each recipe's reference code does.
 """
 
 from __future__ import annotations
@@ -16,14 +18,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ccnet_jax.models import initializers
 from ccnet_jax.models.remat import tag_conv_output
 from ccnet_jax.ops.dilated_conv import get_dilated_conv
 
 Array = jax.Array
 Dtype = jnp.dtype | None
-
-# He-normal over fan-out, as torchvision and mmseg initialise conv kernels.
-conv_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
@@ -59,7 +59,8 @@ def conv2d(
     dtype: Dtype = None,
     rngs: nnx.Rngs,
 ) -> Conv2d:
-  """A square convolution padded like ``torch.nn.Conv2d(padding=dilation * (k // 2))``.
+  """A square convolution padded and initialised like
+  ``torch.nn.Conv2d(padding=dilation * (k // 2))``.
 
   A dilated one is computed in the form ``dilated_conv`` names (``ops.dilated_conv``).
   """
@@ -74,7 +75,8 @@ def conv2d(
       kernel_dilation=dilation,
       use_bias=use_bias,
       dtype=dtype,
-      kernel_init=conv_kernel_init,
+      kernel_init=initializers.torch_conv_kernel,
+      bias_init=initializers.torch_conv_bias(in_features * kernel_size**2),
       conv_general_dilated=conv_fn,
       rngs=rngs,
   )

@@ -4,17 +4,18 @@ A model directory holds
 
 * ``params/``: an ``ocp.StandardCheckpointer`` checkpoint of the parameters and
   BatchNorm statistics, as the pure dict of ``nnx.state(model, (Param, BatchStat))``;
-* ``model.json``: the model ConfigDict, the input preprocessing the weights
+* ``model.json``: the model ConfigDict, the input :class:`Preprocessing` the weights
   expect (channel order, mean, std on the 0-255 scale) and what the arrays cover
   ('all', or 'backbone' for an ImageNet initialisation).
 
 Everything a later run needs to rebuild the network and feed it correctly is in
 the directory, so evaluation of an imported PyTorch model and of a model trained
-here is the same command.
+here is the same command. ``ccnet_jax.loading.load_model`` is how a program loads one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,54 +30,28 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ccnet_jax.models.ccnet import CCNet
-from ccnet_jax.models.registry import base_model_config, build_model
+from ccnet_jax.models.preprocessing import IMAGENET, Preprocessing
+from ccnet_jax.models.registry import base_model_config
 from ccnet_jax.models.resnet import ResNet
 
 FORMAT = "ccnet_jax.model/1"
 PARTS = ("all", "backbone")
-CHANNEL_ORDERS = ("rgb", "bgr")
-
-# ImageNet statistics on the 0-255 scale, in RGB order: what torchvision, mmseg
-# and models trained here from those backbones expect.
-IMAGENET_PREPROCESSING = {
-    "channel_order": "rgb",
-    "mean": (123.675, 116.28, 103.53),
-    "std": (58.395, 57.12, 57.375),
-}
-# Official CCNet (speedinghzl/CCNet, dataset/datasets.py, Caffe-style ImageNet weights):
-# BGR, mean subtraction only.
-OFFICIAL_PREPROCESSING = {
-    "channel_order": "bgr",
-    "mean": (104.00698793, 116.66876762, 122.67891434),
-    "std": (1.0, 1.0, 1.0),
-}
+INFO_FILE = "model.json"
 
 _STATE_FILTER = (nnx.Param, nnx.BatchStat)
 
 
-def check_preprocessing(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
-  """Validates and normalises a preprocessing dict ({'channel_order', 'mean', 'std'})."""
-  missing = {"channel_order", "mean", "std"} - set(preprocessing)
-  if missing:
-    raise ValueError(
-        f"preprocessing lacks {sorted(missing)}; give channel_order ('rgb' or 'bgr'),"
-        " mean and std (three values each, 0-255 scale)."
-    )
-  order = str(preprocessing["channel_order"]).lower()
-  if order not in CHANNEL_ORDERS:
-    raise ValueError(
-        f"preprocessing.channel_order={preprocessing['channel_order']!r} is not one of"
-        f" {CHANNEL_ORDERS}."
-    )
-  result = {"channel_order": order}
-  for field in ("mean", "std"):
-    values = tuple(float(v) for v in preprocessing[field])
-    if len(values) != 3:
-      raise ValueError(f"preprocessing.{field}={values} must have three values (one a channel).")
-    result[field] = values
-  if any(v <= 0 for v in result["std"]):
-    raise ValueError(f"preprocessing.std={result['std']} must be positive.")
-  return result
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+  """What ``model.json`` records: the architecture, the input it expects, which arrays."""
+
+  config: ml_collections.ConfigDict  # The model config (``config.model`` of a run).
+  preprocessing: Preprocessing
+  part: str  # 'all', or 'backbone' for an ImageNet initialisation.
+
+
+def is_model_dir(directory: str | os.PathLike) -> bool:
+  return os.path.isfile(os.path.join(os.fspath(directory), INFO_FILE))
 
 
 def flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
@@ -157,12 +132,19 @@ def _update_config(config: ml_collections.ConfigDict, values: Mapping[str, Any])
       config[key] = value
 
 
+def config_from_json(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A model ConfigDict from its JSON form (``model.json``, a run's ``config.json``)."""
+  config = base_model_config()
+  _update_config(config, _from_json(values))
+  return config
+
+
 def save_model(
     directory: str | os.PathLike,
     model: CCNet | ResNet,
     model_config: ml_collections.ConfigDict,
     *,
-    preprocessing: Mapping[str, Any] | None,
+    preprocessing: Preprocessing | None,
 ) -> str:
   """Writes ``directory/params`` and ``directory/model.json`` atomically; returns the path.
 
@@ -173,7 +155,7 @@ def save_model(
   replaced only once the new one is complete.
   """
   directory = os.path.abspath(os.fspath(directory))
-  preprocessing = check_preprocessing(preprocessing or IMAGENET_PREPROCESSING)
+  preprocessing = preprocessing or IMAGENET
   if isinstance(model, CCNet):
     part, arrays = "all", model_arrays(model)
   elif isinstance(model, ResNet):
@@ -185,7 +167,7 @@ def save_model(
       "format": FORMAT,
       "part": part,
       "model": _to_json(model_config.to_dict()),
-      "preprocessing": _to_json(preprocessing),
+      "preprocessing": preprocessing.to_json(),
   }
 
   parent = os.path.dirname(directory)
@@ -194,7 +176,7 @@ def save_model(
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(os.path.join(staging, "params"), arrays)
-    with open(os.path.join(staging, "model.json"), "w") as f:
+    with open(os.path.join(staging, INFO_FILE), "w") as f:
       json.dump(description, f, indent=2)
     if os.path.exists(directory):
       retired = staging + "-old"
@@ -209,10 +191,10 @@ def save_model(
   return directory
 
 
-def read_info(directory: str | os.PathLike) -> dict[str, Any]:
-  """``model.json`` of a model directory: {'model': ConfigDict, 'preprocessing', 'part'}."""
+def read_info(directory: str | os.PathLike) -> ModelInfo:
+  """``model.json`` of a model directory."""
   directory = os.fspath(directory)
-  path = os.path.join(directory, "model.json")
+  path = os.path.join(directory, INFO_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"{path} not found: {directory!r} is not a model directory written by save_model"
@@ -222,13 +204,11 @@ def read_info(directory: str | os.PathLike) -> dict[str, Any]:
     description = json.load(f)
   if description.get("format") != FORMAT:
     raise ValueError(f"{path} has format {description.get('format')!r}; expected {FORMAT!r}.")
-  config = base_model_config()
-  _update_config(config, _from_json(description["model"]))
-  return {
-      "model": config,
-      "preprocessing": check_preprocessing(_from_json(description["preprocessing"])),
-      "part": description["part"],
-  }
+  return ModelInfo(
+      config=config_from_json(description["model"]),
+      preprocessing=Preprocessing.from_json(description["preprocessing"]),
+      part=description["part"],
+  )
 
 
 def read_arrays(directory: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -274,9 +254,7 @@ def assign_arrays(
   nnx.update(module, state)
 
 
-def load_state_into(
-    model: CCNet, directory: str | os.PathLike, *, part: str = "all"
-) -> dict[str, Any]:
+def load_state_into(model: CCNet, directory: str | os.PathLike, *, part: str = "all") -> ModelInfo:
   """Fills an existing model from a model directory; returns the directory's info.
 
   ``part='all'`` replaces every array (the directory must hold a full model of
@@ -286,7 +264,7 @@ def load_state_into(
   if part not in PARTS:
     raise ValueError(f"part={part!r} is not one of {PARTS}.")
   info = read_info(directory)
-  if part == "all" and info["part"] != "all":
+  if part == "all" and info.part != "all":
     raise ValueError(
         f"{os.fspath(directory)!r} holds only a backbone; load it with part='backbone'."
     )
@@ -297,25 +275,3 @@ def load_state_into(
   else:
     assign_arrays(model, flat, source=source)
   return info
-
-
-def load_model(
-    directory: str | os.PathLike, *, seed: int = 0, dtype: str | None = None
-) -> tuple[CCNet, dict[str, Any]]:
-  """Rebuilds the saved CCNet in eval mode; returns (model, info) with info['model'] the config.
-
-  ``dtype`` ('bfloat16', ...) overrides the computation dtype recorded in
-  ``model.json``; the parameters stay float32 whatever it is.
-  """
-  info = read_info(directory)
-  if dtype is not None:
-    info["model"].dtype = dtype
-  if info["part"] != "all":
-    raise ValueError(
-        f"{os.fspath(directory)!r} holds only a backbone, not a whole model; use it as"
-        " an initialisation (init_from, load_state_into(..., part='backbone'))."
-    )
-  model = empty_module(lambda: build_model(info["model"], seed=seed), seed=seed)
-  load_state_into(model, directory, part="all")
-  model.eval()
-  return model, info

@@ -10,6 +10,7 @@ import ml_collections
 from flax import nnx
 from ml_collections import config_dict
 
+from ccnet_jax.models import init_schemes
 from ccnet_jax.models.ccnet import CCNet
 
 # float64 (parameters too) is for verification against float64 references; it needs
@@ -39,6 +40,9 @@ def base_model_config() -> ml_collections.ConfigDict:
           # BatchNorm variance as E[x^2] - E[x]^2 (one pass) instead of E[(x - E[x])^2]:
           # False (two passes) is the accurate one; True exists to measure what it saves.
           "bn_fast_variance": False,
+          # How the parameters start, as each recipe's reference code does it
+          # (models/init_schemes.py): the official code keeps torch.nn's defaults.
+          "init": {"backbone": "torch", "head": "torch"},
           "backbone": {
               "depth": 101,
               "stem": "deep",
@@ -86,6 +90,7 @@ def _mmseg(depth: int) -> Callable[[], ml_collections.ConfigDict]:
     config.backbone.update(depth=depth, stem="v1c", multi_grid=None, contract_dilation=True)
     config.head.activation = "relu"
     config.aux.update(channels=256, use_bias=False, activation="relu")
+    config.init.update(backbone="mmseg", head="mmseg")
     return config
 
   return make
@@ -123,13 +128,16 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
   return config
 
 
-def construct_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNet:
-  """The CCNet of a model ConfigDict, built op by op.
+def construct_model(config: ml_collections.ConfigDict, *, seed: int | jax.Array = 0) -> CCNet:
+  """The CCNet of a model ConfigDict, built op by op and initialised as ``model.init`` says.
 
   Slow to run, but free under ``nnx.eval_shape`` (``model_dir.empty_module``):
   the skeleton that loaded weights fill. ``build_model`` compiles it instead.
+  ``seed`` is an int or a key (a traced one builds models of many seeds in one program).
   """
   _check_dtype(config)
+  init_schemes.check_schemes(backbone=config.init.backbone, head=config.init.head)
+  rngs = nnx.Rngs(seed)
   model = CCNet(
       config.num_classes,
       backbone=config.backbone.to_dict(),
@@ -139,7 +147,10 @@ def construct_model(config: ml_collections.ConfigDict, *, seed: int = 0) -> CCNe
       remat=config.get("remat", "none"),
       dilated_conv=config.get("dilated_conv", "auto"),
       dtype=DTYPES[config.dtype],
-      rngs=nnx.Rngs(seed),
+      rngs=rngs,
+  )
+  init_schemes.initialise(
+      model, backbone=config.init.backbone, head=config.init.head, key=rngs.params()
   )
   if config.dtype == "float64":  # Parameters and statistics too.
     nnx.update(model, _cast_floats(nnx.state(model), jnp.float64))

@@ -6,8 +6,8 @@ could pick up. Every process calls :meth:`RunCheckpoints.save`; orbax coordinate
 multi-host writes. A checkpoint damaged later (a truncated file, a deleted directory)
 is moved aside on resume and the newest one that restores is used instead.
 
-Evaluation reads a checkpoint's model weights alone (:func:`load_checkpoint_model`):
-no optimiser is built and its state is never read.
+A model is read from a checkpoint by its weights alone (:func:`restore_weights`): no
+optimiser is built and its state is never read.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ import shutil
 from typing import Any, Callable
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
-from flax import nnx
 
 from ccnet_jax.errors import UserError
-from ccnet_jax.models.registry import build_model
 
 PyTree = Any
 SKIPPED_DIR = "checkpoints_unreadable"
@@ -145,40 +142,27 @@ class RunCheckpoints:
     self._manager.close()
 
 
-def _weights_target(model: nnx.Module) -> dict[str, Any]:
-  """Abstract params and batch_stats of ``model``, the part of a train state a model needs."""
-  _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return {
-      name: jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nnx.to_pure_dict(state)
-      )
-      for name, state in (("params", params), ("batch_stats", batch_stats))
-  }
+WEIGHTS = ("params", "batch_stats")
 
 
-def load_checkpoint_model(
-    model_config: ml_collections.ConfigDict, directory: str
-) -> tuple[nnx.Module, int]:
-  """(model in eval mode, step) from the newest checkpoint in ``directory``; no optimiser."""
+def restore_weights(directory: str, target: PyTree) -> tuple[PyTree, int]:
+  """({'params', 'batch_stats'}, step) of the newest checkpoint in ``directory``.
+
+  ``target`` holds the abstract arrays (``jax.ShapeDtypeStruct``) of those two parts of the
+  train state; nothing else of the checkpoint (optimiser state, data position) is read.
+  """
   checkpoints = RunCheckpoints(directory, keep=1 << 30, create=False)
   try:
     step = checkpoints.latest_step()
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {directory}.")
-    model = build_model(model_config, seed=0)
     try:
-      restored = checkpoints.restore_part(_weights_target(model), step)
+      restored = checkpoints.restore_part({name: target[name] for name in WEIGHTS}, step)
     except Exception as error:  # A damaged checkpoint fails in many libraries' types.
       raise UserError(
           f"the checkpoint of step {step} in {directory} cannot be read"
           f" ({_reason(error)}); train again or pass --model=<model directory>."
-      )
+      ) from error
   finally:
     checkpoints.close()
-  graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  nnx.replace_by_pure_dict(params, restored["params"])
-  nnx.replace_by_pure_dict(batch_stats, restored["batch_stats"])
-  model = nnx.merge(graphdef, params, batch_stats, rest)
-  model.eval()
-  return model, step
+  return restored, step

@@ -19,9 +19,14 @@ from ccnet_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
+CHECKPOINTS_DIR = "checkpoints"
+# The model directories a run writes: its final model, and the one with the best evaluation.
+FINAL_MODEL_DIR = "model"
+BEST_MODEL_DIR = "best"
 # Fields a resumed run may change: when and what it logs, evaluates and keeps, how long it
 # runs, where the data lives, and how the same network is computed.
 FREE_ON_RESUME = (
+    "model.init",  # How the weights started: a checkpoint holds them since.
     "train.total_steps",
     "train.log_every",
     "train.eval_every",

@@ -11,50 +11,42 @@ is written to OUT/<image name>_attention.png.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from typing import Sequence
+from absl import flags
 
-from ccnet_jax.cli import run_user_command
+from ccnet_jax import cli
 from ccnet_jax.data.labels import DATASET_NAMES
+from ccnet_jax.errors import UserError
 from ccnet_jax.visualize.attention import parse_pixel, save_attention
 
+COMMANDS = ("attention",)
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="python -m ccnet_jax.visualize", description=__doc__.split("\n")[0]
-  )
-  commands = parser.add_subparsers(dest="command", required=True)
-  attention = commands.add_parser("attention", help="criss-cross attention maps of pixels")
-  attention.add_argument("--model", required=True, help="model directory or training workdir")
-  attention.add_argument("--image", required=True, help="image file")
-  attention.add_argument(
-      "--pixel",
-      required=True,
-      action="append",
-      metavar="Y,X",
-      help="row,column of a pixel to show (repeat for several)",
-  )
-  attention.add_argument("--out", required=True, help="folder for the figure")
-  attention.add_argument(
-      "--dataset",
-      choices=DATASET_NAMES,
-      default=None,
-      help="palette (default: from the model's class count)",
-  )
-  return parser
+_MODEL = flags.DEFINE_string("model", None, "Model directory or training workdir.")
+_IMAGE = flags.DEFINE_string("image", None, "Image file.")
+_PIXEL = flags.DEFINE_multi_string(
+    "pixel", None, "Y,X: row,column of a pixel to show (repeat for several)."
+)
+_OUT = flags.DEFINE_string("out", None, "Folder for the figure.")
+_DATASET = flags.DEFINE_enum(
+    "dataset", None, DATASET_NAMES, "Palette (default: from the model's class count)."
+)
 
 
-def _attention(args: argparse.Namespace) -> None:
-  pixels = [parse_pixel(text) for text in args.pixel]
-  path = save_attention(args.model, args.image, pixels, args.out, dataset=args.dataset)
+def main(arguments: list[str]) -> None:
+  if tuple(arguments) not in [(command,) for command in COMMANDS]:
+    raise UserError(
+        f"expected one of the commands {', '.join(COMMANDS)}, got"
+        f" {' '.join(arguments) or 'nothing'} (--help)."
+    )
+  pixels = [parse_pixel(text) for text in cli.required(_PIXEL)]
+  path = save_attention(
+      cli.required(_MODEL),
+      cli.required(_IMAGE),
+      pixels,
+      cli.required(_OUT),
+      dataset=_DATASET.value,
+  )
   print(f"Wrote {path}", flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  args = _parser().parse_args(argv)
-  run_user_command(lambda: _attention(args))
-
-
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  cli.run(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -20,11 +20,11 @@ from flax import nnx
 from PIL import Image, ImageDraw
 
 from ccnet_jax.data.folders import read_image
-from ccnet_jax.data.transforms import normalize
+from ccnet_jax.data.labels import dataset_for_model
 from ccnet_jax.evaluation.inference import predict_logits
-from ccnet_jax.evaluation.predict import dataset_for_model, resolve_model_dir
-from ccnet_jax.evaluation.visualize import colorize, overlay
-from ccnet_jax.models.model_dir import load_model
+from ccnet_jax.evaluation.png import colorize, overlay
+from ccnet_jax.loading import load_model
+from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.ops.resize import interpolation_matrix
 
 # A dark-to-bright heat scale (black, purple, red, orange, pale yellow) for weights 0..1.
@@ -104,7 +104,7 @@ def check_pixels(pixels: Sequence[Sequence[int]], image_size: Sequence[int]) -> 
 
 
 def model_attention(
-    model: nnx.Module, image: np.ndarray, preprocessing: Mapping[str, Any], num_classes: int
+    model: nnx.Module, image: np.ndarray, preprocessing: Preprocessing, num_classes: int
 ) -> tuple[np.ndarray, list[np.ndarray]]:
   """(prediction (H, W), each loop's (h, w, h + w) weights) of a CCNet on one uint8 image."""
   graphdef, state = nnx.split(model)
@@ -116,7 +116,7 @@ def model_attention(
     logits = predict_logits(lambda x: network(x)[0], images, num_classes=num_classes)
     return logits.argmax(-1), network.attention_maps(images)
 
-  labels, maps = run(state, normalize(image, **preprocessing)[None])
+  labels, maps = run(state, preprocessing.normalize(image)[None])
   return np.asarray(labels[0]), [np.asarray(a[0]) for a in maps]
 
 
@@ -189,15 +189,13 @@ def image_attention(
 ) -> tuple[np.ndarray, list[PixelAttention], np.ndarray]:
   """(prediction, each pixel's maps, the figure) of a saved model on a uint8 RGB image.
 
-  ``model`` is a model directory or a training workdir; ``dataset`` picks the palette
-  (default: the known dataset with the model's class count).
+  ``model`` is a model directory or a training workdir (see ``ccnet_jax.loading``);
+  ``dataset`` picks the palette (default: the known dataset with the model's class count).
   """
   check_pixels(pixels, image.shape[:2])
-  network, info = load_model(resolve_model_dir(model))
-  palette = dataset_for_model(info["model"].num_classes, dataset).palette
-  prediction, loops = model_attention(
-      network, image, info["preprocessing"], info["model"].num_classes
-  )
+  loaded = load_model(model)
+  palette = dataset_for_model(loaded.num_classes, dataset).palette
+  prediction, loops = model_attention(loaded.model, image, loaded.preprocessing, loaded.num_classes)
   maps = [pixel_attention(loops, pixel, image.shape[:2]) for pixel in pixels]
   return prediction, maps, attention_figure(image, prediction, palette, maps)
 

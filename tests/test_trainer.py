@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from ccnet_jax import trainer
 from ccnet_jax.evaluation.run import evaluate_from_workdir
 from ccnet_jax.models.model_dir import flatten, model_arrays, read_arrays
-from ccnet_jax.training import trainer
 from configs import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,9 +1,9 @@
-"""``predict.py``'s job: label the user's images and videos with a trained or converted model.
+"""``predict.py``'s job: label the images and videos that arguments name, writing files.
 
-The model is a model directory (``model.json`` + ``params/``) or a training workdir, whose
-exported model (``model/``, else ``best/``) is used. Inference is evaluation's
-(:func:`ccnet_jax.evaluation.inference.predict_logits`): whole image or sliding windows,
-optionally several scales and flips, on images of any size.
+Images are read, grouped into batches of one size, labelled by a predictor and written as
+colour PNGs and overlays (label-id PNGs if asked); videos frame by frame into MP4 files. A
+predictor is anything with ``batch_size``, ``dataset`` (a ``DatasetInfo``) and
+``__call__(images) -> labels``, as :class:`ccnet_jax.prediction.predictor.Predictor` has.
 """
 
 from __future__ import annotations
@@ -13,132 +13,16 @@ import os
 import sys
 from typing import Callable, Iterable, Iterator, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from ccnet_jax.data.folders import read_image
-from ccnet_jax.data.labels import DATASET_NAMES, DatasetInfo, dataset_info, train_id_to_label_id
-from ccnet_jax.data.transforms import normalize
-from ccnet_jax.evaluation import media
-from ccnet_jax.evaluation.evaluator import model_predict_fn
-from ccnet_jax.evaluation.inference import MODES, predict_logits
-from ccnet_jax.evaluation.visualize import colorize, overlay, save_predictions
-from ccnet_jax.models.model_dir import load_model
+from ccnet_jax.data.labels import DatasetInfo, train_id_to_label_id
+from ccnet_jax.evaluation.png import colorize, overlay, save_predictions
+from ccnet_jax.prediction import media
 
-# Where a training run exports its models, in the order they are preferred.
-WORKDIR_MODELS = ("model", "best")
 ON_ERROR = ("stop", "skip")
-
-
-def resolve_model_dir(path: str) -> str:
-  """``path`` if it is a model directory, else the model a training workdir exported."""
-  for candidate in (path, *(os.path.join(path, name) for name in WORKDIR_MODELS)):
-    if os.path.isfile(os.path.join(candidate, "model.json")):
-      return candidate
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"--model={path}: no such directory.")
-  raise FileNotFoundError(
-      f"--model={path}: not a model directory (no model.json) and not a training workdir with"
-      f" an exported model ({' or '.join(WORKDIR_MODELS)}/); finish the training run (rerun"
-      " python train.py with this workdir) or convert a checkpoint (python -m ccnet_jax.convert)."
-  )
-
-
-def dataset_for_model(num_classes: int, name: str | None = None) -> DatasetInfo:
-  """The dataset whose palette and label ids a model's outputs use: ``name``, or the one
-  known dataset with ``num_classes`` classes."""
-  if name:
-    info = dataset_info(name)
-    if info.num_classes != num_classes:
-      raise ValueError(
-          f"--dataset={name} has {info.num_classes} classes but the model predicts"
-          f" {num_classes}; pass the dataset the model was trained on."
-      )
-    return info
-  matches = [dataset_info(n) for n in DATASET_NAMES if dataset_info(n).num_classes == num_classes]
-  if len(matches) != 1:
-    raise ValueError(
-        f"The model predicts {num_classes} classes, which names no single known dataset;"
-        f" pass --dataset (one of {', '.join(DATASET_NAMES)})."
-    )
-  return matches[0]
-
-
-class Predictor:
-  """A loaded model with fixed inference settings: uint8 RGB images in, train ids out."""
-
-  def __init__(
-      self,
-      model: str,
-      *,
-      dataset: str | None = None,
-      mode: str = "whole",
-      crop_size: Sequence[int] = (769, 769),
-      overlap: float = 1 / 3,
-      scales: Sequence[float] = (1.0,),
-      flip: bool = False,
-      batch_size: int = 1,
-      dtype: str | None = None,
-  ):
-    """Loads ``model`` (a model directory or a training workdir).
-
-    Args:
-      model: model directory or workdir (see :func:`resolve_model_dir`).
-      dataset: palette / label-id convention; default: inferred from the class count.
-      mode, crop_size, overlap, scales, flip: as in :func:`predict_logits`.
-      batch_size: images of one size predicted together; a short batch is padded so
-        every batch of a size reuses one compiled program.
-      dtype: computation dtype ('bfloat16', ...); default: the model's.
-    """
-    _check_settings(mode, crop_size, overlap, scales, batch_size)
-    self.model_dir = resolve_model_dir(model)
-    network, info = load_model(self.model_dir, dtype=dtype)
-    self.preprocessing = info["preprocessing"]
-    self.dataset = dataset_for_model(info["model"].num_classes, dataset)
-    self.batch_size = int(batch_size)
-    predict_fn, self._state = model_predict_fn(network)
-    infer = functools.partial(
-        predict_logits,
-        num_classes=self.dataset.num_classes,
-        mode=mode,
-        crop_size=tuple(int(c) for c in crop_size),
-        overlap=float(overlap),
-        scales=tuple(float(s) for s in scales),
-        flip=bool(flip),
-    )
-    self._labels = jax.jit(
-        lambda state, images: jnp.argmax(infer(functools.partial(predict_fn, state), images), -1)
-    )
-
-  def normalize(self, image: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> the float32 input the model expects (its recorded mean, std, order)."""
-    return normalize(image, **self.preprocessing)
-
-  def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """(H, W) uint8 train ids for each uint8 (H, W, 3) RGB image; all of one size."""
-    labels = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = [self.normalize(image) for image in images[start : start + self.batch_size]]
-      padding = [np.zeros_like(chunk[0])] * (self.batch_size - len(chunk))
-      batch = np.stack(chunk + padding)
-      labels.extend(np.asarray(self._labels(self._state, batch), np.uint8)[: len(chunk)])
-    return labels
-
-
-def _check_settings(mode, crop_size, overlap, scales, batch_size) -> None:
-  if mode not in MODES:
-    raise ValueError(f"--mode={mode!r} must be one of {MODES}.")
-  if len(crop_size) != 2 or min(crop_size) < 1:
-    raise ValueError(f"--crop_size={tuple(crop_size)} must be two positive sizes (height,width).")
-  if not 0 <= overlap < 1:
-    raise ValueError(f"--overlap={overlap} must be in [0, 1).")
-  if not scales or min(scales) <= 0:
-    raise ValueError(f"--scales={tuple(scales)} must be one or more positive scales.")
-  if int(batch_size) < 1:
-    raise ValueError(f"--batch_size={batch_size} must be at least 1.")
 
 
 class Outputs:
@@ -272,7 +156,7 @@ def predict_video(predictor, outputs, item: media.Input, progress=True) -> int:
 
 
 def predict_paths(
-    predictor: Predictor,
+    predictor,
     arguments: Sequence[str],
     out_dir: str,
     *,

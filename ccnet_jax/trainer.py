@@ -25,6 +25,7 @@ from ccnet_jax.errors import TrainingDiverged
 from ccnet_jax.evaluation.metrics import format_results_table
 from ccnet_jax.evaluation.run import ModelEvaluation
 from ccnet_jax.models.model_dir import load_state_into, save_model
+from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.models.registry import build_model
 from ccnet_jax.training.checkpointing import RunCheckpoints
 from ccnet_jax.training.mesh import global_batch, initialize_distributed, make_mesh, replicate
@@ -33,20 +34,19 @@ from ccnet_jax.training.preemption import StopRequest
 from ccnet_jax.training.state import ModelDef, TrainState, create_train_state, merge_model
 from ccnet_jax.training.step import make_train_step
 from ccnet_jax.training.summaries import MetricWriter, ProgressLine
-from ccnet_jax.training.workdir import WorkdirLock, check_same_config, check_writable, write_config
+from ccnet_jax.training.workdir import (
+    BEST_MODEL_DIR,
+    CHECKPOINTS_DIR,
+    FINAL_MODEL_DIR,
+    WorkdirLock,
+    check_same_config,
+    check_writable,
+    write_config,
+)
 
 __all__ = ["TrainingDiverged", "check_config", "initial_model", "train_and_evaluate"]
 
 INTERVALS = ("log_every", "eval_every", "checkpoint_every")
-
-
-def preprocessing(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The input normalisation a model trained with ``data_config`` expects."""
-  return {
-      "channel_order": data_config.channel_order,
-      "mean": list(data_config.mean),
-      "std": list(data_config.std),
-  }
 
 
 def _check_intervals(train: ml_collections.ConfigDict) -> None:
@@ -106,7 +106,7 @@ def _due(step: int, every: int) -> bool:
 
 
 def _best_record(workdir: str) -> dict[str, Any]:
-  path = os.path.join(workdir, "best", "metrics.json")
+  path = os.path.join(workdir, BEST_MODEL_DIR, "metrics.json")
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       return json.load(f)
@@ -130,7 +130,7 @@ def write_model_dir(
       os.path.join(workdir, name),
       merge_model(model_def, local, train=False),
       config.model,
-      preprocessing=preprocessing(config.data),
+      preprocessing=Preprocessing.from_config(config.data),
   )
   for filename, content in (extra or {}).items():
     with open(os.path.join(directory, filename), "w", encoding="utf-8") as f:
@@ -163,7 +163,7 @@ class Run:
       self.best = {"step": step, "miou": float(results["miou"])}
       write_model_dir(
           self.workdir,
-          "best",
+          BEST_MODEL_DIR,
           self.model_def,
           state,
           self.config,
@@ -188,7 +188,7 @@ class Run:
 
 
 def _open_checkpoints(config, workdir: str) -> RunCheckpoints:
-  directory = os.path.join(workdir, "checkpoints")
+  directory = os.path.join(workdir, CHECKPOINTS_DIR)
   if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
     check_same_config(workdir, config)
   checkpoints = RunCheckpoints(directory, keep=config.train.keep_checkpoints)
@@ -248,7 +248,12 @@ def _loop(config, workdir, mesh, checkpoints, stop_after_steps) -> dict[str, Any
   train_step = make_train_step(model_def, tx, schedule, config.loss, mesh)
   writer = MetricWriter(workdir, start_step=step)
   progress = ProgressLine(total_steps, config.train.global_batch_size)
-  evaluation = ModelEvaluation(config, merge_model(model_def, state, train=False), mesh)
+  evaluation = ModelEvaluation(
+      config,
+      merge_model(model_def, state, train=False),
+      mesh,
+      preprocessing=Preprocessing.from_config(config.data),
+  )
   run = Run(config, workdir, model_def, checkpoints, writer, evaluation)
   every = config.train
   saved = step
@@ -274,7 +279,7 @@ def _loop(config, workdir, mesh, checkpoints, stop_after_steps) -> dict[str, Any
           return _stop_early(stop, step, saved, state, loader, checkpoints)
 
       metrics = run.evaluate(total_steps, state)
-      write_model_dir(workdir, "model", model_def, state, config)
+      write_model_dir(workdir, FINAL_MODEL_DIR, model_def, state, config)
     if jax.process_index() == 0:
       print(format_results_table(metrics, dataset_info(config.data.name).class_names))
     return {"step": step, **metrics}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -27,21 +26,6 @@ def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndar
     raise ValueError(f"image {image.shape} and colour map {color.shape} must have one shape.")
   blended = (1 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
   return np.clip(np.round(blended), 0, 255).astype(np.uint8)
-
-
-def denormalize(
-    image: np.ndarray, mean: Sequence[float], std: Sequence[float], channel_order: str = "rgb"
-) -> np.ndarray:
-  """Inverts the data pipeline's ``(x - mean) / std`` in ``channel_order``: uint8 RGB."""
-  order = channel_order.lower()
-  if order not in ("rgb", "bgr"):
-    raise ValueError(f"data.channel_order={channel_order!r} must be 'rgb' or 'bgr'.")
-  pixels = np.asarray(image, np.float32) * np.asarray(std, np.float32) + np.asarray(
-      mean, np.float32
-  )
-  if order == "bgr":
-    pixels = pixels[..., ::-1]
-  return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
 def save_predictions(

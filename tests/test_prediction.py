@@ -1,5 +1,6 @@
-"""predict.py: folders of odd-sized images and videos in, colour / overlay / label-id files out,
-labels checked against a forward pass upsampled by torch and against eval's inference."""
+"""Prediction on files (predict.py): folders of odd-sized images and videos in, colour / overlay /
+label-id files out, labels checked against a forward pass upsampled by torch and against eval's
+inference."""
 
 import functools
 import os
@@ -7,38 +8,35 @@ import subprocess
 import sys
 
 import imageio.v2 as imageio
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from ccnet_jax.data.labels import SYNTHETIC, train_id_to_label_id
-from ccnet_jax.evaluation import media
+from ccnet_jax.data.labels import SYNTHETIC
 from ccnet_jax.evaluation.evaluator import model_predict_fn
 from ccnet_jax.evaluation.inference import predict_logits
-from ccnet_jax.evaluation.predict import (
-    Predictor,
-    dataset_for_model,
-    predict_paths,
-    resolve_model_dir,
-)
+from ccnet_jax.loading import load_model
 from ccnet_jax.models import model_dir
-from tests.test_models_model_dir import randomised, tiny_config
+from ccnet_jax.models.preprocessing import IMAGENET
+from ccnet_jax.prediction import media
+from ccnet_jax.prediction.files import predict_paths
+from ccnet_jax.prediction.predictor import Predictor
+from tests.helpers import randomised, tiny_model_config
 
 torch = pytest.importorskip("torch")
 # ffmpeg runs as a subprocess (fork, then exec at once), which JAX's fork warning does not concern.
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 
 NUM_CLASSES = SYNTHETIC.num_classes
-MEAN = np.array(model_dir.IMAGENET_PREPROCESSING["mean"], np.float32)
-STD = np.array(model_dir.IMAGENET_PREPROCESSING["std"], np.float32)
+MEAN = np.array(IMAGENET.mean, np.float32)
+STD = np.array(IMAGENET.std, np.float32)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A training workdir whose exported model/ is a tiny random CCNet with 6 classes."""
-  config = tiny_config(num_classes=NUM_CLASSES)
+  config = tiny_model_config(num_classes=NUM_CLASSES)
   model = randomised(config, seed=3)
   root = tmp_path_factory.mktemp("run")
   model_dir.save_model(root / "model", model, config, preprocessing=None)
@@ -47,7 +45,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(workdir):
-  return Predictor(workdir[0], batch_size=2)
+  return Predictor(load_model(workdir[0]), batch_size=2)
 
 
 def smooth_image(rng, height, width):
@@ -181,42 +179,3 @@ def test_bad_arguments_name_the_file(tmp_path):
   clash = [media.Input("x/a.png", "a"), media.Input("y/a.jpg", "a")]
   with pytest.raises(ValueError, match="y/a.jpg and x/a.png would both write"):
     media.check_unique_names(clash)
-
-
-def test_workdir_resolves_to_its_exported_model(workdir, tmp_path):
-  config, model = tiny_config(num_classes=NUM_CLASSES), workdir[1]
-  model_dir.save_model(tmp_path / "best", model, config, preprocessing=None)
-  assert resolve_model_dir(str(tmp_path)) == str(tmp_path / "best")
-  assert resolve_model_dir(str(tmp_path / "best")) == str(tmp_path / "best")
-  model_dir.save_model(tmp_path / "model", model, config, preprocessing=None)
-  assert resolve_model_dir(str(tmp_path)) == str(tmp_path / "model")
-  (tmp_path / "checkpoints_only").mkdir()
-  with pytest.raises(FileNotFoundError, match="not a model directory"):
-    resolve_model_dir(str(tmp_path / "checkpoints_only"))
-
-
-def test_dataset_from_the_class_count_or_named():
-  assert dataset_for_model(19).name == "cityscapes"
-  assert dataset_for_model(150).name == "ade20k"
-  assert dataset_for_model(6).name == "synthetic"
-  with pytest.raises(ValueError, match="pass --dataset"):
-    dataset_for_model(7)
-  with pytest.raises(ValueError, match="--dataset=ade20k has 150 classes"):
-    dataset_for_model(19, "ade20k")
-
-
-def test_cityscapes_label_ids_follow_the_official_table():
-  labels = pytest.importorskip("cityscapesscripts.helpers.labels")
-  table = train_id_to_label_id("cityscapes")
-  for train_id in range(19):
-    assert table[train_id] == labels.trainId2label[train_id].id
-  ade = train_id_to_label_id("ade20k")
-  np.testing.assert_array_equal(ade[:150], np.arange(1, 151))
-
-
-def test_bfloat16_computes_in_bfloat16_on_float32_parameters(workdir):
-  network, info = model_dir.load_model(os.path.join(workdir[0], "model"), dtype="bfloat16")
-  assert info["model"].dtype == "bfloat16" and network.dtype == jnp.bfloat16
-  kernel = network.head.classifier.kernel
-  assert kernel.dtype == jnp.float32
-  np.testing.assert_array_equal(np.asarray(kernel), np.asarray(workdir[1].head.classifier.kernel))
