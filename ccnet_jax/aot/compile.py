@@ -20,8 +20,10 @@ from ccnet_jax.aot.targets import Target, target_devices
 from ccnet_jax.errors import UserError
 from ccnet_jax.training.mesh import make_mesh
 
-# No GPU to time candidate kernels on: XLA takes its default for each convolution and dot.
-GPU_COMPILER_OPTIONS = {"xla_gpu_autotune_level": 0}
+# No GPU to time candidates on: XLA takes its default algorithm for each convolution, and
+# cuBLAS for each matrix product (without autotuning, its Triton tiling of some products,
+# the loss's bilinear resize among them, finds no tile sizes and fails).
+GPU_COMPILER_OPTIONS = {"xla_gpu_autotune_level": 0, "xla_gpu_enable_triton_gemm": False}
 
 
 def prepare(target: Target) -> None:
@@ -73,7 +75,8 @@ def _compile(name, lowered, target, *, global_batch, devices, dump_dir):
   except jax.errors.JaxRuntimeError as error:
     message = _out_of_memory(error)
     if message is None:
-      raise
+      first = next((line for line in str(error).splitlines() if line.strip()), "")
+      raise UserError(f"the {name} does not compile for {target.name}: {first[:400]}") from error
     return analysis.ProgramReport(
         name,
         global_batch,
