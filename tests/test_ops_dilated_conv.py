@@ -126,3 +126,39 @@ class DilatedConvTest(parameterized.TestCase):
   def test_unknown_form_names_the_field(self):
     with pytest.raises(ValueError, match="model.dilated_conv='dilated'"):
       get_dilated_conv("dilated")
+
+
+def _tiny_ccnet_config(form: str):
+  from ccnet_jax.models.registry import model_config
+
+  config = model_config("ccnet_r101_official", num_classes=3, dtype="float64", dilated_conv=form)
+  config.backbone.update(depth=18, base_width=8)
+  config.head.update(out_channels=8)
+  config.aux.channels = 8
+  return config
+
+
+def test_the_model_computes_its_dilated_convs_in_the_form_named():
+  """model.dilated_conv reaches every dilated conv of the backbone; the logits do not move."""
+  from flax import nnx
+
+  from ccnet_jax.models.layers import Conv2d
+  from ccnet_jax.models.registry import build_model
+
+  images = np.random.default_rng(0).normal(size=(2, 33, 33, 3))
+  logits = {}
+  with jax.enable_x64(True):
+    for form in ("lax", "space_to_batch"):
+      model = build_model(_tiny_ccnet_config(form), seed=0)
+      dilated = [
+          m
+          for _, m in nnx.iter_graph(model)
+          if isinstance(m, Conv2d) and np.max(m.kernel_dilation) > 1
+      ]
+      assert len(dilated) == 8  # layer3 and layer4 of ResNet-18: 2 blocks x 2 convs each.
+      assert all(m.conv_general_dilated is get_dilated_conv(form) for m in dilated)
+      model.eval()
+      logits[form] = np.asarray(jax.jit(lambda x, model=model: model(x)[0])(images))
+  assert logits["lax"].dtype == np.float64
+  scale = np.max(np.abs(logits["lax"]))
+  assert np.max(np.abs(logits["space_to_batch"] - logits["lax"])) < 1e-12 * scale
