@@ -4,8 +4,10 @@
   python predict.py --model=runs/cs/best frames/ --out=out --mode=sliding --label_ids
   python predict.py --model=models/ccnet_official img.png --out=out --scales=0.75,1,1.25 --flip
 
-``--model`` is a model directory (written by training or ``python -m ccnet_jax.convert``)
-or a training workdir (its exported ``model/``, else ``best/``, else its newest checkpoint).
+``--model`` is a model directory (written by training or ``python -m ccnet_jax.convert``),
+a training workdir (its exported ``model/``, else ``best/``, else its newest checkpoint), or
+an ONNX export (``python -m ccnet_jax.export ... --format=onnx``: ``model.onnx`` and
+``serving.json``), which ONNX Runtime runs (``--provider``).
 Inputs are image files, folders (searched recursively), glob patterns and video files. For
 each image it writes ``NAME_pred.png`` (classes in the dataset's colours) and
 ``NAME_overlay.png``, with ``--label_ids`` also ``NAME_labelIds.png`` (Cityscapes label ids,
@@ -21,12 +23,17 @@ from ccnet_jax import cli
 from ccnet_jax.data.labels import DATASET_NAMES
 from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.inference import MODES, InferenceSettings
+from ccnet_jax.export.onnx_runtime import PROVIDERS, OnnxModel, is_onnx_export
 from ccnet_jax.loading import load_model
 from ccnet_jax.prediction.files import ON_ERROR, predict_paths
 from ccnet_jax.prediction.predictor import Predictor
+from ccnet_jax.prediction.runtime import RuntimePredictor
 
 _MODEL = flags.DEFINE_string(
-    "model", None, "Model directory, training workdir or its checkpoints/ (see ccnet_jax.loading)."
+    "model",
+    None,
+    "Model directory, training workdir or its checkpoints/ (see ccnet_jax.loading), or an ONNX"
+    " export.",
 )
 _OUT = flags.DEFINE_string("out", None, "Folder for the outputs (created if needed).")
 _DATASET = flags.DEFINE_enum(
@@ -40,6 +47,13 @@ _FLIP = flags.DEFINE_bool("flip", False, "Also average the horizontally flipped 
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Images (of one size) or frames per forward pass.")
 _DTYPE = flags.DEFINE_enum(
     "dtype", None, ["float32", "bfloat16"], "Computation dtype (default: the model's)."
+)
+_PROVIDER = flags.DEFINE_enum(
+    "provider",
+    None,
+    list(PROVIDERS),
+    "ONNX Runtime's execution provider for an ONNX export (default: the first of"
+    f" {', '.join(PROVIDERS)} that is installed).",
 )
 _LABEL_IDS = flags.DEFINE_bool("label_ids", False, "Also write raw label-id PNGs.")
 _ON_ERROR = flags.DEFINE_enum(
@@ -75,9 +89,8 @@ def main(inputs):
     )
   except ValueError as error:
     raise ValueError(f"--{error}") from None
-  loaded = load_model(model, dtype=_DTYPE.value)
-  predictor = Predictor(loaded, settings=settings, dataset=_DATASET.value, batch_size=_BATCH.value)
-  print(f"Model: {loaded.source} ({predictor.dataset.name} classes).", flush=True)
+  predictor, source = _predictor(model, settings)
+  print(f"Model: {source} ({predictor.dataset.name} classes).", flush=True)
   counts = predict_paths(
       predictor,
       inputs,
@@ -91,6 +104,20 @@ def main(inputs):
       f" frames) to {out}; {counts['skipped']} inputs skipped.",
       flush=True,
   )
+
+
+def _predictor(model: str, settings: InferenceSettings):
+  """The predictor of ``--model`` and what it runs: JAX for a model, ONNX Runtime for an export."""
+  options = {"settings": settings, "dataset": _DATASET.value, "batch_size": _BATCH.value}
+  if is_onnx_export(model):
+    if _DTYPE.value is not None:
+      raise UserError(f"--dtype is for JAX models; {model} is an ONNX export, run as exported.")
+    network = OnnxModel(model, provider=_PROVIDER.value)
+    return RuntimePredictor(network, **options), network.description
+  if _PROVIDER.value is not None:
+    raise UserError(f"--provider is for ONNX exports; {model} is run by JAX.")
+  loaded = load_model(model, dtype=_DTYPE.value)
+  return Predictor(loaded, **options), loaded.source
 
 
 if __name__ == "__main__":

@@ -245,7 +245,9 @@ def _loop(config, workdir, mesh, checkpoints, stop_after_steps) -> dict[str, Any
   tx, schedule = make_optimizer(config.optim, total_steps)
   model_def, state = create_train_state(initial_model(config), tx, seed=config.train.seed)
   state, step = _resume(checkpoints, replicate(state, mesh), loader, workdir)
-  train_step = make_train_step(model_def, tx, schedule, config.loss, mesh)
+  train_step = make_train_step(
+      model_def, tx, schedule, config.loss, mesh, Preprocessing.from_config(config.data)
+  )
   writer = MetricWriter(workdir, start_step=step)
   progress = ProgressLine(total_steps, config.train.global_batch_size)
   evaluation = ModelEvaluation(

@@ -67,6 +67,7 @@ def run(args) -> dict:
   import jax
 
   from ccnet_jax.data.pipeline import make_train_loader
+  from ccnet_jax.models.preprocessing import Preprocessing
   from ccnet_jax.training.checkpointing import RunCheckpoints
   from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
   from ccnet_jax.training.step import make_train_step
@@ -75,9 +76,11 @@ def run(args) -> dict:
   with open(args.weights, "rb") as f:
     weights = pickle.load(f)
   model_def, tx, schedule, host_state = worker.build(weights=weights)
-  train_step = make_train_step(model_def, tx, schedule, worker.loss_config(), mesh)
+  config = data_config(args.data_root)
+  preprocessing = Preprocessing.from_config(config)
+  train_step = make_train_step(model_def, tx, schedule, worker.loss_config(), mesh, preprocessing)
   state = replicate(host_state, mesh)
-  loader = make_train_loader(data_config(args.data_root), global_batch_size=GLOBAL_BATCH, seed=0)
+  loader = make_train_loader(config, global_batch_size=GLOBAL_BATCH, seed=0)
   checkpoints = RunCheckpoints(args.checkpoints, keep=2)
   step, checksum = 0, None
   if args.phase == "resume":
@@ -90,7 +93,7 @@ def run(args) -> dict:
   while step < args.steps:
     batch = next(loader)
     records[step + 1] = records_read(batch["label"])
-    batch = global_batch({"image": batch["image"], "label": as_model_labels(batch["label"])}, mesh)
+    batch = global_batch(dict(batch, label=as_model_labels(batch["label"])), mesh)
     if compiled is None:
       compiled = train_step.lower(state, batch).compile()
       wait_for_all(args)

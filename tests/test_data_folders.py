@@ -10,7 +10,7 @@ from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
 from ccnet_jax.data.config import data_config
-from ccnet_jax.data.folders import ADE20KFolders, CityscapesFolders
+from ccnet_jax.data.folders import ADE20KFolders, CityscapesFolders, read_image, read_label
 from ccnet_jax.data.pipeline import make_eval_loader
 from ccnet_jax.data.sources import build_source
 
@@ -139,3 +139,72 @@ def test_ade20k_errors(tmp_path):
   _save(source.label_paths[0], ids)
   with pytest.raises(ValueError, match=r"\[151\]"):
     source[0]
+
+
+def _pil_rgb(path):
+  with Image.open(path) as image:
+    return np.asarray(image.convert("RGB"))
+
+
+def _encoded(tmp_path):
+  """(path, PIL image) of a photo-like picture in the PNG and JPEG modes the decoders see."""
+  rng = np.random.default_rng(2)
+  smooth = np.cumsum(rng.integers(-8, 9, (24, 40, 3)), axis=1) + 128
+  rgb = Image.fromarray(np.clip(smooth, 0, 255).astype(np.uint8))
+  images = {
+      "rgb.png": rgb,
+      "grey.png": rgb.convert("L"),
+      "rgba.png": rgb.convert("RGBA"),
+      "palette.png": rgb.quantize(32),
+      "deep.png": Image.fromarray(np.asarray(rgb)[..., 0].astype(np.uint16) * 257),
+      "grey.jpg": rgb.convert("L"),
+      "cmyk.jpg": rgb.convert("CMYK"),
+  }
+  options = {f"{s}{p}.jpg": dict(subsampling=s, progressive=p) for s in (0, 1, 2) for p in (0, 1)}
+  images.update({name: rgb for name in options})
+  paths = {}
+  for name, image in images.items():
+    paths[name] = str(tmp_path / name)
+    image.save(paths[name], quality=90, **options.get(name, {}))
+  return paths
+
+
+def test_decoders_give_pils_pixels(tmp_path):
+  """libspng (8-bit RGB PNG) and libjpeg-turbo through OpenCV (RGB and grey JPEG, any chroma
+  subsampling, progressive) decode to PIL's pixels; other modes go through PIL itself."""
+  for name, path in _encoded(tmp_path).items():
+    got = read_image(path)
+    assert got.dtype == np.uint8 and got.shape == (24, 40, 3), name
+    np.testing.assert_array_equal(got, _pil_rgb(path), err_msg=name)
+
+
+def test_decoders_refuse_what_pil_refuses(tmp_path):
+  path = _encoded(tmp_path)["00.jpg"]
+  with open(path, "rb") as f:
+    data = f.read()
+  truncated = str(tmp_path / "truncated.jpg")
+  with open(truncated, "wb") as f:
+    f.write(data[: len(data) // 2])
+  with pytest.raises(ValueError, match="truncated.jpg"):
+    read_image(truncated)
+  png = _encoded(tmp_path)["rgb.png"]
+  with open(png, "rb") as f:
+    data = f.read()
+  with open(png, "wb") as f:
+    f.write(data[:-40])
+  with pytest.raises(ValueError, match="rgb.png"):
+    read_image(png)
+
+
+def test_label_decoders_keep_ids_and_palette_indices(tmp_path):
+  ids = np.random.default_rng(3).integers(0, 40, (9, 13)).astype(np.uint8)
+  grey, palette = str(tmp_path / "grey.png"), str(tmp_path / "palette.png")
+  Image.fromarray(ids).save(grey)
+  indexed = Image.fromarray(ids, mode="P")
+  indexed.putpalette(np.random.default_rng(4).integers(0, 256, 768).astype(np.uint8).tobytes())
+  indexed.save(palette)
+  for path in (grey, palette):
+    np.testing.assert_array_equal(read_label(path), ids)
+  Image.fromarray(np.zeros((9, 13, 3), np.uint8)).save(grey)
+  with pytest.raises(ValueError, match="mode 'RGB'"):
+    read_label(grey)

@@ -42,6 +42,7 @@ import numpy as np
 from ccnet_jax.data.pipeline import make_train_loader
 from ccnet_jax.data.synthetic import SHAPE_RED
 from ccnet_jax.evaluation.run import ModelEvaluation
+from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.trainer import initial_model
 from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
 from ccnet_jax.training.optim import make_optimizer
@@ -88,7 +89,8 @@ def train_and_evaluate_on_one_device(config: ml_collections.ConfigDict) -> dict:
   tx, schedule = make_optimizer(config.optim, config.train.total_steps)
   model_def, state = create_train_state(initial_model(config), tx, seed=config.train.seed)
   state = replicate(state, mesh)
-  train_step = make_train_step(model_def, tx, schedule, config.loss, mesh)
+  preprocessing = Preprocessing.from_config(config.data)
+  train_step = make_train_step(model_def, tx, schedule, config.loss, mesh, preprocessing)
   for _ in range(config.train.total_steps):
     state, _ = train_step(state, global_batch(next(loader), mesh))
   model = merge_model(model_def, state, train=False)

@@ -1,5 +1,7 @@
 """Convolutions and pooling equal to torch.nn on odd and even sizes."""
 
+import itertools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -55,6 +57,18 @@ class MaxPoolTest(parameterized.TestCase):
     expected = F.max_pool2d(_to_torch(x), 3, stride=2, padding=1, ceil_mode=ceil_mode)
     out = layers.max_pool(x, kernel=3, stride=2, padding=1, ceil_mode=ceil_mode)
     np.testing.assert_array_equal(np.asarray(out), _from_torch(expected))
+
+  def test_max_pool_matches_torch_for_every_window(self):
+    """Both paddings of ceil_mode (constant, and by size where PyTorch drops a window)."""
+    checked = set()
+    for size, kernel, stride, padding in itertools.product((6, 7), (2, 3), (1, 2, 3), (0, 1)):
+      x = jax.random.normal(jax.random.key(size), (1, size, size, 1))
+      for ceil_mode in (True, False):
+        expected = F.max_pool2d(_to_torch(x), kernel, stride, padding, ceil_mode=ceil_mode)
+        out = layers.max_pool(x, kernel=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode)
+        np.testing.assert_array_equal(np.asarray(out), _from_torch(expected))
+        checked.add(ceil_mode and padding + stride - 1 < kernel)
+    self.assertEqual(checked, {True, False})
 
   def test_pooled_size_matches_torch(self):
     checked = 0

@@ -49,6 +49,17 @@ def test_denormalize_returns_the_uint8_image(preprocessing):
   np.testing.assert_array_equal(restored, IMAGE)
 
 
+@pytest.mark.parametrize("preprocessing", [IMAGENET, OFFICIAL], ids=["imagenet", "official"])
+def test_rgb_values_invert_normalize_without_rounding(preprocessing):
+  """Resized images are not integers: the float inverse must give them back, not round them."""
+  rgb = np.random.default_rng(1).uniform(0, 255, (2, 5, 7, 3))
+  restored = preprocessing.rgb_values(preprocessing.normalize(rgb))
+  assert restored.dtype == np.float32
+  # The normalisation's error, scaled back by std, and the product's and sum's own rounding.
+  bound = float32_bound(preprocessing) * max(preprocessing.std) + 2 * 2.0**-24 * 255
+  np.testing.assert_allclose(restored, rgb, rtol=0, atol=bound)
+
+
 def test_json_and_config_forms():
   assert Preprocessing.from_json(OFFICIAL.to_json()) == OFFICIAL
   assert OFFICIAL.to_json() == {

@@ -26,17 +26,21 @@ def _qkv(shape, value_channels, seed=0, scale=1.0):
   return q, k, v
 
 
+# (name, q/k shape, value channels): odd and even, wide and tall, down to one pixel.
+SHAPES = (
+    ("square", (1, 5, 5, 4), 6),
+    ("wide", (2, 4, 7, 3), 5),
+    ("tall", (2, 7, 3, 2), 4),
+    ("single_row", (1, 1, 6, 2), 3),
+    ("single_column", (1, 6, 1, 2), 3),
+    ("single_pixel", (1, 1, 1, 2), 3),
+)
+
+
 class CrissCrossAttentionTest(parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.named_parameters(
-      ("square", (1, 5, 5, 4), 6),
-      ("wide", (2, 4, 7, 3), 5),
-      ("tall", (2, 7, 3, 2), 4),
-      ("single_row", (1, 1, 6, 2), 3),
-      ("single_column", (1, 6, 1, 2), 3),
-      ("single_pixel", (1, 1, 1, 2), 3),
-  )
+  @parameterized.named_parameters(*SHAPES)
   def test_matches_reference_float32(self, shape, value_channels):
     q, k, v = _qkv(shape, value_channels, scale=1.5)
     out, attention = self.variant(

@@ -14,9 +14,10 @@ import pytest
 from flax import nnx
 
 from ccnet_jax.models import layers
+from ccnet_jax.models.preprocessing import IMAGENET, OFFICIAL
 from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
 from ccnet_jax.training.state import merge_model
-from ccnet_jax.training.step import make_train_step
+from ccnet_jax.training.step import make_train_step, normalize_images
 from tests import distributed_worker as worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,16 +30,16 @@ def _host(tree):
 class _Run:
   """A compiled step on a mesh, started from the fixed initial state."""
 
-  def __init__(self, devices, dtype="float32"):
+  def __init__(self, devices, dtype="float32", preprocessing=None):
     self.model_def, self.tx, self.schedule, self.initial = worker.build(dtype)
     self.mesh = make_mesh(devices)
     train_step = make_train_step(
-        self.model_def, self.tx, self.schedule, worker.loss_config(), self.mesh
+        self.model_def, self.tx, self.schedule, worker.loss_config(), self.mesh, preprocessing
     )
+    example = worker.fixed_batch() if preprocessing is None else _loader_batch()
     # Compiled ahead of time with the same shardings; only backend optimisation is cut.
     self.step = train_step.lower(
-        replicate(self.initial, self.mesh),
-        global_batch(worker.fixed_batch(), self.mesh),
+        replicate(self.initial, self.mesh), global_batch(example, self.mesh)
     ).compile(worker.FAST_COMPILE)
 
   def run(self, steps, batch=None, state=None):
@@ -51,6 +52,53 @@ class _Run:
       states.append(_host(state))
       metrics.append({k: float(v) for k, v in step_metrics.items()})
     return states, metrics
+
+
+def _loader_batch() -> dict[str, np.ndarray]:
+  """A batch as the loader gives it: uint8 RGB crops, each with the box of its image pixels
+  (whole, padded below, padded on the right, flipped with the padding on the left, ...)."""
+  size = worker.SIZE
+  rng = np.random.default_rng(1)
+  boxes = np.array(
+      [[0, 0, size, size], [0, 0, size - 5, size], [0, 0, size, size - 7], [0, 9, size - 2, size]]
+      * (worker.BATCH // 4),
+      np.int32,
+  )
+  images = rng.integers(0, 256, (worker.BATCH, size, size, 3)).astype(np.uint8)
+  return {"image": images, "label": worker.fixed_batch()["label"], "image_box": boxes}
+
+
+def _normalised_on_host(batch: dict, preprocessing) -> dict:
+  """The float batch the loader used to give: host normalisation, 0 outside the box."""
+  images = []
+  for image, (top, left, bottom, right) in zip(batch["image"], batch["image_box"]):
+    out = np.zeros(image.shape, np.float32)
+    out[top:bottom, left:right] = preprocessing.normalize(image[top:bottom, left:right])
+    images.append(out)
+  return {"image": np.stack(images), "label": batch["label"]}
+
+
+@pytest.mark.parametrize("preprocessing", [OFFICIAL, IMAGENET])
+def test_normalising_on_device_is_host_normalisation(preprocessing):
+  """Bit for bit without std (the official recipe); with one, XLA may multiply by 1 / std,
+  one float32 rounding away from dividing."""
+  batch = _loader_batch()
+  normalize = jax.jit(lambda images, boxes: normalize_images(images, boxes, preprocessing))
+  got = np.asarray(normalize(batch["image"], batch["image_box"]))
+  want = _normalised_on_host(batch, preprocessing)["image"]
+  np.testing.assert_array_equal(got == 0, want == 0)
+  np.testing.assert_array_max_ulp(got, want, maxulp=0 if preprocessing.std == (1, 1, 1) else 1)
+
+
+def test_normalising_in_the_step_gives_the_step_on_the_normalised_batch(one_device):
+  """The loader's uint8 batch normalised in the step trains exactly as the float batch."""
+  batch = _loader_batch()
+  in_step = _Run(jax.devices()[:1], preprocessing=OFFICIAL)
+  states, metrics = in_step.run(1, batch=batch)
+  want_states, want_metrics = one_device.run(1, batch=_normalised_on_host(batch, OFFICIAL))
+  assert metrics == want_metrics
+  chex.assert_trees_all_equal(states[0].params, want_states[0].params)
+  chex.assert_trees_all_equal(states[0].batch_stats, want_states[0].batch_stats)
 
 
 @pytest.fixture(scope="module")

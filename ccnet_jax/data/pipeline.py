@@ -5,9 +5,9 @@ of the records and an endless, seeded shuffle of it; a ``RandomMapTransform`` re
 generator derived from (seed, record position), so the augmentation of every example is fixed by
 the seed; and the loader's iterator state is a small JSON document (the last index read), so a
 restarted run continues at the next batch without replaying the data. Worker processes
-(``data.num_workers``) decode and augment off the training thread; each worker assembles whole
-batches, so the batch sequence is fixed by the seed *and* the worker count, and a run must resume
-with the worker count it saved.
+(``data.num_workers``) decode and augment off the training thread, one core each (with none, the
+training thread does it); each worker assembles whole batches, so the batch sequence is fixed by
+the seed *and* the worker count, and a run must resume with the worker count it saved.
 
 Evaluation is one ordered pass and needs none of that: a plain generator with a small thread
 pool for decoding, padded so that every process yields the same number of batches.
@@ -70,7 +70,9 @@ class _TrainAugment(grain.RandomMapTransform):
 
 
 class TrainLoader:
-  """Endless iterator of {'image': float32 (b, h, w, 3), 'label': int32 (b, h, w)}.
+  """Endless iterator of {'image': uint8 (b, h, w, 3) RGB, 'label': uint8 (b, h, w),
+  'image_box': int32 (b, 4)} (see :func:`transforms.train_transform`); the train step
+  normalises the images.
 
   ``get_state()`` returns a JSON-serialisable dict; ``set_state(state)`` on a loader built with
   the same config, seed and process layout makes the next batch the one after the saved point.
@@ -151,6 +153,11 @@ def make_train_loader(
       operations=[_TrainAugment(config), grain.Batch(batch_size, drop_remainder=True)],
       worker_count=int(config.num_workers),
       worker_buffer_size=max(1, int(config.prefetch)),
+      # Each process reads its records itself, one after the other: grain's default of 16
+      # reading threads and 500 buffered records per process is made for small remote
+      # records; here it would hold ~4 GB of decoded Cityscapes images in every worker and
+      # put more threads than cores on the decoding, which is what scales with the workers.
+      read_options=grain.ReadOptions(num_threads=0, prefetch_buffer_size=0),
   )
   return TrainLoader(loader, batch_size, shard_index=index)
 

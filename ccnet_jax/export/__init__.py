@@ -1,4 +1,4 @@
-"""Serving exports of a model directory: TensorFlow SavedModel, TFLite and StableHLO."""
+"""Serving exports of a model directory: TensorFlow SavedModel, TFLite, StableHLO and ONNX."""
 
 from ccnet_jax.export.serving import (
     FORMATS,

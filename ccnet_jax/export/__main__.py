@@ -3,6 +3,7 @@
   python -m ccnet_jax.export models/ccnet_official exported/sm --format=saved_model
   python -m ccnet_jax.export runs/cs/model exported/lite --format=tflite --height=512 --width=512
   python -m ccnet_jax.export runs/cs/model exported/hlo --format=stablehlo --batch=0
+  python -m ccnet_jax.export runs/cs/model exported/onnx --format=onnx --batch=0
 
 The arguments are the model directory (a run's model/, or a converted one) and the directory to
 write the export into. Sizes left out (or 0) are symbolic: the export accepts any size there at
@@ -26,6 +27,7 @@ _WIDTH = flags.DEFINE_integer("width", 0, "Fixed image width; 0 = any.")
 _DTYPE = flags.DEFINE_string(
     "dtype", None, "Computation dtype (default: the model's; float32 for CPU runtimes)."
 )
+_OPSET = flags.DEFINE_integer("opset", None, "ONNX opset (--format=onnx; default: 21).")
 
 
 def main(arguments: list[str]) -> None:
@@ -38,6 +40,7 @@ def main(arguments: list[str]) -> None:
       height=_HEIGHT.value or None,
       width=_WIDTH.value or None,
       dtype=_DTYPE.value,
+      opset=_OPSET.value,
   )
   print(json.dumps(summary, indent=2))
 

@@ -1,4 +1,5 @@
-"""The serving function of a model directory, and its export as SavedModel, TFLite or StableHLO.
+"""The serving function of a model directory, and its export as SavedModel, TFLite, StableHLO or
+ONNX.
 
 The exported function takes images as the user has them, float32 (B, H, W, 3) RGB on the
 0-255 scale, applies the preprocessing recorded in the model directory (channel order, mean,
@@ -6,12 +7,14 @@ std) and returns the main logits, float32 (B, h, w, num_classes) at the network'
 stride (1/8 of the input for the D8 models: h = ceil(H / 8) for the deep stem). Upsampling
 them to the image (bilinear) and the argmax are the caller's, as in training and evaluation.
 
-The criss-cross attention is always the einsum implementation: the Pallas kernels are
-device-specific custom calls that a serving runtime cannot run.
+The criss-cross attention is always the einsum implementation (its matmul form for ONNX,
+see ``export/onnx.py``): the Pallas kernels are device-specific custom calls that a serving
+runtime cannot run.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -20,11 +23,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ccnet_jax.export import onnx as onnx_export
 from ccnet_jax.loading import load_model
 from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.models.registry import DTYPES
 
-FORMATS = ("saved_model", "tflite", "stablehlo")
+FORMATS = ("saved_model", "tflite", "stablehlo", "onnx")
 STABLEHLO_FILE = "model.jax_exported"
 STABLEHLO_TEXT_FILE = "model.mlir"
 TFLITE_FILE = "model.tflite"
@@ -108,6 +112,7 @@ _EXPORTERS = {
     "saved_model": export_saved_model,
     "tflite": export_tflite,
     "stablehlo": export_stablehlo,
+    "onnx": onnx_export.export_onnx,
 }
 
 
@@ -120,10 +125,12 @@ def export_model(  # pylint: disable=redefined-builtin
     height: int | None = None,
     width: int | None = None,
     dtype: str | None = None,
+    opset: int | None = None,
 ) -> dict[str, Any]:
   """Exports ``model_directory`` to ``out_dir`` in ``format``; returns what was written.
 
   ``batch``, ``height``, ``width``: a fixed size, or None for any size at run time.
+  ``opset``: the ONNX opset (``format='onnx'`` only; default ``onnx.DEFAULT_OPSET``).
   ``out_dir`` also receives ``serving.json``: the input and output contract.
   """
   if format not in FORMATS:
@@ -138,12 +145,22 @@ def export_model(  # pylint: disable=redefined-builtin
     )
   if dtype is not None and dtype not in DTYPES:
     raise ValueError(f"--dtype={dtype!r} is not one of {sorted(DTYPES)}.")
+  exporter = _EXPORTERS[format]
   # The einsum attention: the Pallas kernels are custom calls a serving runtime cannot run.
-  loaded = load_model(model_directory, dtype=dtype, cca_impl="einsum")
+  cca_impl = "einsum"
+  if format == "onnx":
+    onnx_export.require_packages()
+    exporter = functools.partial(exporter, opset=opset or onnx_export.DEFAULT_OPSET)
+    cca_impl = "matmul"  # Its form with MatMul operators (no Einsum, no EyeLike).
+  elif opset is not None:
+    raise ValueError(f"--opset is an ONNX setting; --format={format} has none.")
+  loaded = load_model(model_directory, dtype=dtype, cca_impl=cca_impl)
+  if format == "onnx":
+    onnx_export.check_symbolic_sizes(loaded.config, height=height, width=width)
   shape = input_shape(batch, height, width)
   out_dir = os.path.abspath(os.fspath(out_dir))
   os.makedirs(out_dir, exist_ok=True)
-  written = _EXPORTERS[format](serving_fn(loaded.model, loaded.preprocessing), shape, out_dir)
+  written = exporter(serving_fn(loaded.model, loaded.preprocessing), shape, out_dir)
   signature = {
       "format": format,
       "input": {
@@ -161,6 +178,8 @@ def export_model(  # pylint: disable=redefined-builtin
       "preprocessing": loaded.preprocessing.to_json(),
       "model": loaded.config.name,
   }
+  if format == "onnx":
+    signature["opset"] = exporter.keywords["opset"]
   path = os.path.join(out_dir, SIGNATURE_FILE)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(signature, f, indent=2)

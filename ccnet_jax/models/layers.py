@@ -159,21 +159,27 @@ def pooled_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bo
 def max_pool(
     x: Array, *, kernel: int = 3, stride: int = 2, padding: int = 1, ceil_mode: bool = False
 ) -> Array:
-  """NHWC max pooling equal to ``torch.nn.functional.max_pool2d`` (ceil_mode too)."""
+  """NHWC max pooling equal to ``torch.nn.functional.max_pool2d`` (ceil_mode too).
+
+  ceil_mode pads ``stride - 1`` more on the right, so that the window that rounding up adds
+  exists. PyTorch drops that window when it would start inside the right padding, which can
+  happen only when ``padding + stride - 1 >= kernel``: otherwise (the ResNet stems' 3/2/1)
+  the padding is the same for every size, which keeps it a constant in shape-polymorphic
+  exports. The explicit ``-inf`` pad and an unpadded ``nnx.max_pool`` convert to ONNX as
+  ``Pad`` + a 2-D ``MaxPool`` (a padded ``reduce_window`` becomes a 4-D one that ONNX Runtime
+  refuses); XLA folds the pad back into the pooling window.
+  """
   pads = [(0, 0)]
   for size in x.shape[1:3]:
-    out = pooled_size(size, kernel, stride, padding, ceil_mode)
-    extra = max((out - 1) * stride + kernel - (size + 2 * padding), 0)
+    if ceil_mode and padding + stride - 1 < kernel:
+      extra = stride - 1
+    else:
+      out = pooled_size(size, kernel, stride, padding, ceil_mode)
+      extra = max((out - 1) * stride + kernel - (size + 2 * padding), 0)
     pads.append((padding, padding + extra))
   pads.append((0, 0))
-  return jax.lax.reduce_window(
-      x,
-      -jnp.inf,
-      jax.lax.max,
-      window_dimensions=(1, kernel, kernel, 1),
-      window_strides=(1, stride, stride, 1),
-      padding=pads,
-  )
+  x = jnp.pad(x, pads, constant_values=-jnp.inf)
+  return nnx.max_pool(x, window_shape=(kernel, kernel), strides=(stride, stride), padding="VALID")
 
 
 class ConvNormAct(nnx.Module):

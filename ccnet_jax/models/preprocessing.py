@@ -74,14 +74,16 @@ class Preprocessing:
       images = images[..., ::-1]
     return (images - xp.asarray(self.mean, xp.float32)) / xp.asarray(self.std, xp.float32)
 
-  def denormalize(self, images) -> np.ndarray:
-    """Network input ``(..., 3)`` -> the RGB uint8 image it came from (rounded, clipped)."""
+  def rgb_values(self, images) -> np.ndarray:
+    """Network input ``(..., 3)`` -> the float32 RGB values on the 0-255 scale it came from."""
     pixels = np.asarray(images, np.float32) * np.asarray(self.std, np.float32) + np.asarray(
         self.mean, np.float32
     )
-    if self.channel_order == "bgr":
-      pixels = pixels[..., ::-1]
-    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    return pixels[..., ::-1] if self.channel_order == "bgr" else pixels
+
+  def denormalize(self, images) -> np.ndarray:
+    """Network input ``(..., 3)`` -> the RGB uint8 image it came from (rounded, clipped)."""
+    return np.clip(np.round(self.rgb_values(images)), 0, 255).astype(np.uint8)
 
 
 # ImageNet statistics in RGB order: what torchvision, mmseg and models trained here from those

@@ -51,6 +51,15 @@ def criss_cross_energies(q: Array, k: Array) -> tuple[Array, Array]:
   return e_col, e_row
 
 
+def joint_softmax(e_col: Array, e_row: Array) -> tuple[Array, Array]:
+  """One softmax over the concatenation [e_col, e_row] (last axis), without materialising it."""
+  shift = jax.lax.stop_gradient(jnp.maximum(e_col.max(axis=-1), e_row.max(axis=-1)))[..., None]
+  p_col = jnp.exp(e_col - shift)
+  p_row = jnp.exp(e_row - shift)
+  denominator = p_col.sum(axis=-1, keepdims=True) + p_row.sum(axis=-1, keepdims=True)
+  return p_col / denominator, p_row / denominator
+
+
 def criss_cross_attention(
     q: Array, k: Array, v: Array, *, return_attention: bool = False
 ) -> Array | tuple[Array, Array]:
@@ -70,14 +79,7 @@ def criss_cross_attention(
     They sum to 1 over the last axis.
   """
   _check_inputs(q, k, v)
-  e_col, e_row = criss_cross_energies(q, k)
-  # One softmax over the concatenation [e_col, e_row], without materialising it.
-  shift = jax.lax.stop_gradient(jnp.maximum(e_col.max(axis=-1), e_row.max(axis=-1)))[..., None]
-  p_col = jnp.exp(e_col - shift)
-  p_row = jnp.exp(e_row - shift)
-  denominator = p_col.sum(axis=-1, keepdims=True) + p_row.sum(axis=-1, keepdims=True)
-  a_col = p_col / denominator
-  a_row = p_row / denominator
+  a_col, a_row = joint_softmax(*criss_cross_energies(q, k))
   accumulator = jnp.promote_types(v.dtype, jnp.float32)
   context = jnp.einsum(
       "bhwg,bgwc->bhwc", a_col.astype(v.dtype), v, preferred_element_type=accumulator

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ccnet_jax.ops.criss_cross import criss_cross_attention
+from ccnet_jax.ops.criss_cross_matmul import criss_cross_attention_matmul
 from ccnet_jax.ops.criss_cross_recompute import criss_cross_attention_recompute
 from ccnet_jax.ops.pallas.criss_cross import criss_cross_attention_pallas
 
@@ -16,6 +17,7 @@ CrissCrossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 _IMPLEMENTATIONS: dict[str, CrissCrossFn] = {
     "einsum": criss_cross_attention,
     "einsum_recompute": criss_cross_attention_recompute,
+    "matmul": criss_cross_attention_matmul,
     "pallas": criss_cross_attention_pallas,
 }
 

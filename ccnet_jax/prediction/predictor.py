@@ -9,7 +9,7 @@ input.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ from ccnet_jax.data.labels import dataset_for_model
 from ccnet_jax.evaluation.evaluator import model_predict_fn
 from ccnet_jax.evaluation.inference import InferenceSettings, predict_logits
 from ccnet_jax.loading import LoadedModel
+from ccnet_jax.models.preprocessing import Preprocessing
 
 
 class Predictor:
@@ -54,12 +55,24 @@ class Predictor:
 
   def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
     """(H, W) uint8 train ids for each uint8 (H, W, 3) RGB image; all of one size."""
-    labels = []
-    for start in range(0, len(images), self.batch_size):
-      chunk = [
-          self.preprocessing.normalize(image) for image in images[start : start + self.batch_size]
-      ]
-      padding = [np.zeros_like(chunk[0])] * (self.batch_size - len(chunk))
-      batch = np.stack(chunk + padding)
-      labels.extend(np.asarray(self._labels(self._state, batch), np.uint8)[: len(chunk)])
-    return labels
+    return label_in_batches(
+        images, self.batch_size, self.preprocessing, functools.partial(self._labels, self._state)
+    )
+
+
+def label_in_batches(
+    images: Sequence[np.ndarray],
+    batch_size: int,
+    preprocessing: Preprocessing,
+    labels: Callable[[np.ndarray], jax.Array],
+) -> list[np.ndarray]:
+  """``labels`` (normalised batch -> train ids) over ``images`` in batches of ``batch_size``.
+
+  A short last batch is padded with zeros, so every batch of a size reuses one compiled program.
+  """
+  result = []
+  for start in range(0, len(images), batch_size):
+    chunk = [preprocessing.normalize(image) for image in images[start : start + batch_size]]
+    padding = [np.zeros_like(chunk[0])] * (batch_size - len(chunk))
+    result.extend(np.asarray(labels(np.stack(chunk + padding)), np.uint8)[: len(chunk)])
+  return result

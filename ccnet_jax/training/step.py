@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.training.losses import segmentation_loss
 from ccnet_jax.training.mesh import batch_sharding, replicated
 from ccnet_jax.training.state import ModelDef, TrainState
@@ -25,20 +26,38 @@ Batch = dict[str, jax.Array]
 TrainStep = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
 
 
+def normalize_images(
+    images: jax.Array, image_box: jax.Array, preprocessing: Preprocessing
+) -> jax.Array:
+  """uint8 RGB crops (B, H, W, 3) -> the model's float32 input, 0 outside each example's
+  ``image_box`` (top, left, bottom, right): the padding, which the recipe adds after
+  normalising, so that it is the mean colour."""
+  x = preprocessing.normalize(jnp.asarray(images))
+  rows = jnp.arange(x.shape[1])[None, :, None]
+  cols = jnp.arange(x.shape[2])[None, None, :]
+  top, left, bottom, right = (image_box[:, i, None, None] for i in range(4))
+  inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+  return jnp.where(inside[..., None], x, 0.0)
+
+
 def make_train_step(
     model_def: ModelDef,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     loss_config: ml_collections.ConfigDict,
     mesh: Mesh,
+    preprocessing: Preprocessing | None = None,
 ) -> TrainStep:
   """Returns the jitted ``train_step(state, batch) -> (state, metrics)``.
 
-  ``batch`` holds 'image' (B, H, W, 3) float and 'label' (B, H, W) int, sharded
-  over 'data' (see ``mesh.global_batch``). The input state is donated: do not
-  use it after the call. Metrics are replicated float32 scalars: loss, main,
-  aux, lr (the rate this step used), grad_norm (before clipping) and finite
-  (1.0 when loss and gradients are finite; the trainer stops otherwise).
+  ``batch`` holds 'image' (B, H, W, 3) and 'label' (B, H, W) int, sharded over
+  'data' (see ``mesh.global_batch``). With ``preprocessing`` (the model's input
+  normalisation) the images are the loader's uint8 RGB crops with their
+  'image_box' (B, 4), normalised inside the step (:func:`normalize_images`);
+  without it they are the model's input as they are. The input state is donated: do not use it after the call. Metrics are
+  replicated float32 scalars: loss, main, aux, lr (the rate this step used),
+  grad_norm (before clipping) and finite (1.0 when loss and gradients are
+  finite; the trainer stops otherwise).
   """
 
   def loss_fn(params, batch_stats, images, labels, dropout_key):
@@ -50,11 +69,14 @@ def make_train_step(
     return loss, (metrics, new_batch_stats)
 
   def train_step(state: TrainState, batch: Batch):
+    images = batch["image"]
+    if preprocessing is not None:
+      images = normalize_images(images, batch["image_box"], preprocessing)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     # Under the mesh, kernels XLA cannot partition (Pallas) run per device in a shard_map.
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       (loss, (metrics, batch_stats)), grads = grad_fn(
-          state.params, state.batch_stats, batch["image"], batch["label"], state.dropout_key()
+          state.params, state.batch_stats, images, batch["label"], state.dropout_key()
       )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
