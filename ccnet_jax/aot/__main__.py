@@ -10,6 +10,7 @@ plan does not fit. Needs the compilers' libraries (requirements-aot.txt).
 """
 
 import json
+import os
 
 from absl import flags
 from ml_collections import config_flags
@@ -42,6 +43,14 @@ def _eval_size() -> tuple[int, int] | None:
   return height, width
 
 
+def _write_whole(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` whole or not at all (a sibling file, then a rename)."""
+  partial = f"{path}.partial"
+  with open(partial, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(partial, path)
+
+
 def main(arguments: list[str]) -> None:
   cli.no_arguments(arguments)
   config = cli.required(_CONFIG)
@@ -52,8 +61,7 @@ def main(arguments: list[str]) -> None:
   )
   print(format_table(report), flush=True)
   if _JSON.value:
-    with open(_JSON.value, "w", encoding="utf-8") as f:
-      json.dump(report.to_json(), f, indent=1)
+    _write_whole(_JSON.value, json.dumps(report.to_json(), indent=1))
   if not report.fits():
     raise SystemExit(1)
 

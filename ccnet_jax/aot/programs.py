@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.evaluator import Evaluator, model_predict_fn
 from ccnet_jax.models.model_dir import empty_module
+from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.models.registry import construct_model
 from ccnet_jax.training.mesh import DATA_AXIS, batch_sharding, replicated
 from ccnet_jax.training.optim import make_optimizer
@@ -72,12 +73,16 @@ def lower_train_step(config: ml_collections.ConfigDict, mesh: Mesh) -> jax.stage
   check_batch(config, mesh)
   model_def, state = abstract_train_state(config, mesh)
   tx, schedule = make_optimizer(config.optim, config.train.total_steps)
-  step = make_train_step(model_def, tx, schedule, config.loss, mesh)
-  shape = (int(config.train.global_batch_size), *config.data.crop_size)
+  preprocessing = Preprocessing.from_config(config.data)
+  step = make_train_step(model_def, tx, schedule, config.loss, mesh, preprocessing)
+  batch_size = int(config.train.global_batch_size)
+  shape = (batch_size, *config.data.crop_size)
   sharding = batch_sharding(mesh)
+  # What the training loader yields (data.pipeline.TrainLoader); the step normalises the images.
   batch = {
-      "image": jax.ShapeDtypeStruct(shape + (3,), jnp.float32, sharding=sharding),
-      "label": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
+      "image": jax.ShapeDtypeStruct(shape + (3,), jnp.uint8, sharding=sharding),
+      "label": jax.ShapeDtypeStruct(shape, jnp.uint8, sharding=sharding),
+      "image_box": jax.ShapeDtypeStruct((batch_size, 4), jnp.int32, sharding=sharding),
   }
   return step.lower(state, batch)
 
