@@ -114,16 +114,8 @@ class Bottleneck(nnx.Module):
     out_features = planes * self.expansion
     self.conv1 = conv2d(in_features, planes, 1, dtype=dtype, rngs=rngs)
     self.bn1 = batch_norm(planes, dtype=dtype, rngs=rngs)
-    self.conv2 = conv2d(
-        planes,
-        planes,
-        3,
-        stride=stride,
-        dilation=dilation,
-        dilated_conv=dilated_conv,
-        dtype=dtype,
-        rngs=rngs,
-    )
+    dilated = dict(dilation=dilation, dilated_conv=dilated_conv)
+    self.conv2 = conv2d(planes, planes, 3, stride=stride, **dilated, dtype=dtype, rngs=rngs)
     self.bn2 = batch_norm(planes, dtype=dtype, rngs=rngs)
     self.conv3 = conv2d(planes, out_features, 1, dtype=dtype, rngs=rngs)
     self.bn3 = batch_norm(out_features, dtype=dtype, rngs=rngs)

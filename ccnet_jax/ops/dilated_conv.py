@@ -165,8 +165,8 @@ _FORMS: dict[str, Callable[[Array, Array, _Geometry], Array]] = {
 
 # What `auto` lowers to, by platform ('default': every platform not named). GPU: cuDNN
 # runs dilated forward and input-gradient convolutions, so only the weight gradient
-# moves to the phases. TPU and CPU: XLA's own form, whose compiled plan on TPU v5e is no
-# larger (see the README's section on compiling for accelerators).
+# moves to the phases. TPU and CPU: XLA's own form (the phases' extra products and copies
+# have not been weighed against it there).
 AUTO = {"cuda": "space_to_batch_wgrad", "rocm": "space_to_batch_wgrad", "default": "lax"}
 
 
