@@ -5,9 +5,10 @@
   python eval.py --config configs/cityscapes.py --workdir runs/eval \\
       --model=converted/ccnet_official --config.eval.scales=0.75,1.0,1.25 --config.eval.flip=True
 
-``--model`` is 'latest' (the run's newest checkpoint), 'best', 'final', or the path of
-a model directory written by ``python -m ccnet_jax.convert``. The workdir defaults to
-runs/<config file name>/, as for train.py. Metrics are printed and written to
+``--model`` is 'latest' (the run's newest checkpoint), 'best', 'final' (the run's model/),
+or a path ``ccnet_jax.loading.load_model`` takes: a model directory (one written by
+``python -m ccnet_jax.convert``), another run's workdir or checkpoints/. The workdir
+defaults to runs/<config file name>/, as for train.py. Metrics are printed and written to
 ``WORKDIR/eval/metrics.json`` with prediction PNGs beside them.
 """
 
@@ -19,7 +20,9 @@ from ccnet_jax.evaluation.run import evaluate_from_workdir
 _EXPERIMENT = cli.define_experiment_flags(
     "The run's directory; outputs go to WORKDIR/eval (default: runs/<config name>)."
 )
-_MODEL = flags.DEFINE_string("model", "latest", "'latest', 'best', 'final' or a model directory.")
+_MODEL = flags.DEFINE_string(
+    "model", "latest", "'latest', 'best', 'final' or a model directory (or another run)."
+)
 
 if __name__ == "__main__":
   _EXPERIMENT.run(lambda config, workdir: evaluate_from_workdir(config, workdir, _MODEL.value))

@@ -1,7 +1,8 @@
 """The real training step, JAX against the PyTorch reference model, in one run.
 
 For each variant it reports the median time of a step after warm-up, images/s,
-compile time, the device memory the step needed, and model FLOPs utilisation
+compile time, the device memory the step needed, the loss of the first and the last step
+(flagged where it is more than 10% from PyTorch's), and model FLOPs utilisation
 (FLOPs of the whole step -- forward, backward, optimiser -- from XLA's cost
 analysis, over the detected device's dense peak: bfloat16 tensor-core rate for
 bfloat16, TF32 for float32, which both XLA and cuDNN use for float32
@@ -224,15 +225,17 @@ def measure_jax(setting: Setting, variant: Variant, turn: DeviceTurn, compiled_m
       + memory.temp_size_in_bytes
       - memory.alias_size_in_bytes
   )
-  holder = {"state": state}
+  holder, first = {"state": state}, []
 
   def step():
     holder["state"], metrics = compiled(holder["state"], batch)
+    if not first:
+      first.append(metrics["loss"])  # The loss of the initial weights.
     return metrics
 
   with turn:
     ms = _median_ms(step, setting.warmup, setting.runs, jax.block_until_ready)
-    loss = float(step()["loss"])
+    last_loss = float(step()["loss"])
     stats = jax.devices()[0].memory_stats() or {}
   device = jax.devices()[0]
   return {
@@ -241,7 +244,8 @@ def measure_jax(setting: Setting, variant: Variant, turn: DeviceTurn, compiled_m
       "flops": step_flops(lowered),
       "peak_bytes": stats.get("peak_bytes_in_use"),
       "planned_bytes": planned,
-      "loss": loss,
+      "first_loss": float(first[0]),
+      "last_loss": last_loss,
       "device": f"{device.platform} {device.device_kind}",
       "versions": f"jax {jax.__version__}",
   }
@@ -302,6 +306,8 @@ def measure_torch(setting: Setting, variant: Variant, turn: DeviceTurn):
       )
       return F.cross_entropy(logits, labels, ignore_index=255)
 
+    first = []
+
     def step():
       optimizer.zero_grad(set_to_none=True)
       with autocast:
@@ -309,6 +315,8 @@ def measure_torch(setting: Setting, variant: Variant, turn: DeviceTurn):
       loss = loss_of(main) + 0.4 * loss_of(aux)
       loss.backward()
       optimizer.step()
+      if not first:
+        first.append(loss.detach())  # The loss of the initial weights.
       return loss
 
     def sync(loss):
@@ -320,7 +328,7 @@ def measure_torch(setting: Setting, variant: Variant, turn: DeviceTurn):
     # workspaces of tens of GB that a training run never holds again.
     reset_peak = torch.cuda.reset_peak_memory_stats if device == "cuda" else lambda: None
     ms = _median_ms(step, setting.warmup, setting.runs, sync, reset_peak)
-    loss = step().item()
+    last_loss = step().item()
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
   name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
   return {
@@ -329,7 +337,8 @@ def measure_torch(setting: Setting, variant: Variant, turn: DeviceTurn):
       "flops": None,
       "peak_bytes": peak,
       "planned_bytes": None,
-      "loss": loss,
+      "first_loss": first[0].item(),
+      "last_loss": last_loss,
       "device": f"{device} {name}",
       "versions": f"torch {torch.__version__}",
   }
@@ -409,6 +418,28 @@ def _run_children(
   return results
 
 
+# A variant whose first or last loss is this far from the PyTorch reference's is flagged.
+LOSS_TOLERANCE = 0.10
+
+
+def _loss_cells(result: dict, reference: dict | None) -> tuple[list[str], bool]:
+  """The first and last loss, each with its change against ``reference``; flagged or not."""
+  cells, flagged = [], False
+  for key in ("first_loss", "last_loss"):
+    value = result.get(key)
+    if value is None:
+      cells.append("")
+    elif reference is None or reference is result or reference.get(key) is None:
+      cells.append(f"{value:.2f}")
+    else:
+      change = value / reference[key] - 1
+      text = f"{value:.2f} ({change:+.0%})"
+      if not abs(change) <= LOSS_TOLERANCE:  # NaN too.
+        text, flagged = f"**{text}**", True
+      cells.append(text)
+  return cells, flagged
+
+
 def _print_row(spec: str, result: dict) -> None:
   print(f"[{spec}] {json.dumps(result)}", flush=True)
 
@@ -418,7 +449,11 @@ def _gb(value) -> str:
 
 
 def table(setting: Setting, results: dict[str, dict]) -> str:
-  """The markdown table; ratios against the PyTorch row of the same dtype.
+  """The markdown table; ratios and losses against the PyTorch row of the same dtype.
+
+  Losses: the first step's (the initial weights') and the last timed step's, on the same
+  batch; a variant more than ``LOSS_TOLERANCE`` from the PyTorch row of its dtype (else of
+  float32) in either is flagged, in bold and in a line under the table.
 
   Step memory: for JAX, what XLA's buffer assignment allocates for a step
   (arguments + outputs + temporaries - donated), which is the steady-state peak
@@ -428,11 +463,11 @@ def table(setting: Setting, results: dict[str, dict]) -> str:
   flops_by_dtype = {
       Variant.parse(s).dtype: r["flops"] for s, r in results.items() if r.get("flops")
   }
-  torch_ms = {}
+  torch_rows = {}
   for spec, result in results.items():
     variant = Variant.parse(spec)
     if variant.framework == "torch" and not variant.channels_last and "ms" in result:
-      torch_ms[variant.dtype] = result["ms"]
+      torch_rows[variant.dtype] = result
   devices = sorted({r["device"] for r in results.values() if "device" in r})
   versions = sorted({r["versions"] for r in results.values() if "versions" in r})
   lines = [
@@ -441,30 +476,40 @@ def table(setting: Setting, results: dict[str, dict]) -> str:
       f" {', '.join(versions)}.",
       "",
       "| variant | ms/step | img/s | vs PyTorch same dtype | compile s | step memory GB |"
-      " TFLOP/s | MFU |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|",
+      " TFLOP/s | MFU | first loss | last loss |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
+  flagged = []
   for spec, result in results.items():
     variant = Variant.parse(spec)
     if "error" in result:
-      lines.append(f"| {variant.name} | failed: {result['error']} | | | | | | |")
+      lines.append(f"| {variant.name} | failed: {result['error']} | | | | | | | | |")
       continue
     ms = result["ms"]
     flops = result.get("flops") or flops_by_dtype.get(variant.dtype)
     tflops = flops / (ms / 1e3) / 1e12 if flops else None
     peak = _peak_flops(result["device"], variant.dtype)
-    reference = torch_ms.get(variant.dtype)
+    reference = torch_rows.get(variant.dtype)
+    losses, off = _loss_cells(result, reference or torch_rows.get("float32"))
+    if off:
+      flagged.append(variant.name)
     cells = [
         variant.name,
         f"{ms:.1f}",
         f"{setting.batch / (ms / 1e3):.1f}",
-        f"{reference / ms:.2f}x" if reference else "",
+        f"{reference['ms'] / ms:.2f}x" if reference else "",
         "" if result["compile_s"] is None else f"{result['compile_s']:.0f}",
         _gb(result["planned_bytes"] or result["peak_bytes"]),
         "" if tflops is None else f"{tflops:.1f}",
         f"{tflops * 1e12 / peak:.0%}" if tflops and peak else "",
+        *losses,
     ]
     lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append(
+      f"Losses more than {LOSS_TOLERANCE:.0%} from PyTorch's (bold):"
+      f" {', '.join(flagged) if flagged else 'none'}."
+  )
   return "\n".join(lines)
 
 

@@ -5,11 +5,13 @@ over a device mesh with the batch sharded on its data axis, every process feeds 
 own shard of the data, and only process 0 writes logs. A run started on a workdir
 with checkpoints resumes from the newest readable one: train state, RNG and data
 position, so the resumed run sees exactly the batches and losses the uninterrupted
-one would. SIGTERM/SIGINT end the run after the current step with a checkpoint.
+one would. SIGTERM/SIGINT end the run after the current step with a checkpoint; with
+several processes, all of them agree on that step (``training.preemption``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -21,12 +23,13 @@ from flax import nnx
 
 from ccnet_jax.data.labels import dataset_info
 from ccnet_jax.data.pipeline import make_train_loader
-from ccnet_jax.errors import TrainingDiverged
+from ccnet_jax.errors import TrainingDiverged, UserError
 from ccnet_jax.evaluation.metrics import format_results_table
 from ccnet_jax.evaluation.run import ModelEvaluation
 from ccnet_jax.models.model_dir import load_state_into, save_model
 from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.models.registry import build_model
+from ccnet_jax.training import lost_process
 from ccnet_jax.training.checkpointing import RunCheckpoints
 from ccnet_jax.training.mesh import global_batch, initialize_distributed, make_mesh, replicate
 from ccnet_jax.training.optim import make_optimizer
@@ -153,12 +156,13 @@ class Run:
     """Evaluates ``state``, logs it, and exports it as WORKDIR/best when it is the best yet."""
     model = merge_model(self.model_def, state, train=False)
     out_dir = os.path.join(self.workdir, "predictions", f"step_{step}")
-    results = self.evaluation(model, out_dir=out_dir)
+    evaluation = self.evaluation(model, out_dir=out_dir)
+    results = evaluation.metrics
     self.writer.write_scalars(
         step, {"eval/miou": results["miou"], "eval/pixel_accuracy": results["pixel_accuracy"]}
     )
-    overlays = self.evaluation.overlays(self.config.train.num_summary_images)
-    self.writer.write_images(step, {f"eval/{name}": image for name, image in overlays.items()})
+    overlays = list(evaluation.overlays.items())[: self.config.train.num_summary_images]
+    self.writer.write_images(step, {f"eval/{name}": image for name, image in overlays})
     if results["miou"] > self.best["miou"]:
       self.best = {"step": step, "miou": float(results["miou"])}
       write_model_dir(
@@ -209,34 +213,45 @@ def _resume(checkpoints: RunCheckpoints, state: TrainState, loader, workdir: str
   return state, step
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, stop_after_steps: int | None = None
-) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming when ``workdir`` has checkpoints) and evaluates; returns the last metrics.
 
-  ``stop_after_steps`` ends this invocation early, after a checkpoint, as a time-limited
-  job would; the next invocation resumes.
+  A SIGTERM or SIGINT ends the run after the current step, with its checkpoint: the result
+  is then ``{'step', 'stopped': signal name}``, and the next invocation resumes. With
+  several processes, all stop at the same step, and a failure waits for JAX's runtime to
+  say whether a process was lost (see ``training.lost_process``).
   """
-  initialize_distributed()
+  heartbeat = config.train.heartbeat_timeout_seconds
+  several = initialize_distributed(heartbeat)
   workdir = os.path.abspath(workdir)
   check_writable(workdir)
-  if jax.process_index() != 0:
-    return _train(config, workdir, stop_after_steps)
-  with WorkdirLock(workdir):
-    return _train(config, workdir, stop_after_steps)
+  # Installed by the loop; the signals stay caught until every process has left.
+  stop = StopRequest()
+  try:
+    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+      result = _train(config, workdir, stop)
+    if several:
+      jax.distributed.shutdown()
+    return result
+  except Exception as error:
+    if several and not isinstance(error, (UserError, TrainingDiverged)):
+      lost_process.await_report(heartbeat)
+    raise
+  finally:
+    stop.restore()
 
 
-def _train(config, workdir: str, stop_after_steps: int | None) -> dict[str, Any]:
+def _train(config, workdir: str, stop: StopRequest) -> dict[str, Any]:
   mesh = make_mesh()
   check_config(config, mesh.size)
   checkpoints = _open_checkpoints(config, workdir)
   try:
-    return _loop(config, workdir, mesh, checkpoints, stop_after_steps)
+    return _loop(config, workdir, mesh, checkpoints, stop)
   finally:
     checkpoints.close()
 
 
-def _loop(config, workdir, mesh, checkpoints, stop_after_steps) -> dict[str, Any]:
+def _loop(config, workdir, mesh, checkpoints, stop: StopRequest) -> dict[str, Any]:
   total_steps = config.train.total_steps
   # The data first: a missing dataset is reported before any compilation.
   loader = make_train_loader(
@@ -250,38 +265,34 @@ def _loop(config, workdir, mesh, checkpoints, stop_after_steps) -> dict[str, Any
   )
   writer = MetricWriter(workdir, start_step=step)
   progress = ProgressLine(total_steps, config.train.global_batch_size)
-  evaluation = ModelEvaluation(
-      config,
-      merge_model(model_def, state, train=False),
-      mesh,
-      preprocessing=Preprocessing.from_config(config.data),
-  )
+  evaluation = ModelEvaluation(config, mesh)
   run = Run(config, workdir, model_def, checkpoints, writer, evaluation)
   every = config.train
   saved = step
   try:
-    with StopRequest() as stop:
-      while step < total_steps:
-        state, step_metrics = train_step(state, global_batch(next(loader), mesh))
-        step += 1
-        scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        run.check_finite(step, scalars)
-        if _due(step, every.log_every) or step == total_steps:
-          writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-          progress.update(step, scalars)
-        evaluate = _due(step, every.eval_every) and step < total_steps
-        ending = step in (total_steps, stop_after_steps) or bool(stop)
-        # Saved before an evaluation too: a preemption during it loses nothing.
-        if _due(step, every.checkpoint_every) or evaluate or ending:
-          checkpoints.save(step, state, loader.get_state())
-          saved = step
-        if evaluate:
-          run.evaluate(step, state)
-        if stop or step == stop_after_steps:
-          return _stop_early(stop, step, saved, state, loader, checkpoints)
+    stop.install()
+    while step < total_steps:
+      state, step_metrics = train_step(state, global_batch(next(loader), mesh))
+      step += 1
+      scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      run.check_finite(step, scalars)
+      if _due(step, every.log_every) or step == total_steps:
+        writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+        progress.update(step, scalars)
+      evaluate = _due(step, every.eval_every) and step < total_steps
+      # Saved before an evaluation too: a preemption during it loses nothing.
+      if _due(step, every.checkpoint_every) or evaluate or step == total_steps:
+        checkpoints.save(step, state, loader.get_state())
+        saved = step
+      if evaluate:
+        run.evaluate(step, state)
+      # Every process asks at the same point of every step, so all stop at the same one.
+      signalled = stop.agree()
+      if signalled:
+        return _stop(signalled, step, saved, state, loader, checkpoints)
 
-      metrics = run.evaluate(total_steps, state)
-      write_model_dir(workdir, FINAL_MODEL_DIR, model_def, state, config)
+    metrics = run.evaluate(total_steps, state)
+    write_model_dir(workdir, FINAL_MODEL_DIR, model_def, state, config)
     if jax.process_index() == 0:
       print(format_results_table(metrics, dataset_info(config.data.name).class_names))
     return {"step": step, **metrics}
@@ -289,16 +300,24 @@ def _loop(config, workdir, mesh, checkpoints, stop_after_steps) -> dict[str, Any
     writer.close()
 
 
-def _stop_early(stop, step, saved, state, loader, checkpoints) -> dict[str, Any]:
+def _stop(signalled, step, saved, state, loader, checkpoints) -> dict[str, Any]:
   """Ends the invocation at ``step`` with its checkpoint on disk; a rerun resumes there."""
   if saved != step:
     checkpoints.save(step, state, loader.get_state())
-  if not stop:
-    return {"step": step, "stopped": "stop_after_steps"}
   if jax.process_index() == 0:
-    print(
-        f"Received {stop.signal_name}: saved the checkpoint of step {step};"
-        " run the same command again to resume.",
-        flush=True,
+    print(_stop_message(signalled, step), flush=True)
+  return {"step": step, "stopped": next(iter(signalled.values()))}
+
+
+def _stop_message(signalled: dict[int, str], step: int) -> str:
+  count = jax.process_count()
+  if count == 1:
+    return (
+        f"Received {signalled[0]}: saved the checkpoint of step {step};"
+        " run the same command again to resume."
     )
-  return {"step": step, "stopped": stop.signal_name}
+  received = ", ".join(f"{name} on process {i}" for i, name in sorted(signalled.items()))
+  return (
+      f"Received {received} of {count}: all {count} processes saved the checkpoint of step"
+      f" {step}; run the same command again on every process to resume."
+  )

@@ -10,16 +10,17 @@ import ml_collections
 from ml_collections import config_dict
 
 from ccnet_jax.data.config import data_config
+from ccnet_jax.data.labels import dataset_info
 from ccnet_jax.evaluation.config import base_eval_config
 from ccnet_jax.models.registry import model_config
 
 
 def base_config(*, model: str, dataset: str) -> ml_collections.ConfigDict:
-  """The official CCNet recipe (DESIGN.md section 1) on ``dataset`` with the preset ``model``."""
+  """The official CCNet recipe (the README's "Train on Cityscapes or ADE20K") on ``dataset``
+  with the registry's preset ``model``, predicting the dataset's classes."""
   config = ml_collections.ConfigDict()
-  config.model = model_config(model)
+  config.model = model_config(model, num_classes=dataset_info(dataset).num_classes)
   config.data = data_config(dataset)
-  config.model.num_classes = config.data.num_classes
 
   config.loss = loss_config()
   config.optim = optim_config()
@@ -36,6 +37,9 @@ def base_config(*, model: str, dataset: str) -> ml_collections.ConfigDict:
           "init_from": "",
           "init_part": "backbone",  # 'backbone' (ImageNet weights) or 'all' (a full model).
           "num_summary_images": 4,
+          # Several processes: one that sends no heartbeat for this long is declared lost,
+          # and the others stop (JAX's default).
+          "heartbeat_timeout_seconds": 100,
       }
   )
   config.eval = base_eval_config()  # Official: 769 sliding windows, 1/3 overlap.
@@ -52,7 +56,6 @@ def loss_config() -> ml_collections.ConfigDict:
           "ohem_thresh": 0.7,
           "ohem_min_kept": 100_000,
           "aux_weight": 0.4,
-          "ignore_label": 255,
       }
   )
 

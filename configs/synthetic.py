@@ -2,22 +2,18 @@
 
   python train.py --config configs/synthetic.py --workdir /tmp/demo
 
-No download: the data (ccnet_jax/data/synthetic.py) is generated from a seed. The
-network is the official architecture shrunk to CPU size (ResNet-18 layout with a
-deep stem of width 16, output stride 8, a 64-channel head). The recipe keeps the
-official poly schedule and CE + 0.4 aux loss but trains with AdamW (see below) on a
-short schedule.
+No download: the data (ccnet_jax/data/synthetic.py) is generated from a seed. The network
+is the registry's ``ccnet_r18_tiny``: the official architecture shrunk to CPU size (ResNet-18
+layout with a deep stem of width 16, output stride 8, a 64-channel head). The recipe keeps the
+official poly schedule and CE + 0.4 aux loss but trains with AdamW (see below) on a short
+schedule.
 """
 
 from configs.common import base_config
 
 
 def get_config():
-  config = base_config(model="ccnet_r101_official", dataset="synthetic")
-  config.model.name = "ccnet_r18_tiny"
-  config.model.backbone.update(depth=18, base_width=16)
-  config.model.head.out_channels = 64
-  config.model.aux.channels = 64
+  config = base_config(model="ccnet_r18_tiny", dataset="synthetic")
 
   config.train.update(
       total_steps=600,

@@ -2,7 +2,7 @@
 loader's uint8 crops are checked against (tests/test_data_transforms.py).
 
 Bilinear resampling with half-pixel centres (OpenCV INTER_LINEAR, torch ``align_corners=False``)
-of the whole image, normalisation, padding with 0 (the mean) and ``ignore_label``, a random crop
+of the whole image, normalisation, padding with 0 (the mean) and the void label, a random crop
 and a random flip, each drawing from the generator in the recipe's order.
 """
 
@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ccnet_jax.data import transforms
+from ccnet_jax.data.labels import IGNORE_LABEL
 
 
 def _source_coordinates(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,7 +72,7 @@ def train_crop(image: np.ndarray, label: np.ndarray, config, rng: np.random.Gene
   inside = np.ones(label.shape, bool)
   crop_h, crop_w = config.crop_size
   image, label, inside = pad_to(
-      (image, label, inside), (0.0, config.ignore_label, False), config.crop_size
+      (image, label, inside), (0.0, IGNORE_LABEL, False), config.crop_size
   )
   top = int(rng.integers(image.shape[0] - crop_h + 1))
   left = int(rng.integers(image.shape[1] - crop_w + 1))

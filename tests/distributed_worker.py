@@ -24,13 +24,9 @@ BATCH, SIZE, CLASSES, IGNORE = 8, 33, 5, 255
 
 
 def tiny_model_config(dtype: str = "float32"):
-  from ccnet_jax.models.registry import model_config
+  from tests import helpers
 
-  config = model_config("ccnet_r101_official", num_classes=CLASSES, dtype=dtype)
-  config.backbone.update(depth=18, base_width=8, output_stride=8)
-  config.head.update(channels=16, out_channels=16)
-  config.aux.channels = 16
-  return config
+  return helpers.tiny_model_config(num_classes=CLASSES, dtype=dtype)
 
 
 def loss_config():

@@ -4,16 +4,19 @@
 
 FAULT is 'none' or one of FAULTS below. Each fault fires on the first call it targets
 after training has passed step ``FAULT_AT_STEP`` (environment, default 0), inside the
-code it names, so the test does not depend on timing.
+code it names, so the test does not depend on timing. Each process of a multi-process
+run is started by its own runner, with its own fault.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import runpy
 import signal
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -26,6 +29,11 @@ AT_STEP = int(os.environ.get("FAULT_AT_STEP", "0"))
 
 
 def _signal_self(signum):
+  if os.environ.get("FAULT_LOG"):  # When each fault fired, for the tests' timings.
+    with open(os.environ["FAULT_LOG"], "a", encoding="utf-8") as log:
+      print(
+          json.dumps({"process": os.environ.get("JAX_PROCESS_ID"), "time": time.time()}), file=log
+      )
   os.kill(os.getpid(), signum)
 
 
@@ -102,6 +110,22 @@ def disk_full_in_save():
   ocp.CheckpointManager.save = save
 
 
+def _at_step(signum):
+  """Sends ``signum`` to this process when the loop has finished step AT_STEP + 1 (or later).
+
+  The signal comes after the step's checks and before its end: before the processes of a
+  multi-process run agree on whether to stop.
+  """
+
+  def before(args, kwargs):
+    if args[1] <= AT_STEP:  # Run.check_finite(self, step, scalars)
+      return False
+    _signal_self(signum)
+    return True
+
+  _wrap(trainer.Run, "check_finite", before)
+
+
 FAULTS = {
     "none": lambda: None,
     "sigterm_in_evaluation": sigterm_in_evaluation,
@@ -109,6 +133,8 @@ FAULTS = {
     "sigterm_in_save": sigterm_in_save,
     "kill_in_save": kill_in_save,
     "disk_full_in_save": disk_full_in_save,
+    "sigterm_at_step": lambda: _at_step(signal.SIGTERM),
+    "kill_at_step": lambda: _at_step(signal.SIGKILL),
 }
 
 

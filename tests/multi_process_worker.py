@@ -12,7 +12,7 @@ and trains the tiny CCNet of ``distributed_worker`` on the global batch:
   ``--steps``.
 
 Each prints one JSON line: the losses by step, a checksum of the parameters at
-``--save_at`` and the records (identified by their label, see ``test_data_voc.voc_tree``)
+``--save_at`` and the records (identified by their label, see ``tests.helpers.voc_tree``)
 this process read at each step.
 """
 

@@ -1,4 +1,5 @@
-"""The import graph follows the layers of docs/architecture.md: no module imports upwards.
+"""The import graph follows the layers of docs/architecture.md: no module imports upwards;
+and no test module imports another.
 
 Modules are parsed with ``ast``, never imported, so the check costs no JAX start-up and sees
 imports inside functions too.
@@ -8,7 +9,9 @@ import ast
 import pathlib
 import re
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests import processes
+
+ROOT = pathlib.Path(processes.ROOT)
 ENTRY_POINT = "__main__"
 
 
@@ -119,3 +122,25 @@ def test_planted_violations_are_reported(tmp_path):
       "ccnet_jax.ops.resize (layer 1) -> ccnet_jax.models (layer 2)",
       "ccnet_jax.ops.resize (layer 1) -> ccnet_jax.models.heads (layer 2)",
   ]
+
+
+def imports_of_test_modules(tests_dir: pathlib.Path) -> list[str]:
+  """'importer -> imported' for each test module that imports another: what tests share
+  lives in helpers, conftest fixtures or the reference modules."""
+  found = []
+  for path in sorted(tests_dir.glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+      names = []
+      if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+      found += [f"{path.stem} -> {n}" for n in names if re.fullmatch(r"tests\.test_\w+", n)]
+  return found
+
+
+def test_no_test_module_imports_another(tmp_path):
+  assert imports_of_test_modules(ROOT / "tests") == []
+  _write(tmp_path, "test_a.py", "from tests.test_b import SHAPES\nfrom tests import helpers\n")
+  _write(tmp_path, "test_c.py", "def f():\n  from tests import test_a\n")
+  assert imports_of_test_modules(tmp_path) == ["test_a -> tests.test_b", "test_c -> tests.test_a"]

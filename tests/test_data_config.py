@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from ccnet_jax.data.config import data_config
 from ccnet_jax.data.labels import dataset_info
 from ccnet_jax.data.sources import build_source
+from ccnet_jax.models.registry import model_config
 
 
 def test_cityscapes_matches_official_ccnet():
@@ -15,7 +18,7 @@ def test_cityscapes_matches_official_ccnet():
   assert (config.scale_min, config.scale_max, config.scale_step) == (0.5, 1.6, 0.1)
   assert config.channel_order == "bgr" and config.std == (1.0, 1.0, 1.0)
   assert config.mean == pytest.approx((104.00698793, 116.66876762, 122.67891434))
-  assert config.ignore_label == 255 and config.flip
+  assert config.flip
 
 
 def test_ade20k_matches_mmseg():
@@ -26,9 +29,13 @@ def test_ade20k_matches_mmseg():
   assert (config.train_split, config.eval_split) == ("training", "validation")
 
 
-@pytest.mark.parametrize("name", ["cityscapes", "ade20k", "synthetic"])
-def test_num_classes_agree_with_dataset_info(name):
-  assert data_config(name).num_classes == dataset_info(name).num_classes
+@pytest.mark.parametrize("config_file", ["cityscapes", "ade20k", "voc", "synthetic"])
+def test_every_recipe_is_a_registry_model_predicting_its_datasets_classes(config_file):
+  config = importlib.import_module(f"configs.{config_file}").get_config()
+  num_classes = dataset_info(config.data.name).num_classes
+  assert (
+      config.model.to_dict() == model_config(config.model.name, num_classes=num_classes).to_dict()
+  )
 
 
 def test_synthetic_needs_nothing_on_disk():

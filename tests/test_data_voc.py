@@ -13,66 +13,10 @@ from ccnet_jax.data.labels import dataset_info
 from ccnet_jax.data.pipeline import make_eval_loader, make_train_loader
 from ccnet_jax.data.sources import build_source
 from ccnet_jax.data.voc import VOCFolders
+from tests.helpers import voc_tree
 
-# (id, in val, has a VOC palette PNG): SBD-only images have only SegmentationClassAug.
-_IDS = (
-    ("2007_000032", True, True),
-    ("2007_000039", False, True),
-    ("2008_000002", False, False),
-    ("2009_000012", False, False),
-    ("2010_000038", True, True),
-    ("2011_000003", False, False),
-)
 # The VOC devkit's colour map (VOClabelcolormap.m), for four of the classes.
 _VOC_COLOURS = {0: (0, 0, 0), 1: (128, 0, 0), 15: (192, 128, 128), 20: (0, 64, 128)}
-
-
-def _save(path, image):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  image.save(path, **({"quality": 100, "subsampling": 0} if path.endswith(".jpg") else {}))
-
-
-def _write_ids(path, ids):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    f.write("".join(f"{i}\n" for i in ids))
-
-
-def voc_tree(root, *, train_aug_file=True, constant_labels=False):
-  """VOCdevkit/VOC2012 with JPEGs, SegmentationClassAug (L) and SegmentationClass (P) PNGs.
-
-  Labels hold classes 0..20 and 255 borders; with ``constant_labels`` image k is all class k.
-  Returns {id: (image, label)}.
-  """
-  rng = np.random.default_rng(0)
-  voc = os.path.join(root, "VOCdevkit", "VOC2012")
-  palette = dataset_info("voc").palette
-  expected = {}
-  for k, (image_id, _, has_palette_png) in enumerate(_IDS):
-    image = rng.integers(0, 256, (10, 14, 3)).astype(np.uint8)
-    label = rng.integers(0, 21, (10, 14)).astype(np.uint8)
-    label[4, :] = 255
-    if constant_labels:
-      label[:] = k
-    _save(f"{voc}/JPEGImages/{image_id}.jpg", Image.fromarray(image))
-    if has_palette_png:
-      png = Image.fromarray(label, mode="P")
-      png.putpalette(np.concatenate([palette.ravel(), np.full(3 * 235, 224, np.uint8)]).tolist())
-      _save(f"{voc}/SegmentationClass/{image_id}.png", png)
-    if not (has_palette_png and image_id == "2007_000039"):  # one VOC id only in SegClass
-      _save(f"{voc}/SegmentationClassAug/{image_id}.png", Image.fromarray(label))
-    expected[image_id] = (image, label)
-  sets = f"{voc}/ImageSets/Segmentation"
-  val = [i for i, in_val, _ in _IDS if in_val]
-  train = [i for i, in_val, palette_png in _IDS if palette_png and not in_val]
-  aug = [i for i, _, palette_png in _IDS if not palette_png]
-  _write_ids(f"{sets}/val.txt", val)
-  if train_aug_file:
-    _write_ids(f"{sets}/train_aug.txt", train + aug)
-  else:  # mmsegmentation's converter: VOC's train.txt plus aug.txt
-    _write_ids(f"{sets}/train.txt", train)
-    _write_ids(f"{sets}/aug.txt", aug + train[:1])
-  return expected
 
 
 def test_palette_is_the_voc_colour_map():
@@ -115,9 +59,8 @@ def test_mmseg_train_plus_aug_lists_are_one_split(tmp_path):
 def test_config_and_loaders(tmp_path):
   expected = voc_tree(tmp_path, constant_labels=True)
   config = data_config("voc")
-  assert (config.train_split, config.eval_split, config.num_classes) == ("train_aug", "val", 21)
-  assert config.num_classes == dataset_info("voc").num_classes
-  assert config.crop_size == (512, 512) and config.ignore_label == 255
+  assert (config.train_split, config.eval_split) == ("train_aug", "val")
+  assert dataset_info("voc").num_classes == 21 and config.crop_size == (512, 512)
   config.root, config.crop_size = str(tmp_path), (8, 8)
   assert isinstance(build_source(config, "val"), VOCFolders)
   batches = list(make_eval_loader(config, batch_size=1, process_index=0, process_count=1))
@@ -126,7 +69,7 @@ def test_config_and_loaders(tmp_path):
   loader = make_train_loader(config, global_batch_size=4, seed=0, process_index=0, process_count=1)
   batch = next(loader)
   assert batch["image"].shape == (4, 8, 8, 3) and batch["label"].shape == (4, 8, 8)
-  # Each crop shows one training image: its class (its index in _IDS), or 255 padding.
+  # Each crop shows one training image: its class (its index in VOC_IDS), or 255 padding.
   train_classes = {1, 2, 3, 5}
   for label in batch["label"]:
     values = set(np.unique(label).tolist()) - {255}
@@ -167,4 +110,3 @@ def test_voc_config_is_mmsegs_ccnet_schedule():
   assert config.data.crop_size == (512, 512) and config.data.channel_order == "rgb"
   assert config.data.mean == pytest.approx((123.675, 116.28, 103.53))
   assert config.eval.mode == "whole" and not config.eval.align_corners
-  assert config.loss.ignore_label == 255 and config.data.ignore_label == 255

@@ -14,28 +14,22 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 TOTAL_STEPS, EVAL_EVERY, KEEP = 8, 2, 2
 
-# The demo config shrunk to seconds. A high learning rate makes the model, and so its mIoU,
+# The tiny run on 48x32 images. A high learning rate makes the model, and so its mIoU,
 # change from one evaluation to the next.
 TINY_CONFIG = f"""
-from configs import synthetic
+from tests.helpers import tiny_run_config
 
 
 def get_config():
-  config = synthetic.get_config()
-  config.model.backbone.base_width = 8
-  config.model.head.out_channels = 16
-  config.model.aux.channels = 16
-  config.data.synthetic.update(num_train=16, num_eval=4, image_size=(48, 32))
-  config.data.crop_size = (48, 32)
-  config.eval.update(mode="whole", batch_size=4, num_images_to_save=1, crop_size=(48, 32))
+  config = tiny_run_config(total_steps={TOTAL_STEPS}, global_batch_size=4,
+                           eval_every={EVAL_EVERY}, checkpoint_every=1, keep_checkpoints={KEEP})
+  config.data.synthetic.image_size = (48, 32)
+  config.data.crop_size = config.eval.crop_size = (48, 32)
   config.optim.learning_rate = 1e-2
-  config.train.update(total_steps={TOTAL_STEPS}, global_batch_size=4, log_every=1,
-                      eval_every={EVAL_EVERY}, checkpoint_every=1, keep_checkpoints={KEEP},
-                      num_summary_images=1)
   return config
 """
 

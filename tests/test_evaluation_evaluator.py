@@ -9,11 +9,12 @@ import pytest
 from jax.sharding import AxisType
 from PIL import Image
 
-from ccnet_jax.evaluation.config import base_eval_config
-from ccnet_jax.evaluation.evaluator import Evaluator, model_predict_fn
+from ccnet_jax.evaluation.evaluator import Evaluator, local_batch_size, model_predict_fn
+from ccnet_jax.evaluation.inference import InferenceSettings
 from ccnet_jax.evaluation.png import colorize
 from ccnet_jax.models.preprocessing import Preprocessing
-from tests.test_evaluation_inference import official_sliding, tiny_ccnet
+from tests.helpers import tiny_ccnet
+from tests.torch_reference import official_sliding
 
 PALETTE = np.array(
     [[128, 64, 128], [244, 35, 232], [70, 70, 70], [220, 20, 60], [0, 0, 142]], np.uint8
@@ -22,20 +23,21 @@ NUM_CLASSES = len(PALETTE)
 PREPROCESSING = Preprocessing("bgr", (104.0, 117.0, 123.0), (58.0, 57.0, 57.5))
 
 
-def _batches(sizes, shape=(33, 41), seed=3):
+def _batches(sizes, shape=(33, 41), seed=3, rows=8):
+  """Batches of ``rows`` rows (the evaluator's on 8 devices) with ``sizes`` real images."""
   rng = np.random.default_rng(seed)
   batches = []
   for b, size in enumerate(sizes):
-    label = rng.integers(0, NUM_CLASSES, size=(size, *shape)).astype(np.int32)
+    label = rng.integers(0, NUM_CLASSES, size=(rows, *shape)).astype(np.int32)
     label[rng.random(label.shape) < 0.1] = 255
-    valid = np.ones(size, bool)
-    valid[-1] = b != 0  # the first batch ends with a padding example
+    valid = np.arange(rows) < size
+    valid[size - 1] = b != 0  # the first batch ends with a padding example
     batches.append(
         {
-            "image": rng.normal(size=(size, *shape, 3)).astype(np.float32),
+            "image": rng.normal(size=(rows, *shape, 3)).astype(np.float32),
             "label": label,
             "valid": valid,
-            "name": [f"b{b}_{i}" for i in range(size)],
+            "name": [f"b{b}_{i}" if i < size else "" for i in range(rows)],
         }
     )
   return batches
@@ -54,14 +56,21 @@ def _numpy_metrics(predictions, labels):
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
 def test_evaluate_ccnet_matches_numpy_on_its_predictions(tmp_path, axis_type):
   predict_fn, state = model_predict_fn(tiny_ccnet(NUM_CLASSES))
-  eval_config = base_eval_config()
-  eval_config.update(crop_size=(24, 32), batch_size=8, num_images_to_save=3)
+  settings = InferenceSettings(mode="sliding", crop_size=(24, 32))
   batches = _batches([5, 3])
   mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
-  evaluator = Evaluator(predict_fn, eval_config=eval_config, num_classes=NUM_CLASSES, mesh=mesh)
-  metrics = evaluator.evaluate(
-      state, batches, out_dir=str(tmp_path), palette=PALETTE, preprocessing=PREPROCESSING
+  evaluator = Evaluator(
+      predict_fn, settings=settings, batch_size=8, num_classes=NUM_CLASSES, mesh=mesh
   )
+  result = evaluator.evaluate(
+      state,
+      batches,
+      out_dir=str(tmp_path),
+      num_images_to_save=3,
+      palette=PALETTE,
+      preprocessing=PREPROCESSING,
+  )
+  metrics = result.metrics
 
   # The expected predictions come from a transcription of the official sliding-window
   # evaluation (numpy tiling, torch upsampling) around the bare network, not predict_logits.
@@ -69,7 +78,7 @@ def test_evaluate_ccnet_matches_numpy_on_its_predictions(tmp_path, axis_type):
   predictions, labels = [], []
   for batch in batches:
     for image, label in zip(batch["image"][batch["valid"]], batch["label"][batch["valid"]]):
-      logits = official_sliding(image[None], (24, 32), network=lambda tile: network(state, tile))[0]
+      logits = official_sliding(image[None], (24, 32), lambda tile: network(state, tile))[0]
       top2 = np.sort(logits, axis=-1)[..., -2:]
       # No near-tie that float32 round-off between the two paths could flip.
       assert (top2[..., 1] - top2[..., 0]).min() > 1e-4
@@ -87,24 +96,49 @@ def test_evaluate_ccnet_matches_numpy_on_its_predictions(tmp_path, axis_type):
   )
 
 
-def test_evaluator_takes_new_weights_without_recompiling_and_rejects_empty_data():
-  def predict_fn(weights, x):
-    return jax.numpy.tile(x[:, ::8, ::8, :1], (1, 1, 1, NUM_CLASSES)) * weights
+def _scaled_inputs(weights, x):
+  """A stand-in network: logits that are the input's first channel times ``weights``."""
+  return jax.numpy.tile(x[:, ::8, ::8, :1], (1, 1, 1, NUM_CLASSES)) * weights
 
-  eval_config = base_eval_config()
-  eval_config.update(mode="whole", scales=(0.75, 1.0), flip=True, batch_size=8)
+
+@pytest.fixture(scope="module")
+def evaluator():
   mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
-  evaluator = Evaluator(predict_fn, eval_config=eval_config, num_classes=NUM_CLASSES, mesh=mesh)
-  weights = np.arange(NUM_CLASSES, dtype=np.float32) - 2
-  first = evaluator.evaluate(weights, _batches([4], shape=(16, 24)))
-  second = evaluator.evaluate(-weights, _batches([4], shape=(16, 24)))
+  settings = InferenceSettings(mode="whole", scales=(0.75, 1.0), flip=True)
+  return Evaluator(
+      _scaled_inputs, settings=settings, batch_size=8, num_classes=NUM_CLASSES, mesh=mesh
+  )
+
+
+WEIGHTS = np.arange(NUM_CLASSES, dtype=np.float32) - 2
+
+
+def test_new_weights_are_evaluated_without_recompiling(evaluator):
+  first = evaluator.evaluate(WEIGHTS, _batches([4], shape=(16, 24))).metrics
+  second = evaluator.evaluate(-WEIGHTS, _batches([4], shape=(16, 24))).metrics
   assert first["num_pixels"] == second["num_pixels"] > 0
   assert first["confusion"] != second["confusion"]
   assert evaluator._step._cache_size() == 1  # weights are an argument, not a constant
-  with pytest.raises(ValueError, match="no batches"):
-    evaluator.evaluate(weights, [])
+
+
+def test_no_batches_is_an_error_naming_the_split(evaluator):
+  with pytest.raises(ValueError, match="no batches; check data.eval_split"):
+    evaluator.evaluate(WEIGHTS, [])
+
+
+def test_saving_pngs_needs_the_palette(evaluator):
+  batches = _batches([4], shape=(16, 24))
   with pytest.raises(ValueError, match="palette"):
-    evaluator.evaluate(weights, _batches([4], shape=(16, 24)), out_dir="/tmp/unused")
-  eval_config.mode = "tiles"
-  with pytest.raises(ValueError, match="eval.mode"):
-    Evaluator(predict_fn, eval_config=eval_config, num_classes=NUM_CLASSES, mesh=mesh)
+    evaluator.evaluate(WEIGHTS, batches, out_dir="/tmp/unused", num_images_to_save=1)
+
+
+def test_a_batch_of_another_size_is_refused(evaluator):
+  with pytest.raises(ValueError, match=r"expected \(8, h, w, 3\).*valid=False rows"):
+    evaluator.evaluate(WEIGHTS, _batches([4], shape=(16, 24), rows=4))
+
+
+def test_each_process_feeds_its_share_rounded_to_its_devices():
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+  assert [local_batch_size(n, mesh) for n in (1, 8, 9, 16)] == [8, 8, 16, 16]
+  with pytest.raises(ValueError, match="eval.batch_size=0"):
+    local_batch_size(0, mesh)

@@ -1,9 +1,6 @@
 """Whole / sliding / multi-scale + flip inference against a numpy + torch transcription
 of the official CCNet evaluate.py (predict_sliding, predict_multiscale)."""
 
-import functools
-import math
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -13,7 +10,8 @@ from flax import nnx
 
 from ccnet_jax.evaluation.config import base_eval_config
 from ccnet_jax.evaluation.inference import InferenceSettings, predict_logits, sliding_window_offsets
-from ccnet_jax.models.registry import build_model, model_config
+from tests import torch_reference
+from tests.helpers import tiny_ccnet
 
 torch = pytest.importorskip("torch")
 
@@ -45,58 +43,25 @@ def pooled_linear_numpy(images):
   return out
 
 
-def _interp(x, size):
-  """NHWC numpy bilinear resize with torch (align_corners=True)."""
-  return (
-      torch.nn.functional.interpolate(
-          torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2),
-          size=tuple(size),
-          mode="bilinear",
-          align_corners=True,
-      )
-      .permute(0, 2, 3, 1)
-      .numpy()
-  )
-
-
-def official_sliding(image, tile_size, overlap=1 / 3, network=pooled_linear_numpy):
-  """predict_sliding of speedinghzl/CCNet evaluate.py, NHWC, per-axis stride; ``network``
-  maps a padded tile to logits at its output stride."""
-  _, height, width, _ = image.shape
-  stride_y = math.ceil(tile_size[0] * (1 - overlap))
-  stride_x = math.ceil(tile_size[1] * (1 - overlap))
-  tile_rows = max(int(math.ceil((height - tile_size[0]) / stride_y) + 1), 1)
-  tile_cols = max(int(math.ceil((width - tile_size[1]) / stride_x) + 1), 1)
-  full_probs, count = 0.0, np.zeros(image.shape[:3] + (1,))
-  for row in range(tile_rows):
-    for col in range(tile_cols):
-      x1, y1 = col * stride_x, row * stride_y
-      x2, y2 = min(x1 + tile_size[1], width), min(y1 + tile_size[0], height)
-      x1, y1 = max(x2 - tile_size[1], 0), max(y2 - tile_size[0], 0)
-      img = image[:, y1:y2, x1:x2]
-      padded = np.pad(
-          img, ((0, 0), (0, tile_size[0] - img.shape[1]), (0, tile_size[1] - img.shape[2]), (0, 0))
-      )
-      prediction = _interp(np.asarray(network(padded), np.float32), tile_size)
-      if np.ndim(full_probs) == 0:
-        full_probs = np.zeros(image.shape[:3] + prediction.shape[-1:])
-      full_probs[:, y1:y2, x1:x2] += prediction[:, : img.shape[1], : img.shape[2]]
-      count[:, y1:y2, x1:x2] += 1
-  return full_probs / count
-
-
 def official_multiscale(image, scales, flip, sliding_tile=None):
   _, height, width, _ = image.shape
   total = 0
   for scale in scales:
     size = (int(height * scale + 0.5), int(width * scale + 0.5))
-    scaled = _interp(image, size)
+    scaled = torch_reference.resize_align_corners(image, size)
     for flipped in (False, True) if flip else (False,):
       x = scaled[:, :, ::-1] if flipped else scaled
       if sliding_tile is None:
-        logits = _interp(pooled_linear_numpy(x).astype(np.float32), (height, width))
+        logits = torch_reference.resize_align_corners(
+            pooled_linear_numpy(x).astype(np.float32), (height, width)
+        )
       else:
-        logits = _interp(official_sliding(x, sliding_tile).astype(np.float32), (height, width))
+        logits = torch_reference.resize_align_corners(
+            torch_reference.official_sliding(x, sliding_tile, pooled_linear_numpy).astype(
+                np.float32
+            ),
+            (height, width),
+        )
       total = total + (logits[:, :, ::-1] if flipped else logits)
   return total / (len(scales) * (2 if flip else 1))
 
@@ -125,12 +90,19 @@ def test_sliding_matches_official_tiling(shape, crop):
   images = _images(shape)
   actual = _predict(images, mode="sliding", crop_size=crop)
   chex.assert_shape(actual, shape[:3] + (NUM_CLASSES,))
-  np.testing.assert_allclose(actual, official_sliding(images, crop), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      actual,
+      torch_reference.official_sliding(images, crop, pooled_linear_numpy),
+      rtol=1e-4,
+      atol=1e-4,
+  )
 
 
 def test_whole_is_one_pass_upsampled():
   images = _images((2, 40, 56, 3))
-  expected = _interp(pooled_linear_numpy(images).astype(np.float32), (40, 56))
+  expected = torch_reference.resize_align_corners(
+      pooled_linear_numpy(images).astype(np.float32), (40, 56)
+  )
   np.testing.assert_allclose(_predict(images, mode="whole"), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -167,44 +139,8 @@ def test_logits_of_the_wrong_class_count_are_refused():
     jax.jit(lambda x: predict_logits(pooled_linear, x, num_classes=7))(_images((1, 16, 16, 3)))
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_ccnet(num_classes=5):
-  """A ResNet-18-width-8 CCNet with random numpy weights, built once per process.
-
-  The structure comes from nnx.eval_shape and the weights from numpy (He-scaled
-  normals, BatchNorm statistics 0 / 1, attention gamma nonzero so attention matters):
-  initialising for real compiles one XLA program per parameter shape, which dominates
-  a CPU test's run time.
-  """
-  config = model_config("ccnet_r101_official", num_classes=num_classes)
-  config.backbone.update(depth=18, base_width=8)
-  config.head.update(channels=16, out_channels=16, recurrence=1)
-  config.aux.enabled = False
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config)))
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # dropout keys
-      return (
-          jax.random.key(0) if leaf.shape == () else jax.random.split(jax.random.key(0), leaf.shape)
-      )
-    if not jnp.issubdtype(leaf.dtype, jnp.floating):  # key counters
-      return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
-    if "var" in name or "scale" in name:
-      return jnp.asarray(np.ones(leaf.shape, leaf.dtype))
-    if "mean" in name:
-      return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
-    fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-    return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
-
-  state = jax.tree_util.tree_map_with_path(fill, abstract)
-  return nnx.merge(graphdef, state)
-
-
 def test_ccnet_sliding_on_one_crop_equals_whole_image():
   model = tiny_ccnet()
-  model.eval()
   graphdef, state = nnx.split(model)
 
   @jax.jit

@@ -26,16 +26,15 @@ from ccnet_jax.export.__main__ import main as export_main
 from ccnet_jax.export.onnx_runtime import OnnxModel
 from ccnet_jax.models import model_dir
 from ccnet_jax.prediction.runtime import RuntimePredictor
-from tests.helpers import randomised, run_command, tiny_model_config
-from tests.processes import run_python
-from tests.test_export import (
+from tests.export_reference import (
     EXACT_FRACTION,
-    PREPROCESSING,
     SHAPES,
     assert_close_to_scale,
     images,
     reference_logits,
 )
+from tests.helpers import PREPROCESSING, randomised, run_command, tiny_model_config
+from tests.processes import run_python
 
 # Operators a plain ONNX runtime or TensorRT may lack, or run poorly: Einsum, EyeLike (no
 # ONNX Runtime kernel at recent opsets), and anything outside the standard domain.
@@ -70,7 +69,7 @@ def test_runtime_reproduces_jax_at_two_sizes_and_batches(exported):
   session = OnnxModel(onnx_dir, provider="cpu")
   for shape in SHAPES:
     x = images(shape)
-    assert_close_to_scale(session(x), reference_logits(model, x), EXACT_FRACTION)
+    assert_close_to_scale(session(x), reference_logits(model, PREPROCESSING, x), EXACT_FRACTION)
 
 
 def test_graph_is_checked_standard_onnx_with_symbolic_sizes(exported):
@@ -106,7 +105,11 @@ def test_predictions_equal_jax_wherever_the_margin_exceeds_the_tolerance(exporte
   scenes = SyntheticLongRange(2, (48, 24), seed=1)
   rgb = np.stack([scenes[i]["image"] for i in range(2)])
   normalised = PREPROCESSING.normalize(rgb)
-  tolerance = 2 * EXACT_FRACTION * np.abs(reference_logits(model, rgb.astype(np.float32))).max()
+  tolerance = (
+      2
+      * EXACT_FRACTION
+      * np.abs(reference_logits(model, PREPROCESSING, rgb.astype(np.float32))).max()
+  )
   session = OnnxModel(onnx_dir, provider="cpu")
   for settings in (InferenceSettings(), InferenceSettings("sliding", (56, 32))):  # Windows pad.
     logits = jax.jit(
@@ -133,7 +136,9 @@ def test_fixed_size_export_from_the_command_line(saved_r2, tmp_path):
   assert [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == [2, 40, 24, 3]
   assert graph.opset_import[0].version == 18
   x = images(SHAPES[1], seed=3)
-  assert_close_to_scale(OnnxModel(out)(x), reference_logits(model, x), EXACT_FRACTION)
+  assert_close_to_scale(
+      OnnxModel(out)(x), reference_logits(model, PREPROCESSING, x), EXACT_FRACTION
+  )
 
 
 def test_missing_packages_and_providers_are_one_line_errors(

@@ -32,9 +32,8 @@ from ccnet_jax.training.optim import make_optimizer
 from ccnet_jax.training.preemption import StopRequest
 from ccnet_jax.training.state import create_train_state
 from configs import synthetic
-from tests.processes import run_python
+from tests.processes import ROOT, run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
 TOTAL_STEPS = 4
 TINY = {

@@ -10,14 +10,10 @@ from flax import nnx
 
 from ccnet_jax.loading import load_model
 from ccnet_jax.models import model_dir
-from ccnet_jax.models.preprocessing import IMAGENET, Preprocessing
 from ccnet_jax.training.checkpointing import RunCheckpoints
 from ccnet_jax.training.state import create_train_state
 from ccnet_jax.training.workdir import write_config
-from configs import synthetic
-from tests.helpers import flat_arrays, randomised, tiny_model_config
-
-PREPROCESSING = Preprocessing("bgr", (104.0, 116.7, 122.7), (57.0, 58.0, 59.0))
+from tests.helpers import PREPROCESSING, flat_arrays, randomised, tiny_model_config, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +32,7 @@ def assert_same_arrays(got, want):
 
 def save_checkpoint(workdir, model, step):
   """A run's workdir whose only model is the checkpoint of ``step`` holding ``model``."""
-  config = synthetic.get_config()
+  config = tiny_run_config()
   config.model = tiny_model_config(num_classes=6)
   config.data.update(channel_order="bgr", mean=PREPROCESSING.mean, std=PREPROCESSING.std)
   os.makedirs(workdir, exist_ok=True)
@@ -47,28 +43,24 @@ def save_checkpoint(workdir, model, step):
   checkpoints.close()
 
 
-def test_a_model_directory_gives_its_arrays_config_and_preprocessing(models, tmp_path):
-  config, (model, *_) = models
-  model_dir.save_model(tmp_path / "m", model, config, preprocessing=PREPROCESSING)
-  loaded = load_model(tmp_path / "m")
-  assert_same_arrays(loaded.model, model)
-  assert loaded.config.to_dict() == config.to_dict() and loaded.num_classes == 6
-  assert loaded.preprocessing == PREPROCESSING
-  assert loaded.source == f"model directory {tmp_path / 'm'}"
+def test_a_model_directory_gives_its_arrays_config_and_preprocessing(saved_model):
+  loaded = load_model(saved_model.directory)
+  assert_same_arrays(loaded.model, saved_model.model)
+  assert loaded.config.to_dict() == saved_model.config.to_dict() and loaded.num_classes == 6
+  assert loaded.preprocessing == saved_model.preprocessing
+  assert loaded.source == f"model directory {saved_model.directory}"
   norms = [m for _, m in nnx.iter_graph(loaded.model) if isinstance(m, nnx.BatchNorm)]
   assert norms and all(norm.use_running_average for norm in norms)  # Eval mode.
 
 
-def test_dtype_and_attention_are_replaced_but_parameters_stay_float32(models, tmp_path):
-  config, (model, *_) = models
-  model_dir.save_model(tmp_path / "m", model, config, preprocessing=None)
-  loaded = load_model(tmp_path / "m", dtype="bfloat16", cca_impl="einsum_recompute")
+def test_dtype_and_attention_are_replaced_but_parameters_stay_float32(saved_model):
+  model = saved_model.model
+  loaded = load_model(saved_model.directory, dtype="bfloat16", cca_impl="einsum_recompute")
   assert loaded.config.dtype == "bfloat16" and loaded.model.dtype == jnp.bfloat16
   assert loaded.config.cca_impl == "einsum_recompute"
   kernel = loaded.model.head.classifier.kernel
   assert kernel.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(kernel), np.asarray(model.head.classifier.kernel))
-  assert loaded.preprocessing == IMAGENET
 
 
 def test_a_workdir_gives_model_then_best_then_its_newest_checkpoint(models, tmp_path):

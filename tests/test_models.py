@@ -12,6 +12,7 @@ from ccnet_jax.models import resnet
 from ccnet_jax.models.heads import CrissCrossAttention, NonLocalAttention
 from ccnet_jax.models.registry import build_model, construct_model, model_config
 from ccnet_jax.models.resnet import ResNet
+from tests.helpers import tiny_model_config
 
 
 def _num_params(module) -> int:
@@ -35,10 +36,8 @@ def _eval_shapes(module, input_shape):
 
 
 def tiny_config(**head):
-  config = model_config("ccnet_r101_official", num_classes=5)
-  config.backbone.update(depth=18, base_width=8)
-  config.head.update(channels=16, out_channels=16, **head)
-  config.aux.channels = 16
+  config = tiny_model_config()
+  config.head.update(head)
   return config
 
 

@@ -42,6 +42,7 @@ F = torch.nn.functional
 
 from ccnet_jax import convert  # pylint: disable=wrong-import-position
 from ccnet_jax.models import init_schemes, model_dir  # pylint: disable=wrong-import-position
+from ccnet_jax.models.heads import RCCAHead  # pylint: disable=wrong-import-position
 from ccnet_jax.models.registry import construct_model, model_config  # pylint: disable=wrong-import-position
 from ccnet_jax.models.resnet import Bottleneck  # pylint: disable=wrong-import-position
 from tests import torch_reference  # pylint: disable=wrong-import-position
@@ -250,35 +251,116 @@ def test_the_comparison_finds_a_wrong_initialisation():
   )
 
 
-def test_mmseg_starts_each_bottleneck_at_identity():
-  """mmseg's zero_init_residual on a Bottleneck (the layout ResNet-50/101 use)."""
-  reference = torch_reference.Bottleneck(
-      16,
-      8,
-      1,
-      1,
-      torch.nn.Sequential(torch.nn.Conv2d(16, 32, 1, bias=False), torch.nn.BatchNorm2d(32)),
-      torch.nn.BatchNorm2d,
-  )
-  torch_reference.mmseg_backbone_init_(reference)
+_LEAVES = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
 
-  @jax.jit
+
+def _torch_arrays(module, names, modules: dict[str, str], inplace_abn=False) -> dict:
+  """The arrays of a PyTorch module under our flat names, in our layouts.
+
+  ``modules`` maps our module paths to PyTorch's where they differ.
+  """
+  state = {k: v.numpy() for k, v in module.state_dict().items()}
+  arrays = {}
+  for name in names:
+    path, leaf = name.rsplit("/", 1)
+    value = state[f"{modules.get(path, path)}.{_LEAVES.get(leaf, leaf)}"]
+    if leaf == "kernel":
+      value = value.transpose(2, 3, 1, 0)
+    elif leaf == "scale" and inplace_abn:
+      value = np.abs(value) + torch_reference.ABN_EPS
+    arrays[name] = value.reshape(1) if leaf == "gamma" else value
+  return arrays
+
+
+def _jitted_arrays(build) -> dict:
+  """``build(key)``'s module arrays, built in one compiled program (seconds, not minutes)."""
+  arrays = jax.jit(lambda key: model_dir.model_arrays(build(key)))(jax.random.key(0))
+  return model_dir.flatten(jax.tree.map(np.asarray, arrays))
+
+
+@pytest.mark.parametrize(
+    "scheme,reference_init",
+    [
+        ("mmseg", torch_reference.mmseg_backbone_init_),
+        ("torchvision", torch_reference.kaiming_fan_out_init_),
+    ],
+)
+def test_backbone_schemes_on_a_bottleneck(scheme, reference_init):
+  """The Bottleneck of ResNet-50/101 (the networks above have BasicBlocks): mmseg's
+  zero_init_residual zeroes its third norm, torchvision's rule none."""
+  downsample = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 1, bias=False), torch.nn.BatchNorm2d(32))
+  reference = reference_init(
+      torch_reference.Bottleneck(16, 8, 1, 1, downsample, torch.nn.BatchNorm2d)
+  )
+
   def build(key):
     block = Bottleneck(16, 8, rngs=nnx.Rngs(key))
-    init_schemes.initialise_backbone(block, "mmseg", jax.random.fold_in(key, 1))
-    return model_dir.model_arrays(block)
+    init_schemes.initialise_backbone(block, scheme, jax.random.fold_in(key, 1))
+    return block
 
-  ours_arrays = model_dir.flatten(jax.tree.map(np.asarray, build(jax.random.key(0))))
+  ours = _jitted_arrays(build)
   modules = {"downsample/conv": "downsample.0", "downsample/bn": "downsample.1"}
-  leaves = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
-  state = {k: v.numpy() for k, v in reference.state_dict().items()}
-  converted = {}
-  for name in ours_arrays:
-    path, leaf = name.rsplit("/", 1)
-    value = state[f"{modules.get(path, path)}.{leaves.get(leaf, leaf)}"]
-    converted[name] = value.transpose(2, 3, 1, 0) if leaf == "kernel" else value
-  assert np.all(converted["bn3/scale"] == 0) and np.all(converted["bn2/scale"] == 1)
-  assert differences(ours_arrays, converted) == {}
+  converted = _torch_arrays(reference, ours, modules)
+  assert np.all(converted["bn3/scale"] == (0 if scheme == "mmseg" else 1))
+  assert differences(ours, converted) == {}
+
+
+def off_kaiming_normal(arrays: dict) -> dict[str, str]:
+  """Kernel name -> how it is not a draw of normal(0, sqrt(2 / fan_out)), fan_out = kh kw out.
+
+  The closed form, without a reference framework: the sample mean is normal with variance
+  sigma^2 / n, and sum(x^2) / sigma^2 is chi-square with n degrees of freedom.
+  """
+  kernels = {name: a for name, a in arrays.items() if name.endswith("/kernel")}
+  alpha = FALSE_FAILURE / (2 * len(kernels))  # Two two-sided checks per kernel.
+  found = {}
+  for name, kernel in kernels.items():
+    x = np.asarray(kernel, np.float64).ravel()
+    n, sigma = x.size, math.sqrt(2 / (kernel.shape[0] * kernel.shape[1] * kernel.shape[3]))
+    why = []
+    if 2 * stats.norm.sf(abs(x.mean()) * math.sqrt(n) / sigma) < alpha:
+      why.append(f"mean {x.mean():.3g}")
+    chi2 = np.sum(x**2) / sigma**2
+    if 2 * min(stats.chi2.sf(chi2, n), stats.chi2.cdf(chi2, n)) < alpha:
+      why.append(f"std {math.sqrt(np.mean(x**2)):.3g}, sqrt(2 / fan_out) {sigma:.3g}")
+    if why:
+      found[name] = "; ".join(why)
+  return found
+
+
+def _rcca_head_arrays(scheme: str) -> dict:
+  def build(key):
+    head = RCCAHead(64, 5, out_channels=32, rngs=nnx.Rngs(key))
+    init_schemes.initialise_head(head, scheme, jax.random.fold_in(key, 1))
+    return head
+
+  return _jitted_arrays(build)
+
+
+def test_kaiming_head_scheme():
+  """Every conv of the RCCA head, the attention's and the classifier included, drawn as
+  torchvision's rule draws a ResNet's (the scheme of no reference code): against torch's
+  ``kaiming_normal_`` and against the closed form, which torch's default init fails."""
+  reference = torch_reference.kaiming_fan_out_init_(torch_reference.RCCAModule(64, 32, 5))
+  ours = _rcca_head_arrays("kaiming")
+  assert off_kaiming_normal(ours) == {}
+  assert {"attention/query/kernel", "attention/key/kernel", "classifier/kernel"} <= set(
+      off_kaiming_normal(_rcca_head_arrays("torch"))
+  )
+  modules = {
+      "conva/conv": "conva.0",
+      "conva/norm": "conva.1",
+      "attention": "cca",
+      "attention/query": "cca.query_conv",
+      "attention/key": "cca.key_conv",
+      "attention/value": "cca.value_conv",
+      "convb/conv": "convb.0",
+      "convb/norm": "convb.1",
+      "bottleneck/conv": "bottleneck.0",
+      "bottleneck/norm": "bottleneck.1",
+      "classifier": "bottleneck.3",
+  }
+  assert differences(ours, _torch_arrays(reference, ours, modules, inplace_abn=True)) == {}
 
 
 @pytest.mark.parametrize("field", ["backbone", "head"])

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from ccnet_jax.models import model_dir
-from ccnet_jax.models.preprocessing import IMAGENET, Preprocessing
+from ccnet_jax.models.preprocessing import IMAGENET
 from ccnet_jax.models.registry import construct_model
 from tests.helpers import flat_arrays, randomised, tiny_model_config
 
@@ -19,18 +19,8 @@ def forward(model, images):
   return model(images)
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-  config = tiny_model_config()
-  model = randomised(config, seed=1)
-  directory = tmp_path_factory.mktemp("export") / "model"
-  preprocessing = Preprocessing("bgr", (104.0, 116.7, 122.7), (1, 1, 1))
-  model_dir.save_model(directory, model, config, preprocessing=preprocessing)
-  return config, model, directory
-
-
-def test_round_trip_restores_every_array_config_and_preprocessing(saved):
-  config, model, directory = saved
+def test_round_trip_restores_every_array_config_and_preprocessing(saved_model):
+  _, directory, config, model, preprocessing = saved_model
   assert sorted(os.listdir(directory)) == ["model.json", "params"]
   info = model_dir.read_info(directory)
   loaded = model_dir.empty_module(lambda: construct_model(info.config))
@@ -41,15 +31,15 @@ def test_round_trip_restores_every_array_config_and_preprocessing(saved):
   for name in original:
     np.testing.assert_array_equal(restored[name], original[name], err_msg=name)
   assert info.config.to_dict() == config.to_dict() and info.part == "all"
-  assert info.preprocessing == Preprocessing("bgr", (104.0, 116.7, 122.7), (1.0, 1.0, 1.0))
+  assert info.preprocessing == preprocessing
   x = np.random.default_rng(0).normal(size=(1, 33, 41, 3)).astype(np.float32)
   assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(nnx.state(loaded)))
   for want, got in zip(forward(model, x), forward(loaded, x)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
 
 
-def test_load_state_into_backbone_keeps_the_heads(saved):
-  config, model, directory = saved
+def test_load_state_into_backbone_keeps_the_heads(saved_model):
+  _, directory, config, model, _ = saved_model
   target = randomised(config, seed=2)
   heads_before = flat_arrays(target.head)
   model_dir.load_state_into(target, directory, part="backbone")
@@ -72,18 +62,18 @@ def test_backbone_only_export_initialises_a_ccnet_but_is_not_a_model(tmp_path):
     model_dir.load_state_into(target, tmp_path / "bb", part="all")
 
 
-def test_shape_and_name_mismatches_are_listed(saved):
-  _, _, directory = saved
-  other_classes = model_dir.empty_module(lambda: construct_model(tiny_model_config(num_classes=6)))
-  with pytest.raises(ValueError, match=r"head/classifier/kernel: \(1, 1, 16, 5\) vs model"):
+def test_shape_and_name_mismatches_are_listed(saved_model):
+  directory = saved_model.directory
+  other_classes = model_dir.empty_module(lambda: construct_model(tiny_model_config(num_classes=7)))
+  with pytest.raises(ValueError, match=r"head/classifier/kernel: \(1, 1, 16, 6\) vs model"):
     model_dir.load_state_into(other_classes, directory)
   deeper = model_dir.empty_module(lambda: construct_model(tiny_model_config(depth=34)))
   with pytest.raises(ValueError, match=r"missing \['backbone/layer1/2/bn1/bias'"):
     model_dir.load_state_into(deeper, directory, part="backbone")
 
 
-def test_overwrite_replaces_and_bad_inputs_fail_clearly(saved, tmp_path):
-  config, model, _ = saved
+def test_overwrite_replaces_and_bad_inputs_fail_clearly(saved_model, tmp_path):
+  _, _, config, model, _ = saved_model
   directory = tmp_path / "m"
   model_dir.save_model(directory, model, config, preprocessing=None)
   config2 = tiny_model_config(num_classes=4)

@@ -9,14 +9,13 @@ from flax import nnx
 
 from ccnet_jax.models import layers
 from ccnet_jax.models import remat as remat_lib
-from ccnet_jax.models.registry import build_model, model_config
+from ccnet_jax.models.registry import build_model
+from tests.helpers import tiny_model_config
 
 
 def _tiny_config(remat: str):
-  config = model_config("ccnet_r101_official", num_classes=5, remat=remat)
-  config.backbone.update(depth=18, base_width=8)
-  config.head.update(channels=16, out_channels=16, dropout=0.0)
-  config.aux.update(channels=16, dropout=0.0)
+  config = tiny_model_config(remat=remat)
+  config.head.dropout = config.aux.dropout = 0.0
   return config
 
 

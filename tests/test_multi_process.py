@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from tests import distributed_worker as worker
-from tests.test_data_voc import voc_tree
+from tests.helpers import ROOT, voc_tree
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Records of the generated train_aug split, by their constant label (see voc_tree).
 TRAIN_RECORDS = {1, 2, 3, 5}
 
@@ -30,7 +29,7 @@ def run_two_processes(phase, tmp_path, **flags):
   return worker.run_processes(
       "tests.multi_process_worker",
       [[f"--process_id={i}", *arguments] for i in range(2)],
-      repo=REPO,
+      repo=ROOT,
       timeout=600,
   )
 

@@ -11,38 +11,15 @@ from jax.test_util import check_grads
 from ccnet_jax import ops
 from ccnet_jax.ops import criss_cross_attention
 from tests import reference
-
-# bfloat16 keeps 8 bits of mantissa: inputs are rounded to ~0.4% and so is the
-# result, so a bfloat16 output may differ from the float64 reference evaluated
-# on the rounded inputs by a few ulps of bfloat16.
-BFLOAT16_ATOL = 3e-2
-
-
-def _qkv(shape, value_channels, seed=0, scale=1.0):
-  keys = jax.random.split(jax.random.key(seed), 3)
-  q = scale * jax.random.normal(keys[0], shape)
-  k = scale * jax.random.normal(keys[1], shape)
-  v = jax.random.normal(keys[2], shape[:3] + (value_channels,))
-  return q, k, v
-
-
-# (name, q/k shape, value channels): odd and even, wide and tall, down to one pixel.
-SHAPES = (
-    ("square", (1, 5, 5, 4), 6),
-    ("wide", (2, 4, 7, 3), 5),
-    ("tall", (2, 7, 3, 2), 4),
-    ("single_row", (1, 1, 6, 2), 3),
-    ("single_column", (1, 6, 1, 2), 3),
-    ("single_pixel", (1, 1, 1, 2), 3),
-)
+from tests.helpers import ATTENTION_SHAPES, BFLOAT16_ATOL, attention_inputs
 
 
 class CrissCrossAttentionTest(parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.named_parameters(*SHAPES)
+  @parameterized.named_parameters(*ATTENTION_SHAPES)
   def test_matches_reference_float32(self, shape, value_channels):
-    q, k, v = _qkv(shape, value_channels, scale=1.5)
+    q, k, v = attention_inputs(shape, value_channels, scale=1.5)
     out, attention = self.variant(
         lambda q, k, v: criss_cross_attention(q, k, v, return_attention=True)
     )(q, k, v)
@@ -53,7 +30,7 @@ class CrissCrossAttentionTest(parameterized.TestCase):
     chex.assert_trees_all_close(attention, expected_attention.astype(np.float32), atol=1e-6)
 
   def test_attention_rows_sum_to_one_and_mask_the_pixel_itself(self):
-    q, k, v = _qkv((2, 6, 4, 3), 2, seed=1)
+    q, k, v = attention_inputs((2, 6, 4, 3), 2, seed=1)
     _, attention = criss_cross_attention(q, k, v, return_attention=True)
     chex.assert_trees_all_close(attention.sum(-1), jnp.ones((2, 6, 4)), atol=1e-6)
     own_column_entry = jnp.take_along_axis(
@@ -63,7 +40,7 @@ class CrissCrossAttentionTest(parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_bfloat16(self):
-    q, k, v = (x.astype(jnp.bfloat16) for x in _qkv((2, 5, 6, 8), 16, seed=2))
+    q, k, v = (x.astype(jnp.bfloat16) for x in attention_inputs((2, 5, 6, 8), 16, seed=2))
     out = self.variant(criss_cross_attention)(q, k, v)
     chex.assert_type(out, jnp.bfloat16)
     expected = reference.criss_cross_attention(
@@ -75,7 +52,7 @@ class CrissCrossAttentionTest(parameterized.TestCase):
 
   def test_large_energies_stay_finite(self):
     # A naive exp would overflow in float32; the shifted softmax must not.
-    q, k, v = _qkv((1, 4, 5, 3), 2, seed=3, scale=30.0)
+    q, k, v = attention_inputs((1, 4, 5, 3), 2, seed=3, scale=30.0)
     out = criss_cross_attention(q, k, v)
     chex.assert_tree_all_finite(out)
     chex.assert_trees_all_close(
@@ -83,7 +60,7 @@ class CrissCrossAttentionTest(parameterized.TestCase):
     )
 
   def test_gradients_match_finite_differences_of_the_reference(self):
-    q, k, v = _qkv((1, 3, 4, 2), 3, seed=4)
+    q, k, v = attention_inputs((1, 3, 4, 2), 3, seed=4)
     cotangent = np.asarray(jax.random.normal(jax.random.key(5), v.shape), np.float64)
 
     def reference_loss(q, k, v):
@@ -105,16 +82,16 @@ class CrissCrossAttentionTest(parameterized.TestCase):
       chex.assert_trees_all_close(grad, numeric.astype(np.float32), atol=1e-4, rtol=1e-4)
 
   def test_check_grads_forward_and_reverse(self):
-    q, k, v = _qkv((2, 3, 4, 2), 3, seed=6)
+    q, k, v = attention_inputs((2, 3, 4, 2), 3, seed=6)
     check_grads(criss_cross_attention, (q, k, v), order=1, modes=("fwd", "rev"), atol=2e-2)
 
   def test_vmap_over_an_extra_axis(self):
-    q, k, v = _qkv((3, 4, 5, 2), 3, seed=7)
+    q, k, v = attention_inputs((3, 4, 5, 2), 3, seed=7)
     batched = jax.vmap(criss_cross_attention)(q[:, None], k[:, None], v[:, None])
     chex.assert_trees_all_close(batched[:, 0], criss_cross_attention(q, k, v), atol=1e-6)
 
   def test_shape_errors_name_the_arrays(self):
-    q, k, v = _qkv((1, 4, 5, 2), 3)
+    q, k, v = attention_inputs((1, 4, 5, 2), 3)
     with pytest.raises(ValueError, match="q and k must have the same shape"):
       criss_cross_attention(q, k[:, :3], v)
     with pytest.raises(ValueError, match="v must share"):
@@ -152,13 +129,13 @@ class NonLocalAttentionTest(parameterized.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(("square", (2, 4, 4, 3), 5), ("wide", (1, 3, 6, 2), 4))
   def test_matches_reference(self, shape, value_channels):
-    q, k, v = _qkv(shape, value_channels, seed=8)
+    q, k, v = attention_inputs(shape, value_channels, seed=8)
     out = self.variant(ops.non_local_attention)(q, k, v)
     expected = reference.non_local_attention(q, k, v)
     chex.assert_trees_all_close(out, expected.astype(np.float32), atol=1e-5, rtol=1e-5)
 
   def test_attention_covers_every_pixel(self):
-    q, k, v = _qkv((1, 3, 4, 2), 2, seed=9)
+    q, k, v = attention_inputs((1, 3, 4, 2), 2, seed=9)
     _, attention = ops.non_local_attention(q, k, v, return_attention=True)
     chex.assert_shape(attention, (1, 3, 4, 3, 4))
     chex.assert_trees_all_close(attention.sum((-1, -2)), jnp.ones((1, 3, 4)), atol=1e-6)

@@ -10,15 +10,15 @@ from jax.test_util import check_grads
 from ccnet_jax import ops
 from ccnet_jax.ops.criss_cross_matmul import criss_cross_attention_matmul
 from tests import reference
-from tests.test_ops_criss_cross import BFLOAT16_ATOL, SHAPES, _qkv
+from tests.helpers import ATTENTION_SHAPES, BFLOAT16_ATOL, attention_inputs
 
 
 class CrissCrossMatmulTest(parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.named_parameters(*SHAPES)
+  @parameterized.named_parameters(*ATTENTION_SHAPES)
   def test_matches_reference_float32(self, shape, value_channels):
-    q, k, v = _qkv(shape, value_channels, scale=1.5)
+    q, k, v = attention_inputs(shape, value_channels, scale=1.5)
     out = self.variant(criss_cross_attention_matmul)(q, k, v)
     chex.assert_type(out, jnp.float32)
     expected = reference.criss_cross_attention(q, k, v).astype(np.float32)
@@ -31,7 +31,9 @@ class CrissCrossMatmulTest(parameterized.TestCase):
       ("large_energies", (1, 4, 5, 3), 2, 30.0, jnp.float32, 1e-4),
   )
   def test_matches_reference_at_the_edges(self, shape, value_channels, scale, dtype, atol):
-    q, k, v = (x.astype(dtype) for x in _qkv(shape, value_channels, seed=2, scale=scale))
+    q, k, v = (
+        x.astype(dtype) for x in attention_inputs(shape, value_channels, seed=2, scale=scale)
+    )
     out = criss_cross_attention_matmul(q, k, v)
     chex.assert_type(out, dtype)
     chex.assert_tree_all_finite(out)
@@ -39,7 +41,7 @@ class CrissCrossMatmulTest(parameterized.TestCase):
     chex.assert_trees_all_close(out.astype(jnp.float32), expected.astype(np.float32), atol=atol)
 
   def test_gradients_match_finite_differences(self):
-    q, k, v = _qkv((2, 3, 4, 2), 3, seed=6)
+    q, k, v = attention_inputs((2, 3, 4, 2), 3, seed=6)
     check_grads(criss_cross_attention_matmul, (q, k, v), order=1, modes=("rev",), atol=2e-2)
 
   def test_any_size_under_symbolic_shapes(self):
@@ -50,7 +52,7 @@ class CrissCrossMatmulTest(parameterized.TestCase):
         jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.float32), values
     )
     for size, seed in (((1, 4, 6, 2), 7), ((2, 5, 3, 2), 8)):
-      q, k, v = _qkv(size, 3, seed=seed)
+      q, k, v = attention_inputs(size, 3, seed=seed)
       chex.assert_trees_all_close(
           exported.call(q, k, v),
           reference.criss_cross_attention(q, k, v).astype(np.float32),

@@ -16,7 +16,7 @@ from flax import nnx
 
 from ccnet_jax import ops
 from ccnet_jax.models.heads import RCCAHead
-from ccnet_jax.models.registry import build_model, model_config
+from ccnet_jax.models.registry import build_model
 from ccnet_jax.ops.pallas import (
     TUNING_GRID,
     BlockSizes,
@@ -24,6 +24,7 @@ from ccnet_jax.ops.pallas import (
     tuning_configurations,
 )
 from tests import reference
+from tests.helpers import tiny_model_config
 
 IMPLEMENTATIONS = ("pallas", "einsum_recompute")
 
@@ -258,9 +259,8 @@ class InsideModelsTest(parameterized.TestCase):
     images = jax.random.normal(jax.random.key(0), (2, 65, 65, 3))
     labels = jax.random.randint(jax.random.key(1), (2, 9, 9), 0, 5)
 
-    config = model_config("ccnet_r101_official", num_classes=5)
-    config.backbone.update(depth=18, base_width=8)
-    config.head.update(channels=16, out_channels=16, dropout=0.0)
+    config = tiny_model_config()
+    config.head.dropout = 0.0
     config.aux.enabled = False
     model = build_model(config)
     _set_gamma(model.head, 0.5)

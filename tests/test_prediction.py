@@ -16,36 +16,29 @@ from ccnet_jax.data.labels import SYNTHETIC
 from ccnet_jax.evaluation.evaluator import model_predict_fn
 from ccnet_jax.evaluation.inference import predict_logits
 from ccnet_jax.loading import load_model
-from ccnet_jax.models import model_dir
-from ccnet_jax.models.preprocessing import IMAGENET
 from ccnet_jax.prediction import media
 from ccnet_jax.prediction.files import predict_paths
 from ccnet_jax.prediction.predictor import Predictor
-from tests.helpers import randomised, tiny_model_config
+from tests.helpers import ROOT
 
 torch = pytest.importorskip("torch")
 # ffmpeg runs as a subprocess (fork, then exec at once), which JAX's fork warning does not concern.
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 
 NUM_CLASSES = SYNTHETIC.num_classes
-MEAN = np.array(IMAGENET.mean, np.float32)
-STD = np.array(IMAGENET.std, np.float32)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A training workdir whose exported model/ is a tiny random CCNet with 6 classes."""
-  config = tiny_model_config(num_classes=NUM_CLASSES)
-  model = randomised(config, seed=3)
-  root = tmp_path_factory.mktemp("run")
-  model_dir.save_model(root / "model", model, config, preprocessing=None)
-  return str(root), model
+def predictor(saved_model):
+  """The saved model, loaded from its workdir; batches of 2."""
+  return Predictor(load_model(saved_model.workdir), batch_size=2)
 
 
-@pytest.fixture(scope="module")
-def predictor(workdir):
-  return Predictor(load_model(workdir[0]), batch_size=2)
+def normalized(images, preprocessing):
+  """RGB uint8 -> the network's input, in numpy (the saved model expects BGR)."""
+  assert preprocessing.channel_order == "bgr"
+  bgr = images.astype(np.float32)[..., ::-1]
+  return (bgr - np.float32(preprocessing.mean)) / np.float32(preprocessing.std)
 
 
 def smooth_image(rng, height, width):
@@ -54,11 +47,11 @@ def smooth_image(rng, height, width):
   return np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:height, :width].astype(np.uint8)
 
 
-def reference_logits(model, image):
-  """(H, W, K): the network on the ImageNet-normalised image, upsampled by torch
-  (bilinear, align_corners=True, as the official evaluation)."""
-  x = ((image.astype(np.float32) - MEAN) / STD)[None]
-  logits = np.array(model(x)[0])  # A writable copy for torch.
+def reference_logits(saved, image):
+  """(H, W, K): the network on the normalised image, upsampled by torch (bilinear,
+  align_corners=True, as the official evaluation)."""
+  x = normalized(image, saved.preprocessing)[None]
+  logits = np.array(saved.model(x)[0])  # A writable copy for torch.
   upsampled = torch.nn.functional.interpolate(
       torch.from_numpy(logits).permute(0, 3, 1, 2),
       size=image.shape[:2],
@@ -78,8 +71,9 @@ def assert_labels_match(labels, logits):
   np.testing.assert_array_equal(labels[decided], logits.argmax(-1)[decided])
 
 
-def test_folder_of_odd_sizes_writes_colours_overlays_and_label_ids(workdir, predictor, tmp_path):
-  _, model = workdir
+def test_folder_of_odd_sizes_writes_colours_overlays_and_label_ids(
+    saved_model, predictor, tmp_path
+):
   rng = np.random.default_rng(0)
   sizes = {"a": (37, 53), "b": (37, 53), "c": (29, 41), os.path.join("sub", "d"): (45, 23)}
   folder = tmp_path / "images"
@@ -101,7 +95,7 @@ def test_folder_of_odd_sizes_writes_colours_overlays_and_label_ids(workdir, pred
     stem = out / name.replace(os.sep, "_")
     labels = np.asarray(Image.open(f"{stem}_labelIds.png"))
     assert labels.shape == image.shape[:2]
-    assert_labels_match(labels, reference_logits(model, image))
+    assert_labels_match(labels, reference_logits(saved_model, image))
     color = np.asarray(Image.open(f"{stem}_pred.png"))
     np.testing.assert_array_equal(color, SYNTHETIC.palette[labels])
     blended = np.round(0.5 * image.astype(np.float64) + 0.5 * SYNTHETIC.palette[labels])
@@ -109,9 +103,8 @@ def test_folder_of_odd_sizes_writes_colours_overlays_and_label_ids(workdir, pred
 
 
 def test_video_frames_in_equal_frames_out_and_labels_equal_eval_inference(
-    workdir, predictor, tmp_path
+    saved_model, predictor, tmp_path
 ):
-  _, model = workdir
   rng = np.random.default_rng(1)
   frames_in = [smooth_image(rng, 40, 56) for _ in range(5)]
   video = str(tmp_path / "clip.mp4")
@@ -127,17 +120,17 @@ def test_video_frames_in_equal_frames_out_and_labels_equal_eval_inference(
   assert label_files == [f"{i:06d}.png" for i in range(5)]
   # Evaluation's inference on the decoded frames (5 frames: batches of 2, 2 and a padded 1).
   decoded = np.stack([frame[..., :3] for frame in imageio.mimread(video)])
-  predict_fn, state = model_predict_fn(model)
-  normalized = (decoded.astype(np.float32) - MEAN) / STD
+  predict_fn, state = model_predict_fn(saved_model.model)
+  inputs = normalized(decoded, saved_model.preprocessing)
   logits = np.asarray(
-      predict_logits(functools.partial(predict_fn, state), normalized, num_classes=NUM_CLASSES)
+      predict_logits(functools.partial(predict_fn, state), inputs, num_classes=NUM_CLASSES)
   )
   for index, name in enumerate(label_files):
     labels = np.asarray(Image.open(out / "clip_labelIds" / name))
     assert_labels_match(labels, logits[index])
 
 
-def test_cli_stops_on_a_bad_input_with_one_line_naming_it(workdir, tmp_path):
+def test_cli_stops_on_a_bad_input_with_one_line_naming_it(saved_model, tmp_path):
   folder = tmp_path / "images"
   folder.mkdir()
   (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
@@ -145,16 +138,16 @@ def test_cli_stops_on_a_bad_input_with_one_line_naming_it(workdir, tmp_path):
       [
           sys.executable,
           "predict.py",
-          f"--model={workdir[0]}",
+          f"--model={saved_model.workdir}",
           str(folder),
           "--out",
           str(tmp_path / "out"),
           "--noprogress",
       ],
-      cwd=REPO,
+      cwd=ROOT,
       capture_output=True,
       text=True,
-      env={**os.environ, "PYTHONPATH": REPO},
+      env={**os.environ, "PYTHONPATH": ROOT},
       timeout=600,
   )
   assert result.returncode == 1, result.stderr

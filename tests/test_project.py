@@ -3,7 +3,9 @@
 import pathlib
 import re
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests import processes
+
+ROOT = pathlib.Path(processes.ROOT)
 
 
 def _readme_block_after(heading: str) -> str:

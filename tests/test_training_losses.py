@@ -6,12 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ccnet_jax.data.labels import IGNORE_LABEL
 from ccnet_jax.training import losses
 from configs import common
 
 torch = pytest.importorskip("torch")
 
-IGNORE = 255
+IGNORE = IGNORE_LABEL  # How the data sources mark void pixels: what the losses must ignore.
 
 
 def _random_problem(seed, shape=(2, 9, 11), classes=5, ignore_fraction=0.2, scale=2.0):

@@ -84,3 +84,21 @@ def test_initialize_distributed_names_missing_variables(monkeypatch):
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
   with pytest.raises(ValueError, match="JAX_PROCESS_ID"):
     mesh_lib.initialize_distributed()
+
+
+@pytest.mark.parametrize("timeout", [0, -5, 2.5])
+def test_initialize_distributed_refuses_a_bad_heartbeat_timeout(monkeypatch, timeout):
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  with pytest.raises(ValueError, match=r"train\.heartbeat_timeout_seconds=.*positive whole"):
+    mesh_lib.initialize_distributed(timeout)
+
+
+def test_replicate_keeps_replicated_arrays_and_places_typed_keys():
+  mesh = mesh_lib.make_mesh()
+  placed = mesh_lib.replicate({"w": np.arange(3.0)}, mesh)["w"]
+  tree = mesh_lib.replicate({"w": placed, "key": jax.random.key(7)}, mesh)
+  assert tree["w"] is placed
+  assert tree["key"].sharding.is_fully_replicated and len(tree["key"].addressable_shards) == 8
+  np.testing.assert_array_equal(
+      jax.random.key_data(tree["key"]), jax.random.key_data(jax.random.key(7))
+  )

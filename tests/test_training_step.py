@@ -3,7 +3,6 @@
 Reference for sharding: the same step on a 1-device mesh with the whole batch.
 """
 
-import os
 import pickle
 
 import chex
@@ -19,8 +18,7 @@ from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
 from ccnet_jax.training.state import merge_model
 from ccnet_jax.training.step import make_train_step, normalize_images
 from tests import distributed_worker as worker
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 
 def _host(tree):
@@ -240,7 +238,7 @@ def test_two_processes_train_like_one(reference, tmp_path):
           ]
           for i in range(2)
       ],
-      repo=REPO,
+      repo=ROOT,
       timeout=600,
   )
   assert [o["global_devices"] for o in outputs] == [4, 4]

@@ -9,6 +9,8 @@ parameters so tests can build small networks with random weights.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -362,6 +364,20 @@ def _constant_(norm: nn.BatchNorm2d, value: float) -> None:
   nn.init.constant_(norm.bias, 0)
 
 
+def kaiming_fan_out_init_(module: nn.Module) -> nn.Module:
+  """torchvision/models/resnet.py ``ResNet.__init__``'s rule, on every conv of ``module``:
+  ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``, biases 0 (torchvision's convs
+  have none); norms weight 1, bias 0. Attention gammas keep their 0."""
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, nn.Conv2d):
+        _kaiming_relu_(m)
+      elif isinstance(m, (nn.BatchNorm2d, InPlaceABN)):
+        nn.init.constant_(m.weight, 1)
+        nn.init.constant_(m.bias, 0)
+  return module
+
+
 def mmseg_backbone_init_(backbone: nn.Module) -> nn.Module:
   """mmseg/models/backbones/resnet.py ``ResNet`` trained from scratch (no ``pretrained``).
 
@@ -511,3 +527,43 @@ def official_criterion(main, aux, labels, *, ohem=None, ignore=255):
   return F.cross_entropy(main, main_labels, ignore_index=ignore) + 0.4 * F.cross_entropy(
       aux, labels, ignore_index=ignore
   )
+
+
+def resize_align_corners(x, size):
+  """NHWC numpy bilinear resize with torch (align_corners=True)."""
+  return (
+      torch.nn.functional.interpolate(
+          torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2),
+          size=tuple(size),
+          mode="bilinear",
+          align_corners=True,
+      )
+      .permute(0, 2, 3, 1)
+      .numpy()
+  )
+
+
+def official_sliding(image, tile_size, network, overlap=1 / 3):
+  """predict_sliding of speedinghzl/CCNet evaluate.py, NHWC, per-axis stride; ``network``
+  maps a padded tile to logits at its output stride."""
+  _, height, width, _ = image.shape
+  stride_y = math.ceil(tile_size[0] * (1 - overlap))
+  stride_x = math.ceil(tile_size[1] * (1 - overlap))
+  tile_rows = max(int(math.ceil((height - tile_size[0]) / stride_y) + 1), 1)
+  tile_cols = max(int(math.ceil((width - tile_size[1]) / stride_x) + 1), 1)
+  full_probs, count = 0.0, np.zeros(image.shape[:3] + (1,))
+  for row in range(tile_rows):
+    for col in range(tile_cols):
+      x1, y1 = col * stride_x, row * stride_y
+      x2, y2 = min(x1 + tile_size[1], width), min(y1 + tile_size[0], height)
+      x1, y1 = max(x2 - tile_size[1], 0), max(y2 - tile_size[0], 0)
+      img = image[:, y1:y2, x1:x2]
+      padded = np.pad(
+          img, ((0, 0), (0, tile_size[0] - img.shape[1]), (0, tile_size[1] - img.shape[2]), (0, 0))
+      )
+      prediction = resize_align_corners(np.asarray(network(padded), np.float32), tile_size)
+      if np.ndim(full_probs) == 0:
+        full_probs = np.zeros(image.shape[:3] + prediction.shape[-1:])
+      full_probs[:, y1:y2, x1:x2] += prediction[:, : img.shape[1], : img.shape[2]]
+      count[:, y1:y2, x1:x2] += 1
+  return full_probs / count

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.evaluator import Evaluator, model_predict_fn
+from ccnet_jax.evaluation.inference import InferenceSettings
 from ccnet_jax.models.model_dir import empty_module
 from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.models.registry import construct_model
@@ -98,14 +99,14 @@ def lower_eval_step(
   """The evaluation step of ``config`` (its mode, windows, scales, flips) and its global batch.
 
   The batch is ``eval.batch_size`` rounded up to a multiple of the devices, as the
-  evaluator pads it.
+  evaluator requires.
   """
   predict_fn, state = model_predict_fn(_abstract_model(config))
   evaluator = Evaluator(
       predict_fn,
-      eval_config=config.eval,
+      settings=InferenceSettings.from_config(config.eval),
+      batch_size=config.eval.batch_size,
       num_classes=config.model.num_classes,
       mesh=mesh,
-      ignore_label=config.data.ignore_label,
   )
   return evaluator.lower_step(_on_mesh(state, replicated(mesh)), tuple(image_size))

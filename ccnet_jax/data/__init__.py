@@ -1,1 +1,1 @@
-"""Datasets, augmentation and input pipelines for semantic segmentation."""
+"""Datasets, label tables, augmentation and input pipelines for semantic segmentation."""

@@ -19,8 +19,6 @@ def _common() -> ml_collections.ConfigDict:
           "manual_dir": "",
           "train_split": "train",
           "eval_split": "val",
-          "num_classes": 0,
-          "ignore_label": 255,
           "crop_size": (512, 512),
           # Scales are drawn from {scale_min + k * scale_step} when scale_step > 0,
           # uniformly from [scale_min, scale_max] when scale_step == 0.
@@ -45,7 +43,6 @@ def data_config(name: str) -> ml_collections.ConfigDict:
   config.name = name
   if name == "cityscapes":
     config.root = "/path/to/cityscapes"
-    config.num_classes = 19
     config.crop_size = (769, 769)
     # Official CCNet: scale = 0.5 + random.randint(0, 11) / 10 (inclusive), {0.5, ..., 1.6}.
     config.scale_min, config.scale_max, config.scale_step = 0.5, 1.6, 0.1
@@ -53,20 +50,17 @@ def data_config(name: str) -> ml_collections.ConfigDict:
   elif name == "ade20k":
     config.root = "/path/to/ADEChallengeData2016"
     config.train_split, config.eval_split = "training", "validation"
-    config.num_classes = 150
     config.crop_size = (512, 512)
     config.scale_min, config.scale_max, config.scale_step = 0.5, 2.0, 0.0
   elif name == "voc":
     # mmsegmentation's pascal_voc12_aug: SBD-augmented train (10582 images), VOC val (1449).
     config.root = "/path/to/folder_with_VOCdevkit"
     config.train_split, config.eval_split = "train_aug", "val"
-    config.num_classes = 21
     config.crop_size = (512, 512)
     config.scale_min, config.scale_max, config.scale_step = 0.5, 2.0, 0.0
   elif name == "synthetic":
     config.source = "synthetic"
     config.root = ""
-    config.num_classes = 6
     # Tall scenes put the shapes at least 112 px below their cue, beyond what a small dilated
     # ResNet uses (see synthetic.py). The stripe must stay in the crop: no rescaling, only flips.
     config.crop_size = (256, 64)

@@ -111,7 +111,41 @@ def load_pair(image_path: str, label_path: str) -> tuple[np.ndarray, np.ndarray]
   return image, label
 
 
-class CityscapesFolders:
+class ImageLabelFolders:
+  """A dataset of image files and their label files, in the order of ``image_paths``.
+
+  A subclass fills ``root``, ``split``, ``image_paths`` and ``label_paths`` and says how a
+  label file's ids become train ids (:meth:`train_ids`) and how an image is named.
+  """
+
+  root: str
+  split: str
+  image_paths: list[str]
+  label_paths: list[str]
+
+  def __len__(self) -> int:
+    return len(self.image_paths)
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}(root={self.root!r}, split={self.split!r})"
+
+  def __getitem__(self, index: int) -> dict:
+    image_path, label_path = self.image_paths[index], self.label_paths[index]
+    image, label = load_pair(image_path, label_path)
+    return {
+        "image": image,
+        "label": self.train_ids(label, label_path),
+        "name": self.name(image_path),
+    }
+
+  def train_ids(self, label: np.ndarray, path: str) -> np.ndarray:
+    raise NotImplementedError
+
+  def name(self, image_path: str) -> str:
+    return os.path.splitext(os.path.basename(image_path))[0]
+
+
+class CityscapesFolders(ImageLabelFolders):
   """leftImg8bit/{split}/{city}/*_leftImg8bit.png with gtFine/{split}/{city}/ labels.
 
   Uses *_gtFine_labelTrainIds.png (from cityscapesscripts' createTrainIdLabelImgs) where
@@ -145,32 +179,22 @@ class CityscapesFolders:
             f"{os.path.basename(train_ids)}); {CITYSCAPES_HELP}."
         )
 
-  def __len__(self) -> int:
-    return len(self.image_paths)
-
-  def __repr__(self) -> str:
-    return f"CityscapesFolders(root={self.root!r}, split={self.split!r})"
-
-  def __getitem__(self, index: int) -> dict:
-    image_path, label_path = self.image_paths[index], self.label_paths[index]
-    image, label = load_pair(image_path, label_path)
-    if label_path.endswith("_labelTrainIds.png"):
-      label = map_label(
+  def train_ids(self, label: np.ndarray, path: str) -> np.ndarray:
+    if path.endswith("_labelTrainIds.png"):
+      return map_label(
           label,
           np.arange(256, dtype=np.uint8),
           labels.CITYSCAPES.num_classes,
-          label_path,
+          path,
           extra_valid=(labels.IGNORE_LABEL,),
       )
-    else:
-      label = map_label(
-          label, labels.CITYSCAPES_ID_TO_TRAIN_ID, labels.CITYSCAPES_NUM_LABEL_IDS, label_path
-      )
-    name = os.path.basename(image_path)[: -len("_leftImg8bit.png")]
-    return {"image": image, "label": label, "name": name}
+    return map_label(label, labels.CITYSCAPES_ID_TO_TRAIN_ID, labels.CITYSCAPES_NUM_LABEL_IDS, path)
+
+  def name(self, image_path: str) -> str:
+    return os.path.basename(image_path)[: -len("_leftImg8bit.png")]
 
 
-class ADE20KFolders:
+class ADE20KFolders(ImageLabelFolders):
   """ADEChallengeData2016/images/{split}/*.jpg with annotations/{split}/*.png (0 = other)."""
 
   def __init__(self, root: str, split: str):
@@ -196,18 +220,5 @@ class ADE20KFolders:
         )
       self.label_paths.append(label_path)
 
-  def __len__(self) -> int:
-    return len(self.image_paths)
-
-  def __repr__(self) -> str:
-    return f"ADE20KFolders(root={self.root!r}, split={self.split!r})"
-
-  def __getitem__(self, index: int) -> dict:
-    image_path, label_path = self.image_paths[index], self.label_paths[index]
-    image, label = load_pair(image_path, label_path)
-    label = map_label(label, labels.ADE20K_ID_TO_TRAIN_ID, labels.ADE20K_NUM_LABEL_IDS, label_path)
-    return {
-        "image": image,
-        "label": label,
-        "name": os.path.splitext(os.path.basename(image_path))[0],
-    }
+  def train_ids(self, label: np.ndarray, path: str) -> np.ndarray:
+    return map_label(label, labels.ADE20K_ID_TO_TRAIN_ID, labels.ADE20K_NUM_LABEL_IDS, path)

@@ -16,6 +16,7 @@ import cv2
 import ml_collections
 import numpy as np
 
+from ccnet_jax.data.labels import IGNORE_LABEL
 from ccnet_jax.models.preprocessing import Preprocessing
 
 # The loaders parallelise over examples (grain workers, the evaluation's threads); OpenCV's own
@@ -89,7 +90,7 @@ def train_transform(
   'image_box': int32 (4,)}.
 
   ``image_box`` is (top, left, bottom, right) of the image pixels in the crop; the rest is
-  padding (label ``ignore_label``), which normalisation sets to 0, the mean colour, as the
+  padding (label ``IGNORE_LABEL``, void), which normalisation sets to 0, the mean colour, as the
   recipe pads after subtracting the mean. The random draws are the recipe's, in its order
   (scale, crop offset, flip), and only the pixels of the crop are resampled: a 1024x2048 image
   scaled by 1.6 is never built whole. The arrays may be views; batching copies them once.
@@ -113,7 +114,7 @@ def train_transform(
   if (height, width) != (crop_h, crop_w):
     padding = (0, crop_h - height, 0, crop_w - width)
     image = cv2.copyMakeBorder(image, *padding, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-    label = cv2.copyMakeBorder(label, *padding, cv2.BORDER_CONSTANT, value=config.ignore_label)
+    label = cv2.copyMakeBorder(label, *padding, cv2.BORDER_CONSTANT, value=IGNORE_LABEL)
   box = (0, 0, height, width)
   if config.flip and rng.random() < 0.5:
     image, label = cv2.flip(image, 1), cv2.flip(label, 1)

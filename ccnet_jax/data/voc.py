@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from ccnet_jax.data import labels
-from ccnet_jax.data.folders import load_pair, map_label
+from ccnet_jax.data.folders import ImageLabelFolders, map_label
 
 VOC_HELP = (
     "download VOCtrainval_11-May-2012.tar (host.robots.ox.ac.uk/pascal/VOC/voc2012) and the SBD "
@@ -62,7 +62,7 @@ def split_ids(voc_dir: str, split: str) -> list[str]:
   raise FileNotFoundError(f"PASCAL VOC split {split!r} not found: expected {path}; {VOC_HELP}.")
 
 
-class VOCFolders:
+class VOCFolders(ImageLabelFolders):
   """The images and class-index labels of one split of VOC 2012 (+ SBD)."""
 
   def __init__(self, root: str, split: str):
@@ -91,20 +91,7 @@ class VOCFolders:
         f"{' or '.join(candidates)}; {VOC_HELP}."
     )
 
-  def __len__(self) -> int:
-    return len(self.image_paths)
-
-  def __repr__(self) -> str:
-    return f"VOCFolders(root={self.root!r}, split={self.split!r})"
-
-  def __getitem__(self, index: int) -> dict:
-    image_path, label_path = self.image_paths[index], self.label_paths[index]
-    image, label = load_pair(image_path, label_path)
-    label = map_label(
-        label, _IDENTITY, labels.VOC.num_classes, label_path, extra_valid=(labels.IGNORE_LABEL,)
+  def train_ids(self, label: np.ndarray, path: str) -> np.ndarray:
+    return map_label(
+        label, _IDENTITY, labels.VOC.num_classes, path, extra_valid=(labels.IGNORE_LABEL,)
     )
-    return {
-        "image": image,
-        "label": label,
-        "name": os.path.splitext(os.path.basename(image_path))[0],
-    }

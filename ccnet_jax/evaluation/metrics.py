@@ -14,13 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ccnet_jax.data.labels import IGNORE_LABEL
+
 
 def confusion_matrix(
     predictions: jax.Array,
     labels: jax.Array,
     num_classes: int,
     *,
-    ignore_label: int = 255,
+    ignore_label: int = IGNORE_LABEL,
     valid: jax.Array | None = None,
 ) -> jax.Array:
   """(K, K) int32 counts, rows = ground truth, columns = prediction.

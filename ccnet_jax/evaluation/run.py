@@ -13,17 +13,22 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from ccnet_jax.data.labels import dataset_info
 from ccnet_jax.data.pipeline import make_eval_loader
 from ccnet_jax.errors import UserError
-from ccnet_jax.evaluation.evaluator import Evaluator, model_predict_fn
+from ccnet_jax.evaluation.evaluator import (
+    EvaluationResult,
+    Evaluator,
+    local_batch_size,
+    model_predict_fn,
+)
+from ccnet_jax.evaluation.inference import InferenceSettings
 from ccnet_jax.evaluation.metrics import format_results_table
 from ccnet_jax.loading import load_model
 from ccnet_jax.models.preprocessing import Preprocessing
-from ccnet_jax.training.mesh import make_mesh, replicated
+from ccnet_jax.training.mesh import make_mesh, replicate
 from ccnet_jax.training.workdir import (
     BEST_MODEL_DIR,
     CHECKPOINTS_DIR,
@@ -37,12 +42,15 @@ RUN_MODELS = {"latest": CHECKPOINTS_DIR, "best": BEST_MODEL_DIR, "final": FINAL_
 
 
 class ModelEvaluation:
-  """Evaluates models of one architecture on the configured split, compiling once."""
+  """Evaluates models of one architecture on the configured split, compiling once.
+
+  The settings (``config.eval``) are checked when it is made; the evaluation step is
+  compiled for the first model evaluated and reused for the next ones.
+  """
 
   def __init__(
       self,
       config: ml_collections.ConfigDict,
-      model: nnx.Module,
       mesh,
       *,
       preprocessing: Preprocessing | None = None,
@@ -53,33 +61,37 @@ class ModelEvaluation:
     self.info = dataset_info(config.data.name)
     self.mesh = mesh
     self.preprocessing = preprocessing or Preprocessing.from_config(config.data)
-    predict_fn, _ = model_predict_fn(model)
-    self.evaluator = Evaluator(
-        predict_fn,
-        eval_config=config.eval,
-        num_classes=self.info.num_classes,
-        mesh=mesh,
-        ignore_label=self.info.ignore_label,
-    )
+    self.settings = InferenceSettings.from_config(config.eval)
+    local_batch_size(config.eval.batch_size, mesh)  # Checked now, used at the first call.
+    self._evaluator: Evaluator | None = None
 
-  def __call__(self, model: nnx.Module, *, out_dir: str | None) -> dict[str, Any]:
+  def __call__(self, model: nnx.Module, *, out_dir: str | None) -> EvaluationResult:
     """mIoU, per-class IoU, accuracies of ``model`` (eval mode); PNGs to ``out_dir``."""
-    per_process = max(self.config.eval.batch_size // jax.process_count(), 1)
+    predict_fn, state = model_predict_fn(model)
+    if self._evaluator is None:
+      self._evaluator = Evaluator(
+          predict_fn,
+          settings=self.settings,
+          batch_size=self.config.eval.batch_size,
+          num_classes=self.info.num_classes,
+          mesh=self.mesh,
+          ignore_label=self.info.ignore_label,
+      )
     # Every array on every device of the mesh: a loaded model sits on one device only.
-    state = jax.device_put(nnx.split(model)[1], replicated(self.mesh))
-    return self.evaluator.evaluate(
+    state = replicate(state, self.mesh)
+    batches = make_eval_loader(
+        self.config.data,
+        batch_size=self._evaluator.local_batch_size,
+        preprocessing=self.preprocessing,
+    )
+    return self._evaluator.evaluate(
         state,
-        make_eval_loader(
-            self.config.data, batch_size=per_process, preprocessing=self.preprocessing
-        ),
+        batches,
         out_dir=out_dir,
+        num_images_to_save=self.config.eval.num_images_to_save,
         palette=self.info.palette,
         preprocessing=self.preprocessing,
     )
-
-  def overlays(self, limit: int) -> dict[str, np.ndarray]:
-    """The first ``limit`` prediction overlays of the last evaluation, by image name."""
-    return dict(list(self.evaluator.saved_overlays.items())[:limit])
 
 
 def _check_run_model(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -136,10 +148,8 @@ def evaluate_from_workdir(
         f" {config.data.name} has {config.model.num_classes}; evaluate it with a matching config."
     )
   out_dir = os.path.join(workdir, "eval")
-  evaluation = ModelEvaluation(
-      config, loaded.model, make_mesh(), preprocessing=loaded.preprocessing
-  )
-  metrics = evaluation(loaded.model, out_dir=out_dir)
+  evaluation = ModelEvaluation(config, make_mesh(), preprocessing=loaded.preprocessing)
+  metrics = evaluation(loaded.model, out_dir=out_dir).metrics
   if jax.process_index() == 0:
     print(f"Evaluated the {loaded.source} on {config.data.name}/{config.data.eval_split}:")
     print(format_results_table(metrics, dataset_info(config.data.name).class_names))

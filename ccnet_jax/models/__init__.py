@@ -1,1 +1,2 @@
-"""Flax NNX modules of CCNet and its baselines, the registry of variants, model directories."""
+"""Flax NNX modules of CCNet and its baselines, the registry of variants, input normalisation,
+model directories."""

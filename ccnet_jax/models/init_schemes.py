@@ -29,10 +29,16 @@ Head schemes:
          with its slope, else relu), bias 0; norm 1 / 0), and
          mmseg/models/decode_heads/decode_head.py ``BaseDecodeHead``'s init_cfg for the
          classifier ``conv_seg``: normal(0, 0.01), bias 0.
+  kaiming  No reference code's: every conv of the head, the attention's query, key and value
+         and the classifier included, Kaiming normal over fan_out (ReLU gain), biases 0;
+         norms 1 / 0. Random queries and keys of this scale give attention energies of a few
+         units from the start, with which short runs from scratch (the demo,
+         configs/synthetic.py) learn to use the attention; from torch's or mmseg's smaller
+         ones they did not within such a budget (see README, "Initialisation").
 
-In both head schemes the attention's query/key/value 1x1 convs keep torch's defaults
-(official cc_attention/functions.py and mmcv/ops/cc_attention.py build them as plain
-``nn.Conv2d``) and gamma is 0.
+In the torch and mmseg head schemes the attention's query/key/value 1x1 convs keep torch's
+defaults (official cc_attention/functions.py and mmcv/ops/cc_attention.py build them as plain
+``nn.Conv2d``). Gamma is 0 in every scheme.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ class BackboneScheme:
 class HeadScheme:
   conv: Callable[[str], ConvInit]  # Of a conv-norm-act, given its activation.
   classifier: ConvInit
+  projections: ConvInit = TORCH  # The attention's query, key and value.
 
 
 def _mmcv_conv_module(activation: str) -> ConvInit:
@@ -91,6 +98,7 @@ BACKBONE_SCHEMES = {
 HEAD_SCHEMES = {
     "torch": HeadScheme(lambda activation: TORCH, TORCH),
     "mmseg": HeadScheme(_mmcv_conv_module, ConvInit(initializers.normal(0.01))),
+    "kaiming": HeadScheme(lambda activation: KAIMING_RELU, KAIMING_RELU, KAIMING_RELU),
 }
 
 
@@ -153,7 +161,7 @@ def initialise_head(head: nnx.Module, scheme: str, key: jax.Array) -> None:
       _reset_norm(module.norm)
     elif isinstance(module, (CrissCrossAttention, NonLocalAttention)):
       for projection in (module.query, module.key, module.value):
-        _draw_conv(projection, TORCH, keys)
+        _draw_conv(projection, rule.projections, keys)
       module.gamma[...] = jnp.zeros_like(module.gamma[...])
   _draw_conv(head.classifier, rule.classifier, keys)
 

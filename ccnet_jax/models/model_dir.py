@@ -139,6 +139,13 @@ def config_from_json(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
   return config
 
 
+def _checkpointer() -> ocp.StandardCheckpointer:
+  """An orbax checkpointer of this process alone: one process writes a model directory."""
+  this = jax.process_index()
+  options = ocp.options.MultiprocessingOptions(primary_host=this, active_processes={this})
+  return ocp.StandardCheckpointer(multiprocessing_options=options)
+
+
 def save_model(
     directory: str | os.PathLike,
     model: CCNet | ResNet,
@@ -174,7 +181,7 @@ def save_model(
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _checkpointer() as checkpointer:
       checkpointer.save(os.path.join(staging, "params"), arrays)
     with open(os.path.join(staging, INFO_FILE), "w") as f:
       json.dump(description, f, indent=2)
@@ -216,7 +223,7 @@ def read_arrays(directory: str | os.PathLike) -> dict[str, np.ndarray]:
   path = os.path.join(os.path.abspath(os.fspath(directory)), "params")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path} not found: the model directory has no params checkpoint.")
-  with ocp.StandardCheckpointer() as checkpointer:
+  with _checkpointer() as checkpointer:
     restored = checkpointer.restore(path)
   return {name: np.asarray(value) for name, value in flatten(restored).items()}
 

@@ -17,14 +17,9 @@ def non_local_attention(
 ) -> Array | tuple[Array, Array]:
   """softmax(q k^T) v over all positions, softmax in float32.
 
-  Args:
-    q: queries (B, H, W, C').
-    k: keys (B, H, W, C').
-    v: values (B, H, W, C).
-    return_attention: also return the (B, H, W, H, W) float32 weights.
-
-  Returns:
-    The context (B, H, W, C) in v's dtype, without gamma and residual.
+  Takes q, k (B, H, W, C') and v (B, H, W, C) as ``criss_cross_attention`` does and returns
+  the context (B, H, W, C) in v's dtype, without gamma and residual; with
+  ``return_attention`` also the (B, H, W, H, W) float32 weights.
   """
   if q.ndim != 4 or q.shape != k.shape or q.shape[:3] != v.shape[:3]:
     raise ValueError(

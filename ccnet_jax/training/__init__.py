@@ -1,1 +1,1 @@
-"""Training: losses, optimiser, train state, device mesh, the sharded step and the loop."""
+"""Training: losses, optimiser, train state, device mesh, the sharded step, checkpoints, workdir."""

@@ -108,8 +108,8 @@ def segmentation_loss(
     logits: (B, h, w, K) main-head scores.
     aux_logits: (B, h', w', K) aux-head scores, or None (then aux counts 0).
     labels: (B, H, W) integer labels.
-    loss_config: fields align_corners, ohem, ohem_thresh, ohem_min_kept,
-      aux_weight, ignore_label.
+    loss_config: fields align_corners, ohem, ohem_thresh, ohem_min_kept, aux_weight.
+      Pixels labelled 255 (void, as every data source writes them) take no part.
 
   Returns:
     ``(loss, {'loss', 'main', 'aux'})``, all float32 scalars.
@@ -124,13 +124,12 @@ def segmentation_loss(
         labels,
         thresh=loss_config.ohem_thresh,
         min_kept=loss_config.ohem_min_kept,
-        ignore_label=loss_config.ignore_label,
     )
   else:
-    main = cross_entropy(upsample(logits), labels, ignore_label=loss_config.ignore_label)
+    main = cross_entropy(upsample(logits), labels)
   if aux_logits is None:
     aux = jnp.zeros((), main.dtype)
   else:
-    aux = cross_entropy(upsample(aux_logits), labels, ignore_label=loss_config.ignore_label)
+    aux = cross_entropy(upsample(aux_logits), labels)
   loss = main + loss_config.aux_weight * aux
   return loss, {"loss": loss, "main": main, "aux": aux}

@@ -15,6 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ccnet_jax.training import lost_process
+
 DATA_AXIS = "data"
 
 
@@ -39,12 +41,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a host-identical pytree (e.g. a fresh TrainState) replicated on the mesh.
 
-  Works with several processes too: each contributes its own identical copy.
+  Works with several processes too: each contributes its own identical copy. Arrays
+  already replicated on ``mesh`` (a train state's weights) are kept as they are, and
+  typed PRNG keys (a model's RNG streams) are placed through their key data.
   """
   sharding = replicated(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
-  )
+
+  def place(x):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+      return x
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = place(jax.random.key_data(x))
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+  return jax.tree.map(place, tree)
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -81,7 +92,7 @@ def _several_processes() -> bool:
   return len([h for h in hosts.split(",") if h]) > 1
 
 
-def initialize_distributed() -> bool:
+def initialize_distributed(heartbeat_timeout_seconds: int = 100) -> bool:
   """Starts ``jax.distributed`` when several processes run; a no-op for one. Returns whether.
 
   Must run before any other JAX call. A multi-process job is recognised from:
@@ -92,10 +103,21 @@ def initialize_distributed() -> bool:
     (``OMPI_COMM_WORLD_SIZE`` > 1) or multi-host Cloud TPU
     (``TPU_WORKER_HOSTNAMES`` lists several hosts): JAX detects these itself.
 
+  A process that sends no heartbeat for ``heartbeat_timeout_seconds`` is declared lost
+  and JAX's runtime ends the others; their standard error goes through
+  ``lost_process``'s relay, which turns the runtime's report into one line. JAX's
+  preemption service is not started: its SIGTERM handler would replace the trainer's,
+  which agrees on the step to stop at through a collective instead (``preemption``).
   On CPU the cross-process collectives are gloo (``jax_cpu_collectives_implementation``).
   """
   if not _several_processes():
     return False
+  if not isinstance(heartbeat_timeout_seconds, int) or heartbeat_timeout_seconds < 1:
+    raise ValueError(
+        f"train.heartbeat_timeout_seconds={heartbeat_timeout_seconds!r} must be a positive"
+        " whole number of seconds; set --config.train.heartbeat_timeout_seconds=N."
+    )
+  settings = {}
   if "JAX_NUM_PROCESSES" in os.environ:
     missing = [v for v in ("JAX_COORDINATOR_ADDRESS", "JAX_PROCESS_ID") if v not in os.environ]
     if missing:
@@ -103,13 +125,13 @@ def initialize_distributed() -> bool:
           f"JAX_NUM_PROCESSES is set but {', '.join(missing)} is not; set all three "
           "(JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES, JAX_PROCESS_ID)."
       )
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
+    settings = dict(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
         num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
         process_id=int(os.environ["JAX_PROCESS_ID"]),
     )
-  else:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize()
+  lost_process.start(heartbeat_timeout_seconds)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.config.update("jax_enable_preemption_service", False)
+  jax.distributed.initialize(**settings, heartbeat_timeout_seconds=heartbeat_timeout_seconds)
   return True

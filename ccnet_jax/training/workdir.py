@@ -33,6 +33,7 @@ FREE_ON_RESUME = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.num_summary_images",
+    "train.heartbeat_timeout_seconds",
     "train.init_from",
     "train.init_part",
     "eval.",
@@ -44,6 +45,10 @@ FREE_ON_RESUME = (
     "data.synthetic.num_eval",
     "model.cca_impl",
     "model.dtype",
+    # Recorded by earlier versions, read by none: the dataset fixes them.
+    "data.num_classes",
+    "data.ignore_label",
+    "loss.ignore_label",
 )
 
 
