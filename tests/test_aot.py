@@ -14,7 +14,7 @@ import pytest
 
 from ccnet_jax.aot import libraries
 from ccnet_jax.aot.analysis import Census, ProgramReport, hlo_census, shape_bytes
-from ccnet_jax.aot.compile import TargetReport
+from ccnet_jax.aot.compile import TargetReport, lowering
 from ccnet_jax.aot.table import format_table
 from ccnet_jax.aot.targets import parse_target
 from ccnet_jax.errors import UserError
@@ -98,6 +98,15 @@ def test_missing_compiler_is_one_line_naming_the_install(tmp_path):
   lines = process.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: compiling for TPU needs libtpu"), lines
   assert libraries.INSTALL in lines[0]
+
+
+def test_what_a_target_cannot_lower_is_one_line_naming_program_and_target():
+  """As Mosaic reports a kernel outside shard_map on a multi-chip slice."""
+  target = parse_target("tpu:v5e:2x2")
+  expected = "^the train step cannot be lowered for tpu:v5e:2x2: Mosaic kernels cannot be split.$"
+  with pytest.raises(UserError, match=expected):
+    with lowering("train step", target):
+      raise NotImplementedError("\nMosaic kernels cannot be split.\nWrap the call in a shard_map.")
 
 
 @pytest.mark.parametrize(

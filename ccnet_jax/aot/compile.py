@@ -7,10 +7,11 @@ first, then :func:`compile_for_target`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -67,6 +68,16 @@ def _out_of_memory(error: Exception) -> str | None:
   return lines[0][:400]
 
 
+@contextlib.contextmanager
+def lowering(name: str, target: Target) -> Iterator[None]:
+  """What the target cannot run (a kernel XLA cannot partition) as one line naming both."""
+  try:
+    yield
+  except NotImplementedError as error:
+    first = next((line for line in str(error).splitlines() if line.strip()), "")
+    raise UserError(f"the {name} cannot be lowered for {target.name}: {first[:400]}") from error
+
+
 def _compile(name, lowered, target, *, global_batch, devices, dump_dir):
   options = GPU_COMPILER_OPTIONS if target.platform == "gpu" else None
   start = time.perf_counter()
@@ -115,19 +126,18 @@ def compile_for_target(
     devices = target_devices(target)
     mesh = make_mesh(devices)
     count = len(devices)
+    with lowering("train step", target):
+      lowered = programs.lower_train_step(config, mesh)
+    batch = int(config.train.global_batch_size)
     reports = [
         _compile(
-            "train step",
-            programs.lower_train_step(config, mesh),
-            target,
-            global_batch=int(config.train.global_batch_size),
-            devices=count,
-            dump_dir=dump_dir,
+            "train step", lowered, target, global_batch=batch, devices=count, dump_dir=dump_dir
         )
     ]
     if eval_step:
       size = eval_image_size or programs.eval_image_size(config)
-      lowered, batch = programs.lower_eval_step(config, mesh, size)
+      with lowering("eval step", target):
+        lowered, batch = programs.lower_eval_step(config, mesh, size)
       reports.append(
           _compile(
               "eval step", lowered, target, global_batch=batch, devices=count, dump_dir=dump_dir
