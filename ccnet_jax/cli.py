@@ -1,8 +1,8 @@
 """How every command runs: absl flags, the shared start of train.py and eval.py, user errors.
 
 Every command (``train.py``, ``eval.py``, ``predict.py``, ``python -m ccnet_jax.convert``,
-``.export``, ``.visualize``, ``.explore``, ``.aot``) is a ``main(arguments)`` handed to
-:func:`run`, so all parse their flags alike (``--help`` prints the command's docstring and
+``.data``, ``.export``, ``.visualize``, ``.explore``, ``.aot``) is a ``main(arguments)`` handed
+to :func:`run`, so all parse their flags alike (``--help`` prints the command's docstring and
 its flags, ``--helpfull`` every flag) and end alike on a user error (a missing dataset, a
 bad flag or config field, a corrupt file, a full disk): ``error: ...`` on stderr and exit
 status 1, never a traceback; ``CCNET_JAX_TRACEBACK=1`` in the environment shows the

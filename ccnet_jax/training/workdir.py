@@ -40,6 +40,7 @@ FREE_ON_RESUME = (
     "data.root",
     "data.tfds_data_dir",
     "data.manual_dir",
+    "data.decoded_dir",
     "data.prefetch",
     "data.eval_split",
     "data.synthetic.num_eval",
