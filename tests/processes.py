@@ -7,10 +7,14 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Seconds after which a subprocess counts as hung. Never a measure of speed: on a loaded
+# 2-core machine the scripts run ten times slower than on a quiet one, and a test's outcome
+# must not depend on that.
+HANG_TIMEOUT = 3600
 
 
 def run_python(
-    *args, env: dict | None = None, one_device: bool = False, timeout: float = 300
+    *args, env: dict | None = None, one_device: bool = False, timeout: float = HANG_TIMEOUT
 ) -> subprocess.CompletedProcess:
   """``python *args`` with this checkout first on the path; output captured as text.
 

@@ -1,4 +1,9 @@
-"""Independent numpy references for the attention operators (float64, explicit loops)."""
+"""Independent numpy references for the attention operators (explicit loops).
+
+float64 by default, the truth; ``dtype=np.float32`` runs the same loops in float32, whose
+distance from the truth is the float32 rounding an implementation is compared with
+(tests/numerics.py).
+"""
 
 import numpy as np
 
@@ -15,12 +20,12 @@ def softmax(x: np.ndarray) -> np.ndarray:
   return e / e.sum()
 
 
-def criss_cross_attention(q, k, v, *, return_attention=False):
+def criss_cross_attention(q, k, v, *, return_attention=False, dtype=np.float64):
   """For each pixel: gather its criss-cross neighbours, softmax by hand, weigh v."""
-  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  q, k, v = (np.asarray(a, dtype) for a in (q, k, v))
   batch, height, width, _ = q.shape
-  out = np.zeros(v.shape, np.float64)
-  attention = np.zeros((batch, height, width, height + width), np.float64)
+  out = np.zeros(v.shape, dtype)
+  attention = np.zeros((batch, height, width, height + width), dtype)
   for b in range(batch):
     for h in range(height):
       for w in range(width):
@@ -35,13 +40,13 @@ def criss_cross_attention(q, k, v, *, return_attention=False):
   return (out, attention) if return_attention else out
 
 
-def non_local_attention(q, k, v):
+def non_local_attention(q, k, v, *, dtype=np.float64):
   """softmax over all H * W pixels, one pixel at a time."""
-  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  q, k, v = (np.asarray(a, dtype) for a in (q, k, v))
   batch, height, width, _ = q.shape
   keys = k.reshape(batch, height * width, -1)
   values = v.reshape(batch, height * width, -1)
-  out = np.zeros(v.shape, np.float64)
+  out = np.zeros(v.shape, dtype)
   for b in range(batch):
     for h in range(height):
       for w in range(width):

@@ -47,7 +47,7 @@ _TINY = ["--size", "3", "--batch", "1", "--key-channels", "8", "--channels", "16
 
 
 def _run_cca_kernels(*flags):
-  return run_python("benchmarks/cca_kernels.py", *_TINY, *flags, one_device=True, timeout=600)
+  return run_python("benchmarks/cca_kernels.py", *_TINY, *flags, one_device=True)
 
 
 def test_cca_sweep_of_one_configuration_writes_table_and_json(tmp_path):
@@ -124,7 +124,7 @@ def test_readme_memory_figures_within_five_percent():
   """Measured as the benchmark measures them, in a fresh process: XLA's flags are read once,
   when jax starts. Its buffer plan is deterministic for one jax version: 5% absorbs small
   changes in fusion; outside it the README's tables must be measured again."""
-  result = run_python("-c", _MEASURE_MEMORY, one_device=True, timeout=600)
+  result = run_python("-c", _MEASURE_MEMORY, one_device=True)
   assert result.returncode == 0, result.stderr
   measured = json.loads(result.stdout.splitlines()[-1])
   for name, megabytes in README_MEMORY_MB.items():

@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import train_step
 
 from tests.helpers import ROOT
+from tests.processes import HANG_TIMEOUT
 
 
 def _setting(batch=4):
@@ -99,7 +100,7 @@ def test_cpu_smoke_runs_the_real_steps(tmp_path):
       check=True,
       capture_output=True,
       text=True,
-      timeout=900,
+      timeout=HANG_TIMEOUT,
   )
   results = json.loads(out.read_text())["results"]
   jax_result, torch_result = results["jax:float32:einsum:save_convs"], results["torch:float32"]

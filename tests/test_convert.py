@@ -19,12 +19,15 @@ from ccnet_jax.loading import load_model  # pylint: disable=wrong-import-positio
 from ccnet_jax.models import model_dir  # pylint: disable=wrong-import-position
 from ccnet_jax.models.preprocessing import OFFICIAL  # pylint: disable=wrong-import-position
 from ccnet_jax.models.registry import build_model  # pylint: disable=wrong-import-position
-from tests import torch_reference  # pylint: disable=wrong-import-position
+from tests import numerics, torch_reference  # pylint: disable=wrong-import-position
 from tests.helpers import run_command  # pylint: disable=wrong-import-position
 
 torch.set_num_threads(1)
 
-TOLERANCE = 1e-4
+# Outputs against PyTorch float64, allowed FLOAT32_FACTOR x PyTorch float32's own error
+# (tests/numerics.py): both run the same layers in float32, in different orders.
+# Measured up to 1.6x (both XLA configurations of README's test command).
+FLOAT32_FACTOR = 4
 
 
 def _load(format, state_dict, **options):  # pylint: disable=redefined-builtin
@@ -43,11 +46,14 @@ def _images(height, width, seed=0):
 
 
 def _torch_forward(module, images):
-  """The reference in float64: float32 PyTorch itself strays ~1e-3 after R=2 steps."""
-  module = copy.deepcopy(module).double()
-  with torch.no_grad():
-    outputs = module(torch.from_numpy(images.transpose(0, 3, 1, 2)).double())
-  return [o.numpy().transpose(0, 2, 3, 1) for o in outputs]
+  """The outputs of ``module`` in float32 (the reference) and float64 (the truth)."""
+  results = []
+  for dtype in (torch.float32, torch.float64):
+    with torch.no_grad():
+      inputs = torch.from_numpy(images.transpose(0, 3, 1, 2)).to(dtype)
+      outputs = copy.deepcopy(module).to(dtype)(inputs)
+    results.append([o.numpy().transpose(0, 2, 3, 1) for o in outputs])
+  return results
 
 
 @nnx.jit
@@ -55,12 +61,12 @@ def _forward(model, images):
   return model(images)
 
 
-def _assert_close(got, want, name):
-  """Within 1e-4, relative to the output's scale where its values exceed 1."""
-  got = np.asarray(got)
-  assert got.shape == want.shape, (name, got.shape, want.shape)
-  scale = max(1.0, float(np.abs(want).max()))
-  np.testing.assert_allclose(got, want, atol=TOLERANCE * scale, rtol=TOLERANCE, err_msg=name)
+def _assert_close(got, torch_outputs, name):
+  """``got`` (the outputs) as close to PyTorch float64 as PyTorch float32 is (x FACTOR)."""
+  reference, truth = torch_outputs
+  numerics.assert_as_accurate_as(
+      [np.asarray(g) for g in got], reference, truth, factor=FLOAT32_FACTOR, err_msg=name
+  )
 
 
 def _official(depth=18, recurrence=2, seed=0, num_classes=5):
@@ -75,6 +81,7 @@ def _official(depth=18, recurrence=2, seed=0, num_classes=5):
   return torch_reference.randomise_(net, seed)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize(
     "depth,recurrence,size",
     [(18, 1, (97, 97)), (18, 2, (96, 128)), (50, 2, (65, 48))],
@@ -85,10 +92,7 @@ def test_official_ccnet_matches_pytorch(tmp_path, depth, recurrence, size):
   model = _load("official", convert.read_state_dict(path), num_classes=5, recurrence=recurrence)
   assert model.backbone.stem.ceil_mode and model.aux_head.conv.conv.use_bias
   images = _images(*size)
-  want_logits, want_aux = _torch_forward(net, images)
-  logits, aux = _forward(model, images)
-  _assert_close(logits, want_logits, "logits")
-  _assert_close(aux, want_aux, "aux logits")
+  _assert_close(_forward(model, images), _torch_forward(net, images), "logits, aux logits")
 
 
 def test_official_gamma_matters_and_abn_scale_uses_abs(tmp_path):
@@ -109,6 +113,7 @@ def test_official_gamma_matters_and_abn_scale_uses_abs(tmp_path):
   )
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("recurrence,size", [(1, (97, 97)), (2, (96, 128))])
 def test_mmseg_ccnet_matches_pytorch(tmp_path, recurrence, size):
   net = torch_reference.randomise_(
@@ -130,12 +135,10 @@ def test_mmseg_ccnet_matches_pytorch(tmp_path, recurrence, size):
   model = _load("mmseg", {"state_dict": state_dict, "meta": meta})
   assert model.head.recurrence == recurrence and model.backbone.layer3[0].conv2.kernel_dilation == 1
   images = _images(*size)
-  want_logits, want_aux = _torch_forward(net, images)
-  logits, aux = _forward(model, images)
-  _assert_close(logits, want_logits, "logits")
-  _assert_close(aux, want_aux, "aux logits")
+  _assert_close(_forward(model, images), _torch_forward(net, images), "logits, aux logits")
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize(
     "format,stem,dilation_style,depth,output_stride",
     [
@@ -157,9 +160,7 @@ def test_backbones_match_pytorch(tmp_path, format, stem, dilation_style, depth, 
       format, convert.read_state_dict(_save(tmp_path, state)), output_stride=output_stride
   )
   images = _images(57, 70)
-  pairs = zip(_forward(backbone, images), _torch_forward(net, images))
-  for stage, (got, want) in enumerate(pairs, start=1):
-    _assert_close(got, want, f"stage {stage}")
+  _assert_close(_forward(backbone, images), _torch_forward(net, images), "stages 1..4")
 
 
 def test_backbone_of_a_whole_model_fills_only_the_backbone():
@@ -218,10 +219,7 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
   assert loaded.preprocessing == OFFICIAL
   assert loaded.config.head.recurrence == 1 and loaded.num_classes == 5
   images = _images(41, 40)
-  want_logits, want_aux = _torch_forward(net, images)
-  logits, aux = _forward(model, images)
-  _assert_close(logits, want_logits, "logits")
-  _assert_close(aux, want_aux, "aux logits")
+  _assert_close(_forward(model, images), _torch_forward(net, images), "logits, aux logits")
 
   backbone_net = torch_reference.randomise_(
       torch_reference.ResNet(18, stem="v1c", width=8, fc_classes=3), seed=8
@@ -244,7 +242,7 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
 def test_reference_outputs_are_order_one():
   """The comparisons above are at a meaningful scale (random statistics calibrated)."""
   net = _official(50, 2)
-  logits, aux = _torch_forward(net, _images(65, 48))
+  _, (logits, aux) = _torch_forward(net, _images(65, 48))
   assert 0.1 < np.abs(logits).max() < 100 and 0.1 < np.abs(aux).max() < 100
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import ROOT
+from tests.processes import HANG_TIMEOUT
 
 TOTAL_STEPS, EVAL_EVERY, KEEP = 8, 2, 2
 
@@ -44,7 +45,7 @@ def _one_device_env():
   return {**os.environ, "XLA_FLAGS": " ".join(flags), "PYTHONPATH": ROOT, "CCNET_JAX_TRACEBACK": ""}
 
 
-def _run(script, *args, timeout=600):
+def _run(script, *args, timeout=HANG_TIMEOUT):
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, script), *map(str, args)],
       cwd=ROOT,
@@ -124,7 +125,7 @@ def test_eval_script_reproduces_the_best_and_the_latest_models_scores(run):
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
 def test_helpfull_lists_the_flags(script):
   """absl prints the help and exits with status 1, its convention for --help*."""
-  result = _run(script, "--helpfull", timeout=300)
+  result = _run(script, "--helpfull")
   assert result.returncode in (0, 1) and "Traceback" not in result.stderr, result.stderr
   for flag in ("--config", "--workdir") + (("--model",) if script == "eval.py" else ()):
     assert flag in result.stdout, result.stdout[:2000]

@@ -9,6 +9,7 @@ import pytest
 
 from tests import distributed_worker as worker
 from tests.helpers import ROOT, voc_tree
+from tests.processes import HANG_TIMEOUT
 
 # Records of the generated train_aug split, by their constant label (see voc_tree).
 TRAIN_RECORDS = {1, 2, 3, 5}
@@ -30,7 +31,7 @@ def run_two_processes(phase, tmp_path, **flags):
       "tests.multi_process_worker",
       [[f"--process_id={i}", *arguments] for i in range(2)],
       repo=ROOT,
-      timeout=600,
+      timeout=HANG_TIMEOUT,
   )
 
 

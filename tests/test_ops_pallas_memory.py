@@ -45,7 +45,7 @@ print(json.dumps(cca_kernels.memory_increments(%d, 1)))
 
 
 def _extra_training_memory_mb():
-  result = run_python("-c", _MEASURE % SIZE, one_device=True, timeout=600)
+  result = run_python("-c", _MEASURE % SIZE, one_device=True)
   assert result.returncode == 0, result.stderr
   return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -20,6 +20,7 @@ from ccnet_jax.prediction import media
 from ccnet_jax.prediction.files import predict_paths
 from ccnet_jax.prediction.predictor import Predictor
 from tests.helpers import ROOT
+from tests.processes import HANG_TIMEOUT
 
 torch = pytest.importorskip("torch")
 # ffmpeg runs as a subprocess (fork, then exec at once), which JAX's fork warning does not concern.
@@ -148,7 +149,7 @@ def test_cli_stops_on_a_bad_input_with_one_line_naming_it(saved_model, tmp_path)
       capture_output=True,
       text=True,
       env={**os.environ, "PYTHONPATH": ROOT},
-      timeout=600,
+      timeout=HANG_TIMEOUT,
   )
   assert result.returncode == 1, result.stderr
   last = result.stderr.strip().splitlines()[-1]

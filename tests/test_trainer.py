@@ -15,6 +15,7 @@ from ccnet_jax import trainer
 from ccnet_jax.evaluation.run import evaluate_from_workdir
 from ccnet_jax.models.model_dir import flatten, model_arrays, read_arrays
 from tests.helpers import ROOT, sigterm_after_steps, tiny_run_config
+from tests.processes import HANG_TIMEOUT
 
 
 def read_losses(workdir):
@@ -136,7 +137,7 @@ def test_missing_cityscapes_is_one_clear_error(tmp_path):
       cwd=ROOT,
       capture_output=True,
       text=True,
-      timeout=300,
+      timeout=HANG_TIMEOUT,
       check=False,
   )
   assert result.returncode == 1

@@ -8,6 +8,7 @@ import pytest
 
 from ccnet_jax.training import optim
 from configs import common
+from tests import numerics
 
 torch = pytest.importorskip("torch")
 
@@ -74,6 +75,7 @@ def _paths(tree):
   ]
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -83,49 +85,61 @@ def _paths(tree):
     ],
 )
 def test_steps_match_torch_sgd(overrides):
+  """Four steps against torch's SGD in float64, within 4x torch's float32 error.
+
+  The updates are elementwise but for the clipping's global norm, a sum over every
+  parameter that torch and optax order differently; measured up to 0.97x.
+  """
   config = _config(learning_rate=0.1, weight_decay=0.05, **overrides)
   total = 6
   tx, schedule = optim.make_optimizer(config, total)
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _toy_params())
   opt_state = tx.init(params)
-
   names_and_values = _paths(params)
-  torch_params = [torch.tensor(value, requires_grad=True) for _, value in names_and_values]
-  decayed = [
-      config.weight_decay_on == "all" or name.endswith("['kernel']") for name, _ in names_and_values
-  ]
-  groups = [
-      {"params": [p for p, d in zip(torch_params, decayed) if d], "weight_decay": 0.05},
-      {"params": [p for p, d in zip(torch_params, decayed) if not d], "weight_decay": 0.0},
-  ]
-  sgd = torch.optim.SGD(
-      [g for g in groups if g["params"]], lr=0.1, momentum=0.9, nesterov=config.nesterov
-  )
-
   rng = np.random.default_rng(1)
-  for step in range(4):
-    grads_np = [rng.normal(size=value.shape).astype(np.float32) for _, value in names_and_values]
-    grads = jax.tree.unflatten(jax.tree.structure(params), [jnp.asarray(g) for g in grads_np])
-    updates, opt_state = tx.update(grads, opt_state, params)
+  grads = [
+      [rng.normal(size=value.shape).astype(np.float32) for _, value in names_and_values]
+      for _ in range(4)
+  ]
+
+  ours = []
+  for step_grads in grads:
+    tree = jax.tree.unflatten(jax.tree.structure(params), [jnp.asarray(g) for g in step_grads])
+    updates, opt_state = tx.update(tree, opt_state, params)
     params = optax.apply_updates(params, updates)
+    ours.append([value for _, value in _paths(params)])
 
-    # Torch: the same formula for the rate, the same clipping, then SGD's step.
-    lr = 0.1 * (1 - step / total) ** 0.9
-    if config.warmup_steps and step < config.warmup_steps:
-      lr *= 1 - (1 - step / config.warmup_steps) * (1 - config.warmup_start_ratio)
-    for group in sgd.param_groups:
-      group["lr"] = lr
-    for p, g in zip(torch_params, grads_np):
-      p.grad = torch.from_numpy(g)
-    if config.clip_grad_norm:
-      torch.nn.utils.clip_grad_norm_(torch_params, config.clip_grad_norm)
-    sgd.step()
+  def torch_steps(dtype):
+    """Torch: the same formula for the rate, the same clipping, then SGD's step."""
+    torch_params = [
+        torch.tensor(value, dtype=dtype, requires_grad=True) for _, value in names_and_values
+    ]
+    decayed = [
+        config.weight_decay_on == "all" or name.endswith("['kernel']")
+        for name, _ in names_and_values
+    ]
+    groups = [
+        {"params": [p for p, d in zip(torch_params, decayed) if d], "weight_decay": 0.05},
+        {"params": [p for p, d in zip(torch_params, decayed) if not d], "weight_decay": 0.0},
+    ]
+    sgd = torch.optim.SGD(
+        [g for g in groups if g["params"]], lr=0.1, momentum=0.9, nesterov=config.nesterov
+    )
+    steps = []
+    for step, step_grads in enumerate(grads):
+      lr = 0.1 * (1 - step / total) ** 0.9
+      if config.warmup_steps and step < config.warmup_steps:
+        lr *= 1 - (1 - step / config.warmup_steps) * (1 - config.warmup_start_ratio)
+      for group in sgd.param_groups:
+        group["lr"] = lr
+      for p, g in zip(torch_params, step_grads):
+        p.grad = torch.from_numpy(g).to(dtype)
+      if config.clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(torch_params, config.clip_grad_norm)
+      sgd.step()
+      steps.append([p.detach().numpy().copy() for p in torch_params])
+    return steps
 
-    for (name, actual), expected in zip(_paths(params), torch_params):
-      np.testing.assert_allclose(
-          actual,
-          expected.detach().numpy(),
-          rtol=1e-5,
-          atol=1e-6,
-          err_msg=f"{name} after step {step}",
-      )
+  numerics.assert_as_accurate_as(
+      ours, torch_steps(torch.float32), torch_steps(torch.float64), factor=4
+  )

@@ -1,6 +1,10 @@
 """The sharded train step: sync BN across 8 devices and 2 processes, bfloat16, state round trip.
 
-Reference for sharding: the same step on a 1-device mesh with the whole batch.
+Reference for sharding: the same step on a 1-device mesh with the whole batch. The sharded
+step sums in another order (across devices), so it is compared with the step in float64 and
+allowed FACTOR x the 1-device float32 step's error (tests/numerics.py); measured up to
+1.4x. Synchronised BatchNorm done per device instead errs by the spread of the images'
+statistics, far beyond.
 """
 
 import pickle
@@ -18,7 +22,11 @@ from ccnet_jax.training.mesh import global_batch, make_mesh, replicate
 from ccnet_jax.training.state import merge_model
 from ccnet_jax.training.step import make_train_step, normalize_images
 from tests import distributed_worker as worker
+from tests import numerics
 from tests.helpers import ROOT
+from tests.processes import HANG_TIMEOUT
+
+FACTOR = 4
 
 
 def _host(tree):
@@ -28,8 +36,8 @@ def _host(tree):
 class _Run:
   """A compiled step on a mesh, started from the fixed initial state."""
 
-  def __init__(self, devices, dtype="float32", preprocessing=None):
-    self.model_def, self.tx, self.schedule, self.initial = worker.build(dtype)
+  def __init__(self, devices, dtype="float32", preprocessing=None, weights=None):
+    self.model_def, self.tx, self.schedule, self.initial = worker.build(dtype, weights)
     self.mesh = make_mesh(devices)
     train_step = make_train_step(
         self.model_def, self.tx, self.schedule, worker.loss_config(), self.mesh, preprocessing
@@ -110,6 +118,27 @@ def reference(one_device):
   return one_device.run(3)
 
 
+@pytest.fixture(scope="module")
+def truth():
+  """The reference's three steps in float64, from the same weights (numpy)."""
+  with jax.enable_x64(True):
+    weights = jax.tree.map(lambda x: np.asarray(x, np.float64), worker.initial_weights())
+    states, metrics = _Run(jax.devices()[:1], "float64", weights=weights).run(3)
+    return jax.tree.map(np.asarray, states), metrics
+
+
+def _outcome(run, step):
+  """Parameters, statistics, loss and gradient norm after ``step`` steps of ``run``."""
+  states, metrics = run
+  state, metric = states[step - 1], metrics[step - 1]
+  return {
+      "params": state.params,
+      "batch_stats": state.batch_stats,
+      "loss": metric["loss"],
+      "grad_norm": metric["grad_norm"],
+  }
+
+
 def test_step_trains_and_reports_metrics(one_device, reference):
   states, metrics = reference
   assert [int(s.step) for s in states] == [1, 2, 3]
@@ -128,36 +157,36 @@ def test_step_trains_and_reports_metrics(one_device, reference):
   )
 
 
-def test_sync_batch_norm_eight_devices_equal_one_device(reference):
+def test_sync_batch_norm_eight_devices_equal_one_device(reference, truth):
   eight = _Run(jax.devices()[:8])
   assert len(eight.mesh.devices.flat) == 8
-  states, metrics = eight.run(1)
-  (state_1,), (metrics_1,) = reference[0][:1], reference[1][:1]
-  np.testing.assert_allclose(metrics[0]["loss"], metrics_1["loss"], rtol=1e-5)
-  np.testing.assert_allclose(metrics[0]["grad_norm"], metrics_1["grad_norm"], rtol=1e-5)
-  chex.assert_trees_all_close(states[0].params, state_1.params, rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(states[0].batch_stats, state_1.batch_stats, rtol=1e-5, atol=1e-6)
+  numerics.assert_as_accurate_as(
+      _outcome(eight.run(1), 1), _outcome(reference, 1), _outcome(truth, 1), factor=FACTOR
+  )
 
 
-def test_statistics_are_global_not_per_device(one_device, reference):
-  """The first BN layer's running mean moved by 0.1 x the whole batch's mean, not one image's."""
-  # The running mean after one step is 0.9 * 0 + 0.1 * batch mean: compare the first
-  # BN layer's update with numpy statistics of its input over the whole batch.
+def test_statistics_are_global_not_per_device(one_device, reference, truth):
+  """The first BN layer's running mean moved by 0.1 x the whole batch's mean, not one image's.
+
+  The running mean after one step is 0.9 * 0 + 0.1 * batch mean; numpy's float32 mean of
+  the layer's input over the whole batch is the independent float32 reference.
+  """
   model = merge_model(one_device.model_def, one_device.initial, train=True)
   images = jnp.asarray(worker.fixed_batch()["image"])
-  conv_out = np.asarray(model.backbone.stem.conv1(images), np.float64)
-  whole = conv_out.mean(axis=(0, 1, 2))
-  per_image = conv_out[:1].mean(axis=(0, 1, 2))
-  updated = reference[0][0].batch_stats["backbone"]["stem"]["bn1"]["mean"]
-  np.testing.assert_allclose(updated, 0.1 * whole, rtol=1e-4, atol=1e-6)
-  assert not np.allclose(updated, 0.1 * per_image, rtol=1e-3, atol=1e-5)
+  conv_out = np.asarray(model.backbone.stem.conv1(images))
+  whole = np.float32(0.1) * conv_out.mean(axis=(0, 1, 2), dtype=np.float32)
+  per_image = np.float32(0.1) * conv_out[:1].mean(axis=(0, 1, 2), dtype=np.float32)
+  bn1 = lambda run: run[0][0].batch_stats["backbone"]["stem"]["bn1"]["mean"]
+  numerics.assert_as_accurate_as(bn1(reference), whole, bn1(truth), factor=FACTOR)
+  assert numerics.error_ratios(per_image, whole, bn1(truth))["<tree>"] > 1e3 * FACTOR
 
 
 def test_same_state_and_batch_give_the_same_step(one_device, reference):
   """Dropout keys come from (rng, step): a resumed step redraws the same masks."""
   states, metrics = one_device.run(1, state=reference[0][0])
-  assert metrics[0]["loss"] == pytest.approx(reference[1][1]["loss"], rel=1e-6)
-  chex.assert_trees_all_close(states[0].params, reference[0][1].params, rtol=1e-6, atol=1e-7)
+  # The same compiled program on the same inputs: CPU execution is deterministic.
+  assert metrics[0]["loss"] == reference[1][1]["loss"]
+  chex.assert_trees_all_equal(states[0].params, reference[0][1].params)
 
 
 def test_non_finite_loss_is_flagged(one_device):
@@ -206,22 +235,32 @@ def test_bfloat16_step_keeps_float32_params_and_statistics(reference):
   np.testing.assert_allclose(bn1["var"], bn1_float32["var"], rtol=2e-2, atol=1e-3)
 
 
+@pytest.mark.numeric
 def test_bfloat16_batch_norm_reduces_in_float32():
   """The model's BN layer on bfloat16 input: statistics equal float64 ones of that input."""
   norm = layers.batch_norm(3, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   x = jnp.asarray(np.random.default_rng(0).normal(3.0, 1.0, size=(4, 32, 32, 3)), jnp.bfloat16)
   y = norm(x)
   assert y.dtype == jnp.bfloat16 and norm.mean[...].dtype == jnp.float32
-  x64 = np.asarray(x, np.float64)
   # momentum 0.9 from mean 0 / var 1; the running variance is the unbiased one, as torch's.
+  # numpy's float32 statistics of the same input are the float32 reference.
   n = 4 * 32 * 32
-  np.testing.assert_allclose(norm.mean[...], 0.1 * x64.mean(axis=(0, 1, 2)), rtol=1e-5)
-  np.testing.assert_allclose(
-      norm.var[...], 0.9 + 0.1 * x64.var(axis=(0, 1, 2)) * n / (n - 1), rtol=1e-5
+
+  def running(x, dtype):
+    x = np.asarray(x, dtype)
+    momentum, unbiased = dtype(0.1), dtype(n / (n - 1))
+    mean, var = x.mean(axis=(0, 1, 2), dtype=dtype), x.var(axis=(0, 1, 2), dtype=dtype)
+    return momentum * mean, dtype(0.9) + momentum * var * unbiased
+
+  numerics.assert_as_accurate_as(
+      (norm.mean[...], norm.var[...]),
+      running(x, np.float32),
+      running(x, np.float64),
+      factor=FACTOR,
   )
 
 
-def test_two_processes_train_like_one(reference, tmp_path):
+def test_two_processes_train_like_one(reference, truth, tmp_path):
   weights = tmp_path / "weights.pkl"
   weights.write_bytes(pickle.dumps(worker.initial_weights()))
   # Two host devices per process: a 4-device mesh over 2 processes.
@@ -239,11 +278,15 @@ def test_two_processes_train_like_one(reference, tmp_path):
           for i in range(2)
       ],
       repo=ROOT,
-      timeout=600,
+      timeout=HANG_TIMEOUT,
   )
   assert [o["global_devices"] for o in outputs] == [4, 4]
-  expected_losses = [m["loss"] for m in reference[1]]
-  expected_checksum = worker.params_checksum(reference[0][2].params)
+  summary = lambda states, metrics: {
+      "losses": [m["loss"] for m in metrics],
+      "checksum": worker.params_checksum(states[2].params),
+  }
   for output in outputs:
-    np.testing.assert_allclose(output["losses"], expected_losses, rtol=1e-5)
-    np.testing.assert_allclose(output["checksum"], expected_checksum, rtol=1e-6)
+    got = {"losses": output["losses"], "checksum": output["checksum"]}
+    numerics.assert_as_accurate_as(
+        got, summary(*reference), summary(*truth), factor=FACTOR, err_msg="4 scalars"
+    )
