@@ -42,9 +42,9 @@ The outcome of a run moves with the CPU's rounding: with
 The test asks for a 25-point lead (MARGIN) and 90% cue accuracy: at the constant rate R=2
 read the cue in every seed, its smallest shape mIoU (49.6) 36 points above the largest R=0
 score measured (13.2), its smallest cue accuracy 96.4%. In the two poly-decay seeds where it
-missed the cue the test would have failed, as it must when the attention carries nothing. Cost: 2 min 34 s of
-CPU time (``time python -m pytest -s tests/test_learning.py``, 5 min 8 s of wall time under a
-load average of 13; 22 min 38 s under 30).
+missed the cue the test would have failed, as it must when the attention carries nothing. Cost: 2 min 37 s of
+CPU time (``time python -m pytest -s tests/test_learning.py``: 3 min 46 s of wall time under a
+load average of 8, 22 min 38 s under 30).
 """
 
 from __future__ import annotations
