@@ -1,10 +1,10 @@
 """How every command runs: absl flags, the shared start of train.py and eval.py, user errors.
 
 Every command (``train.py``, ``eval.py``, ``predict.py``, ``python -m ccnet_jax.convert``,
-``.data``, ``.export``, ``.visualize``, ``.explore``) is a ``main(arguments)`` handed to
-:func:`run`, so all parse their flags alike (``--help`` prints the command's docstring and its
-flags, ``--helpfull`` every flag) and end alike when they stop early, in one line that says what
-the command kept (its ``kept`` text):
+``.data``, ``.export``, ``.visualize``, ``.explore``, ``.aot``) is a ``main(arguments)``
+handed to :func:`run`, so all parse their flags alike (``--help`` prints the command's docstring
+and its flags, ``--helpfull`` every flag) and end alike when they stop early, in one line that
+says what the command kept (its ``kept`` text):
 
 * on a user error (a missing dataset, a bad flag or config field, a corrupt file) or a file
   that cannot be written or read (a full disk, a folder that is a file): ``error: ...`` on
