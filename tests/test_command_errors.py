@@ -23,6 +23,7 @@ from ccnet_jax.data.labels import SYNTHETIC
 from ccnet_jax.export import serving
 from ccnet_jax.export.__main__ import main as export_main
 from ccnet_jax.prediction.files import predict_paths
+from ccnet_jax.visualize.__main__ import main as visualize_main
 from tests.helpers import run_command
 from tests.processes import ROOT, run_python
 
@@ -62,22 +63,27 @@ def user_file(path, content=b"the user's own file\n"):
 
 @pytest.mark.parametrize("command", ["predict", "export", "visualize"])
 def test_an_out_that_is_a_file_is_named_in_the_commands_own_line(
-    command, saved_model, image, tmp_path
+    command, saved_model, image, tmp_path, capsys
 ):
+  """predict.py in its own process (its flags are those of a script, not a module); export and
+  visualize in this one."""
   out = tmp_path / "out"
   content = user_file(out)
   model = saved_model.directory
-  argv = {
-      "predict": ["predict.py", f"--model={model}", f"--out={out}", image],
-      "export": ["-m", "ccnet_jax.export", model, out, "--format=stablehlo"],
-      "visualize": [
-          *("-m", "ccnet_jax.visualize", "attention", f"--model={model}"),
-          *(f"--image={image}", "--pixel=3,4", f"--out={out}"),
-      ],
-  }[command]
-  result = run_python(*argv, one_device=True)
-  assert result.returncode == 1, result.stderr[-3000:]
-  assert str(out) in one_error_line(result.stderr)
+  if command == "predict":
+    result = run_python("predict.py", f"--model={model}", f"--out={out}", image, one_device=True)
+    status, stderr = result.returncode, result.stderr
+  else:
+    main, argv = {
+        "export": (export_main, [model, out, "--format=stablehlo"]),
+        "visualize": (
+            visualize_main,
+            ["attention", f"--model={model}", f"--image={image}", "--pixel=3,4", f"--out={out}"],
+        ),
+    }[command]
+    status, stderr = run_command(main, *argv), capsys.readouterr().err
+  assert status == 1, stderr[-3000:]
+  assert str(out) in one_error_line(stderr)
   assert out.read_bytes() == content
 
 

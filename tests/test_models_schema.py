@@ -9,7 +9,7 @@ import pytest
 
 from ccnet_jax.errors import UserError
 from ccnet_jax.loading import load_model
-from ccnet_jax.models import model_dir, schema
+from ccnet_jax.models import model_dir, registry, schema
 from ccnet_jax.training.workdir import saved_config
 
 SECRET = "root:x:0:0:secret-content"
@@ -139,3 +139,10 @@ def test_a_runs_config_that_is_no_config_is_named(tmp_path):
   refused(tmp_path, "config.json holds a JSON list")
   config.write_text(json.dumps({"model": {"name": "x"}, "data": {}}), encoding="utf-8")
   refused(tmp_path, "config.json: the field model.num_classes is missing")
+
+
+@pytest.mark.parametrize("name", sorted(registry.MODELS))
+def test_every_registered_model_fits_the_schema(name):
+  """The schema follows the registry: a field added to a model config is added to it too."""
+  config = json.loads(json.dumps(registry.model_config(name).to_dict()))
+  schema.check(config, schema.MODEL, f"the {name} config", "model.")

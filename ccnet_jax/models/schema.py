@@ -25,6 +25,7 @@ from ccnet_jax.models.preprocessing import CHANNEL_ORDERS
 from ccnet_jax.models.registry import DTYPES
 from ccnet_jax.models.remat import POLICIES
 from ccnet_jax.models.resnet import DEPTHS, OUTPUT_STRIDES, STEMS
+from ccnet_jax.ops.dilated_conv import dilated_conv_implementations
 from ccnet_jax.ops.implementations import criss_cross_implementations
 
 MAX_FILE_BYTES = 1 << 20  # A description is a few KB; anything larger is not one.
@@ -161,6 +162,7 @@ MODEL = {
     "dtype": Choice(_names(DTYPES)),
     "cca_impl": Choice(criss_cross_implementations() + ("auto",)),
     "remat": Omissible(Choice(_names(POLICIES))),
+    "dilated_conv": Omissible(Choice(dilated_conv_implementations())),
     "bn_fast_variance": Omissible(Boolean()),
     "init": Omissible(
         {"backbone": Choice(_names(BACKBONE_SCHEMES)), "head": Choice(_names(HEAD_SCHEMES))}
