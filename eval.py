@@ -12,6 +12,11 @@ defaults to runs/<config file name>/, as for train.py. Metrics are printed and w
 ``WORKDIR/eval/metrics.json`` with prediction PNGs beside them.
 """
 
+from ccnet_jax import interrupts
+
+if __name__ == "__main__":  # First: a signal while the libraries below load ends in one line.
+  interrupts.install()
+
 from absl import flags
 
 from ccnet_jax import cli
@@ -25,4 +30,7 @@ _MODEL = flags.DEFINE_string(
 )
 
 if __name__ == "__main__":
-  _EXPERIMENT.run(lambda config, workdir: evaluate_from_workdir(config, workdir, _MODEL.value))
+  _EXPERIMENT.run(
+      lambda config, workdir: evaluate_from_workdir(config, workdir, _MODEL.value),
+      kept="the files written so far are complete (metrics.json comes last); none is half-written.",
+  )

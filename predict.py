@@ -15,11 +15,16 @@ as the benchmark server expects); for each video ``NAME_pred.mp4`` and ``NAME_ov
 one label-id PNG a frame in ``NAME_labelIds/``).
 """
 
+from ccnet_jax import interrupts
+
+if __name__ == "__main__":  # First: a signal while the libraries below load ends in one line.
+  interrupts.install()
+
 import warnings
 
 from absl import flags, logging
 
-from ccnet_jax import cli
+from ccnet_jax import atomic, cli
 from ccnet_jax.data.labels import DATASET_NAMES
 from ccnet_jax.errors import UserError
 from ccnet_jax.evaluation.inference import MODES, InferenceSettings
@@ -39,7 +44,13 @@ _OUT = flags.DEFINE_string("out", None, "Folder for the outputs (created if need
 _DATASET = flags.DEFINE_enum(
     "dataset", None, DATASET_NAMES, "Palette and label ids (default: from the class count)."
 )
-_MODE = flags.DEFINE_enum("mode", "whole", MODES, "Whole-image or sliding-window inference.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "whole",
+    MODES,
+    "Whole-image or sliding-window inference. By default an image size whose whole-image"
+    " program does not fit in the device's free memory is predicted in sliding windows.",
+)
 _CROP = flags.DEFINE_list("crop_size", ["769", "769"], "Sliding window height,width.")
 _OVERLAP = flags.DEFINE_float("overlap", 1 / 3, "Fraction of a window shared with the next.")
 _SCALES = flags.DEFINE_list("scales", ["1.0"], "Image scales whose predictions are averaged.")
@@ -73,6 +84,7 @@ def main(inputs):
   if not inputs:
     raise UserError("give at least one input: image files, folders, globs or videos.")
   model, out = cli.required(_MODEL), cli.required(_OUT)
+  atomic.check_folder(out, "--out")  # Before the model loads: a bad --out fails at once.
   # Progress and results are printed: logs are quiet (warnings at most, none unless
   # CCNET_JAX_TRACEBACK is set, see cli).
   logging.set_verbosity(min(logging.get_verbosity(), logging.WARNING))
@@ -117,8 +129,10 @@ def _predictor(model: str, settings: InferenceSettings):
   if _PROVIDER.value is not None:
     raise UserError(f"--provider is for ONNX exports; {model} is run by JAX.")
   loaded = load_model(model, dtype=_DTYPE.value)
-  return Predictor(loaded, **options), loaded.source
+  # --mode=whole named on the command line is kept; the default may switch to sliding.
+  fallback = not flags.FLAGS["mode"].present
+  return Predictor(loaded, fallback_to_sliding=fallback, **options), loaded.source
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, kept="the outputs written so far are complete; none is half-written.")

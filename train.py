@@ -9,6 +9,11 @@ them). The workdir defaults to runs/<config file name>/; rerunning a command on 
 workdir with checkpoints resumes the run.
 """
 
+from ccnet_jax import interrupts
+
+if __name__ == "__main__":  # First: a signal while the libraries below load ends in one line.
+  interrupts.install()
+
 from ccnet_jax import cli
 from ccnet_jax.trainer import train_and_evaluate
 
@@ -17,4 +22,7 @@ _EXPERIMENT = cli.define_experiment_flags(
 )
 
 if __name__ == "__main__":
-  _EXPERIMENT.run(train_and_evaluate)
+  _EXPERIMENT.run(
+      train_and_evaluate,
+      kept="the last complete checkpoint is kept; run the same command again to resume from it.",
+  )

@@ -7,13 +7,16 @@ reports
 * images/s and CPU-seconds per image of ``make_train_loader`` for the config (the recipe's
   scale, crop and flip) with ``data.num_workers`` = each of ``--workers``: the wall rate, and
   the CPU time of the process and its grain workers, which a busy machine does not distort;
+  once reading the dataset's PNGs, once reading the split stored decoded in an ArrayRecord file
+  (written first by ``python -m ccnet_jax.data``'s ``convert_splits``; ``data.decoded_dir``);
 * the same for the official code's pipeline (speedinghzl/CCNet ``dataset/datasets.py``,
   ``CSDataSet.__getitem__``), re-implemented here with OpenCV in one process and one thread:
   cv2.imread, the id -> train id dict loop, cv2.resize of the whole image, float32 mean
   subtraction, cv2.copyMakeBorder, crop, CHW transpose, flip; once as published and once
   without the id loop (as if the labels were train ids already);
 * the time of each stage of one example in this process (read, decode, label map,
-  resample, pad and flip, batch, normalise, transfer), and the decoders compared.
+  resample, pad and flip, batch, normalise, transfer), the decoders compared, and the read of
+  a decoded example from the ArrayRecord file that replaces reading and decoding.
 
   python benchmarks/input_pipeline.py                        # 24 generated images, workers 0,1,2
   python benchmarks/input_pipeline.py --root /data/cityscapes --workers 0,4,8,16
@@ -44,6 +47,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from ccnet_jax.data.labels import IGNORE_LABEL  # noqa: E402  pylint: disable=wrong-import-position
 
 # The official CSDataSet.id_to_trainid, as a dict loop over the label (ids 0..33, -1 unused).
 _OFFICIAL_ID_TO_TRAINID = {
@@ -146,7 +151,7 @@ class OfficialPipeline:
     self.files = list(zip(image_paths, label_paths))
     self.crop_h, self.crop_w = data_config.crop_size
     self.mean = np.asarray(data_config.mean, np.float32)  # BGR, as the config gives it
-    self.ignore_label = data_config.ignore_label
+    self.ignore_label = IGNORE_LABEL
     self.scales = (data_config.scale_min, data_config.scale_max, data_config.scale_step)
     self.map_ids = map_ids
 
@@ -222,7 +227,12 @@ def loader_row(data_config, workers: int, batch: int, warmup: int, count: int, s
       config, global_batch_size=batch, seed=seed, process_index=0, process_count=1
   )
   row = measure(lambda: next(loader), warmup, count, per_call=batch)
-  return {"pipeline": f"ccnet-jax loader, data.num_workers={workers}", "workers": workers, **row}
+  reads = "ArrayRecord (data.decoded_dir)" if config.decoded_dir else "PNG"
+  return {
+      "pipeline": f"ccnet-jax loader, {reads}, data.num_workers={workers}",
+      "workers": workers,
+      **row,
+  }
 
 
 def official_row(source, data_config, warmup: int, count: int, map_ids: bool) -> dict:
@@ -235,7 +245,7 @@ def official_row(source, data_config, warmup: int, count: int, map_ids: bool) ->
   return {"pipeline": f"official cv2 pipeline ({what}), one process", "workers": 0, **row}
 
 
-def stage_rows(source, data_config, batch: int, repeats: int) -> list[dict]:
+def stage_rows(source, stored, data_config, batch: int, repeats: int) -> list[dict]:
   """CPU milliseconds of each stage of one example, in this process, median of ``repeats``."""
   import jax
   import pyspng
@@ -255,15 +265,6 @@ def stage_rows(source, data_config, batch: int, repeats: int) -> list[dict]:
     for path in (image_path, label_path):
       with open(path, "rb") as f:
         f.read()
-
-  # What a store of decoded examples (an ArrayRecord of raw uint8 arrays) would read instead.
-  handle, raw_path = tempfile.mkstemp(suffix=".raw")
-  with os.fdopen(handle, "wb") as f:
-    f.write(folders.read_image(image_path).tobytes() + folders.read_label(label_path).tobytes())
-
-  def read_decoded():
-    with open(raw_path, "rb") as f:
-      return np.frombuffer(f.read(), np.uint8)
 
   def pil_rgb():
     with Image.open(io.BytesIO(image_data)) as image:
@@ -306,7 +307,12 @@ def stage_rows(source, data_config, batch: int, repeats: int) -> list[dict]:
   rgb, grey = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION, cv2.IMREAD_GRAYSCALE
   stages = [
       ("read (image + label files)", read, 1.0, "used"),
-      ("read decoded uint8 image + label instead (raw file)", read_decoded, 1.0, ""),
+      (
+          "read + decode replaced: decoded image + label from ArrayRecord",
+          lambda: stored[0],
+          1.0,
+          "decoded_dir",
+      ),
       ("decode image: libspng", lambda: pyspng.load(image_data, "RGB"), 1.0, "used"),
       ("decode image: OpenCV (libpng)", lambda: cv2_decode(image_data, rgb), 1.0, ""),
       ("decode image: PIL", pil_rgb, 1.0, "before"),
@@ -372,7 +378,6 @@ def stage_rows(source, data_config, batch: int, repeats: int) -> list[dict]:
       start = time.process_time()
       fn()
       samples.append(time.process_time() - start)
-  os.remove(raw_path)
   return [
       {"stage": name, "cpu_ms": 1e3 * statistics.median(samples) * scale, "role": role}
       for (name, _, scale, role), samples in zip(stages, times)
@@ -415,12 +420,13 @@ def main(argv=None) -> None:
   parser.add_argument("--warmup", type=int, default=16, help="images before timing")
   parser.add_argument("--measure", type=int, default=48, help="images timed per row")
   parser.add_argument("--stage-repeats", type=int, default=9)
-  parser.add_argument("--skip", default="", help="comma list of: loader, official, stages")
+  parser.add_argument("--skip", default="", help="comma list of: loader, decoded, official, stages")
   parser.add_argument("--json", default="", help="write the rows to this file")
   args = parser.parse_args(argv)
 
   import importlib.util
 
+  from ccnet_jax.data.__main__ import convert_splits
   from ccnet_jax.data.sources import build_source
 
   spec = importlib.util.spec_from_file_location("bench_config", args.config)
@@ -445,14 +451,22 @@ def main(argv=None) -> None:
           f"{files['label_kb']:.0f} kB)"
       )
     source = build_source(data_config, data_config.train_split)
+    stored_config = data_config.copy_and_resolve_references()
+    stored_config.decoded_dir = os.path.join(temp, "decoded")
+    if not {"decoded", "stages"} <= skip:
+      convert_splits(data_config, [data_config.train_split], stored_config.decoded_dir)
     rows = []
     if "official" not in skip:
       for map_ids in (True, False):
         rows.append(official_row(source, data_config, args.warmup, args.measure, map_ids))
-    if "loader" not in skip:
-      for workers in (int(n) for n in args.workers.split(",")):
-        rows.append(loader_row(data_config, workers, args.batch, args.warmup, args.measure, seed=0))
-    stages = [] if "stages" in skip else stage_rows(source, data_config, 8, args.stage_repeats)
+    for workers in (int(n) for n in args.workers.split(",")):  # in turn, under the same load
+      for name, config in (("loader", data_config), ("decoded", stored_config)):
+        if name not in skip:
+          rows.append(loader_row(config, workers, args.batch, args.warmup, args.measure, seed=0))
+    stages = []
+    if "stages" not in skip:
+      stored = build_source(stored_config, data_config.train_split)
+      stages = stage_rows(source, stored, data_config, 8, args.stage_repeats)
   info = {
       "count": len(source),
       "source": described,

@@ -1,16 +1,24 @@
 """How every command runs: absl flags, the shared start of train.py and eval.py, user errors.
 
 Every command (``train.py``, ``eval.py``, ``predict.py``, ``python -m ccnet_jax.convert``,
-``.export``, ``.visualize``, ``.explore``) is a ``main(arguments)`` handed to :func:`run`, so all parse
-their flags alike (``--help`` prints the command's docstring and its flags, ``--helpfull``
-every flag) and end alike on a user error (a missing dataset, a bad flag or config field, a
-corrupt file, a full disk): ``error: ...`` on stderr and exit status 1, never a traceback;
-``CCNET_JAX_TRACEBACK=1`` in the environment shows the traceback instead.
+``.data``, ``.export``, ``.visualize``, ``.explore``, ``.aot``) is a ``main(arguments)``
+handed to :func:`run`, so all parse their flags alike (``--help`` prints the command's docstring
+and its flags, ``--helpfull`` every flag) and end alike when they stop early, in one line that
+says what the command kept (its ``kept`` text):
+
+* on a user error (a missing dataset, a bad flag or config field, a corrupt file) or a file
+  that cannot be written or read (a full disk, a folder that is a file): ``error: ...`` on
+  stderr and exit status 1, never a traceback (``CCNET_JAX_TRACEBACK=1`` in the environment
+  shows it);
+* on Ctrl-C, SIGTERM or SIGHUP, at any moment: ``error: interrupted (SIGINT); ...`` and exit
+  status 130, the outputs being written discarded (``ccnet_jax.interrupts``,
+  ``ccnet_jax.atomic``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import runpy
 import sys
@@ -20,6 +28,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ccnet_jax import atomic, interrupts
 from ccnet_jax.errors import UserError
 from ccnet_jax.training.workdir import flatten_config
 
@@ -27,7 +36,7 @@ from ccnet_jax.training.workdir import flatten_config
 flags.disclaim_key_flags()
 
 # Raised for what the user can fix: a missing dataset, a bad config value, a corrupt file.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, UserError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, UserError)
 
 CONFIG_HELP = (
     "Experiment config file (configs/*.py). Override any field as --config.SECTION.FIELD=VALUE;"
@@ -40,14 +49,25 @@ def _exit_with(message: str, status: int = 1) -> None:
   sys.exit(status)
 
 
-def _describe_os_error(error: OSError) -> str:
-  """``[Errno 28] ...`` as a sentence naming the path and what to do."""
+# What an errno means for the user, when it is one of those a command's files commonly meet.
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.EEXIST: "a file is in the way",
+    errno.ENOTDIR: "a file stands where a folder is needed",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def _describe_os_error(error: OSError, kept: str) -> str:
+  """``[Errno 28] ...`` as one sentence naming the path and why, then what the command kept."""
   where = f" {error.filename}" if error.filename else ""
-  reason = error.strerror or str(error)
-  return (
-      f"cannot write or read{where}: {reason}. Fix it (free disk space, permissions) and run"
-      " the same command again."
-  )
+  reason = _REASONS.get(error.errno) or error.strerror or str(error)
+  return f"cannot write or read{where}: {reason}; {kept}"
 
 
 def _ignore_closed_event_loops(unraisable) -> None:
@@ -63,8 +83,9 @@ def _ignore_closed_event_loops(unraisable) -> None:
   sys.__unraisablehook__(unraisable)
 
 
-def run_user_command(command: Callable[[], object]) -> None:
-  """Runs ``command``; exits with status 1 and the error's message on a user error."""
+def run_user_command(command: Callable[[], object], kept: str = interrupts.DEFAULT_MESSAGE):
+  """Runs ``command``; exits with status 1 and the error's message on a user error, with
+  ``kept`` (what the command leaves behind) after a file error or an interrupt."""
   if not os.environ.get("CCNET_JAX_TRACEBACK"):
     # Libraries (orbax, absl) log their own view of a failure before ours reaches the user.
     logging.set_verbosity(logging.FATAL)
@@ -78,9 +99,9 @@ def run_user_command(command: Callable[[], object]) -> None:
   except OSError as error:
     if os.environ.get("CCNET_JAX_TRACEBACK"):
       raise
-    _exit_with(_describe_os_error(error))
-  except KeyboardInterrupt:
-    _exit_with("interrupted; run the same command again to resume from the last checkpoint.", 130)
+    _exit_with(_describe_os_error(error, kept))
+  except KeyboardInterrupt:  # Raised by a handler other than ccnet_jax.interrupts'.
+    _exit_with(f"interrupted; {kept}", interrupts.EXIT_STATUS)
 
 
 def _config_from_argv(argv: Sequence[str]) -> ml_collections.ConfigDict | None:
@@ -166,13 +187,22 @@ def print_config(config: ml_collections.ConfigDict) -> None:
     print(f"--config.{name}={value}")
 
 
-def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
+def run(
+    main: Callable[[list[str]], object],
+    argv: Sequence[str] | None = None,
+    *,
+    kept: str = interrupts.DEFAULT_MESSAGE,
+) -> None:
   """Parses the flags of ``argv`` (default ``sys.argv``), calls ``main(positional arguments)``
-  as a user command (see the module docstring) and exits: 0 when it returns, 1 on a user error.
+  as a user command (see the module docstring) and exits: 0 when it returns, 1 on a user error,
+  130 on a signal. ``kept`` tells the user what an early stop leaves (one sentence).
   """
-  app.run(
-      lambda args: run_user_command(lambda: main(args[1:])), argv=argv, flags_parser=parse_flags
-  )
+  with interrupts.handled(kept, cleanup=atomic.discard_in_flight):
+    app.run(
+        lambda args: run_user_command(lambda: main(args[1:]), kept),
+        argv=argv,
+        flags_parser=parse_flags,
+    )
 
 
 def required(holder: flags.FlagHolder) -> Any:
@@ -197,8 +227,9 @@ class ExperimentFlags:
   workdir: flags.FlagHolder
   print_config: flags.FlagHolder
 
-  def run(self, command: Callable[[ml_collections.ConfigDict, str], object]) -> None:
-    """Runs ``command(config, workdir)`` as the program, after ``--print_config``'s check."""
+  def run(self, command: Callable[[ml_collections.ConfigDict, str], object], *, kept: str) -> None:
+    """Runs ``command(config, workdir)`` as the program, after ``--print_config``'s check;
+    ``kept`` as for :func:`run`."""
 
     def main(arguments: list[str]) -> None:
       no_arguments(arguments)
@@ -208,7 +239,7 @@ class ExperimentFlags:
         return
       command(config, default_workdir(self.workdir.value))
 
-    run(main)
+    run(main, kept=kept)
 
 
 def define_experiment_flags(workdir_help: str) -> ExperimentFlags:

@@ -22,7 +22,8 @@ import jax
 import ml_collections
 from flax import nnx
 
-from ccnet_jax.models import model_dir
+from ccnet_jax.errors import UserError
+from ccnet_jax.models import model_dir, schema
 from ccnet_jax.models.ccnet import CCNet
 from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.models.registry import construct_model
@@ -117,6 +118,23 @@ def _from_checkpoints(directory: str, overrides: dict) -> LoadedModel:
         f"{os.path.join(workdir, CONFIG_FILE)} not found: the checkpoints in {directory} cannot"
         " be rebuilt without the run's config; pass a model directory instead."
     )
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  for section, fields, prefix in (
+      ("model", schema.MODEL, "model."),
+      (
+          "data",
+          {name: schema.PREPROCESSING[name] for name in ("channel_order", "mean", "std")},
+          "data.",
+      ),
+  ):
+    values = saved.get(section)
+    if not isinstance(values, dict):
+      raise UserError(
+          f"{config_path}: the section {section} is missing; restore the run's config.json."
+      )
+    if section == "data":
+      values = {name: values.get(name) for name in fields}
+    schema.check(values, fields, config_path, prefix)
   config = model_dir.config_from_json(saved["model"])
   model = _empty_model(config, overrides)
   weights, step = restore_weights(directory, _weights_target(model))

@@ -70,7 +70,8 @@ def upward_imports(package_root: pathlib.Path, layers: dict[str, int]) -> list[s
       if target not in modules:  # `from pkg import name` where name is not a module.
         continue
       target_layer = layer_of(target, layers)
-      same_package = package_of(target) == package_of(module)
+      # The root package and its layer-0 modules (errors, atomic, interrupts) are one package.
+      same_package = package_of(target) == package_of(module) or own_layer == 0
       if target_layer > own_layer or (target_layer == own_layer and not same_package):
         violations.append(f"{module} (layer {own_layer}) -> {target} (layer {target_layer})")
   return violations

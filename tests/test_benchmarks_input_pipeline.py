@@ -13,16 +13,18 @@ from ccnet_jax.data.config import data_config  # noqa: E402
 from ccnet_jax.data.folders import CityscapesFolders  # noqa: E402
 
 
-def test_rows_for_the_loader_the_official_pipeline_and_the_stages(tmp_path):
+def test_rows_for_the_loaders_the_official_pipeline_and_the_stages(tmp_path):
   out = tmp_path / "rows.json"
   tiny = "--images 3 --image-size 48,96 --crop 32 --workers 0 --batch 1 --warmup 1 --measure 2"
   input_pipeline.main(tiny.split() + ["--stage-repeats", "1", "--json", str(out)])
   result = json.loads(out.read_text())
   pipelines = [row["pipeline"] for row in result["rows"]]
-  assert len(pipelines) == 3 and "data.num_workers=0" in pipelines[2]
+  assert len(pipelines) == 4 and all("data.num_workers=0" in row for row in pipelines[2:])
+  assert "PNG" in pipelines[2] and "ArrayRecord" in pipelines[3]
   assert all(row["images_per_s"] > 0 and row["cpu_s_per_image"] >= 0 for row in result["rows"])
   stages = {row["stage"].split(":")[0] for row in result["stages"]}
   assert {"read (image + label files)", "decode image", "label map", "transfer to cpu"} <= stages
+  assert "read + decode replaced" in stages
 
 
 def test_official_pipeline_gives_the_recipes_crops(tmp_path):

@@ -1,11 +1,13 @@
 """load_model: a model directory, a run's checkpoints and a workdir give the saved network."""
 
+import logging
 import os
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl import logging as absl_logging
 from flax import nnx
 
 from ccnet_jax.loading import load_model
@@ -92,3 +94,15 @@ def test_what_is_not_a_model_is_named(models, tmp_path):
   os.remove(tmp_path / "run" / "config.json")
   with pytest.raises(FileNotFoundError, match="config.json not found"):
     load_model(tmp_path / "run")
+
+
+def test_loading_logs_no_warning(models, tmp_path, caplog):
+  """orbax warned (two lines, 'Sharding info') on a restore that names no sharding."""
+  config, (model, *_) = models
+  save_checkpoint(tmp_path / "run", model, step=1)
+  model_dir.save_model(tmp_path / "model", model, config, preprocessing=None)
+  with caplog.at_level(logging.WARNING):
+    absl_logging.warning("what this test would see")
+    load_model(tmp_path / "run" / "checkpoints")
+    load_model(tmp_path / "model")
+  assert [r.getMessage() for r in caplog.records] == ["what this test would see"]

@@ -338,6 +338,45 @@ def _lower(platform, dtype, block_sizes):
   return jax.jit(forward_backward).trace(q, q, v).lower(lowering_platforms=(platform,)).as_text()
 
 
+class PlatformAndMeshTest(parameterized.TestCase):
+  """What runs is decided for the platform lowered for, and per device under a mesh."""
+
+  def test_the_platform_lowered_for_chooses_the_kernels(self):
+    q = jax.ShapeDtypeStruct((1, 9, 7, 8), jnp.float32)
+    v = jax.ShapeDtypeStruct((1, 9, 7, 16), jnp.float32)
+    traced = jax.jit(criss_cross_attention_pallas).trace(q, q, v)
+    text = {p: traced.lower(lowering_platforms=(p,)).as_text() for p in ("cuda", "tpu", "cpu")}
+    self.assertEqual(text["cuda"].count("@__gpu$xla.gpu.triton"), 2)
+    self.assertEqual(text["tpu"].count("@tpu_custom_call"), 2)
+    for platform, other in (("cuda", "@tpu_custom_call"), ("tpu", "@__gpu$xla.gpu.triton")):
+      self.assertNotIn(other, text[platform])
+    self.assertNotIn("custom_call @", text["cpu"])  # The interpreter: plain HLO.
+
+  def test_auto_is_chosen_at_lowering(self):
+    q = jax.ShapeDtypeStruct((1, 9, 7, 8), jnp.bfloat16)
+    v = jax.ShapeDtypeStruct((1, 9, 7, 16), jnp.bfloat16)
+    traced = jax.jit(ops.get_criss_cross("auto")).trace(q, q, v)
+    self.assertIn("@__gpu$xla.gpu.triton", traced.lower(lowering_platforms=("cuda",)).as_text())
+    self.assertNotIn("custom_call @", traced.lower(lowering_platforms=("cpu",)).as_text())
+
+  def test_per_device_under_a_mesh(self):
+    """8 devices, one image each: the einsum's values and gradients, no gathered batch."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    inputs = jax.device_put(_qkv((8, 9, 7, 8), 16), sharding)
+
+    def forward_and_grads(q, k, v, d_out):
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        out, vjp = jax.vjp(criss_cross_attention_pallas, q, k, v)
+        return (out,) + vjp(d_out)
+
+    lowered = jax.jit(forward_and_grads).lower(*inputs)
+    self.assertIn("sdy.manual_computation", lowered.as_text())
+    compiled = lowered.compile()
+    self.assertNotIn("all-gather", compiled.as_text())
+    _assert_float32_close(compiled(*inputs), _forward_and_grads("einsum", *inputs))
+
+
 class LoweringTest(parameterized.TestCase):
   """The kernels lower for the accelerators without one: Triton IR and Mosaic MLIR are built.
 

@@ -36,13 +36,13 @@ import time
 import pytest
 
 from ccnet_jax.training.preemption import StopRequest
-from tests import distributed_worker, test_faults
+from tests import distributed_worker, tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEARTBEAT_SECONDS = 10
 TOTAL_STEPS = 6
-# test_faults' tiny run, with a smaller model, six steps and a short heartbeat timeout.
-FLAGS = test_faults.flags(
+# The tiny run, with a smaller model, six steps and a short heartbeat timeout.
+FLAGS = tiny_run.flags(
     model__backbone__base_width=8,
     model__head__channels=16,
     model__head__out_channels=16,
@@ -54,8 +54,8 @@ FLAGS = test_faults.flags(
 RUN_TIMEOUT = 1200  # Seconds for one run; they took up to 8 minutes at a load average of 40.
 
 
-# test_faults' environment: one CPU device per process, a compilation cache shared by all runs.
-environment = test_faults.environment
+# The tiny run's environment: one CPU device per process, a compilation cache shared by all runs.
+environment = tiny_run.environment
 
 
 @pytest.fixture(scope="module")
@@ -232,15 +232,15 @@ def test_stops_and_a_lost_process_resume_to_the_losses_of_the_uninterrupted_run(
   runs = {
       "reference": run_two_processes(fast_compile, reference, [("none", 0)] * 2, tmp_path / "none")
   }
-  runs["reference"]["logged"] = test_faults.logged_losses(reference)
+  runs["reference"]["logged"] = tiny_run.logged_losses(reference)
   check_reference(runs)
   workdir = tmp_path / "chain"
   for name, (faults, check) in CHAIN.items():
     fault_log = tmp_path / f"faults_{name}.jsonl"
     result = run_two_processes(fast_compile, workdir, faults, fault_log)
     result.update(
-        logged=test_faults.logged_losses(workdir),
-        saved=test_faults.saved_steps(workdir),
+        logged=tiny_run.logged_losses(workdir),
+        saved=tiny_run.saved_steps(workdir),
         signalled=signal_times(fault_log),
     )
     runs[name] = result

@@ -74,4 +74,6 @@ def main(arguments: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(
+      main, kept="OUT_DIR is left as it was (a model directory is written whole or not at all)."
+  )

@@ -17,6 +17,8 @@ def _common() -> ml_collections.ConfigDict:
           "root": "/path/to/dataset",
           "tfds_data_dir": "",
           "manual_dir": "",
+          # A folder of splits stored decoded (python -m ccnet_jax.data); '' reads data.source.
+          "decoded_dir": "",
           "train_split": "train",
           "eval_split": "val",
           "crop_size": (512, 512),

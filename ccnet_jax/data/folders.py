@@ -8,10 +8,10 @@ import os
 
 import cv2
 import numpy as np
-import pyspng
 from PIL import Image
 
 from ccnet_jax.data import labels
+from ccnet_jax.data.images import png_layout, read_image
 
 CITYSCAPES_HELP = (
     "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
@@ -25,41 +25,6 @@ ADE20K_HELP = (
 )
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_END = b"\xff\xd9"
-
-
-def _png_layout(data: bytes) -> tuple[int, int] | None:
-  """(bit depth, colour type) from a PNG's IHDR, or None for anything else."""
-  if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 26:
-    return None
-  return data[24], data[25]
-
-
-def read_image(path: str) -> np.ndarray:
-  """uint8 (H, W, 3) RGB; a file that cannot be decoded raises ValueError naming it.
-
-  The pixels are PIL's ``convert('RGB')``; 8-bit RGB PNGs are decoded by libspng and complete
-  RGB or grey JPEGs by OpenCV's libjpeg-turbo, which give the same pixels in a fraction of the
-  time (benchmarks/input_pipeline.py); PIL decodes the rest (palettes, 16 bits, CMYK).
-  """
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-    if _png_layout(data) == (8, 2):
-      return pyspng.load(data, "RGB")
-    with Image.open(io.BytesIO(data)) as image:
-      # A truncated JPEG lacks its end marker: PIL refuses it where libjpeg would fill it in.
-      if image.format == "JPEG" and image.mode in ("RGB", "L") and data.endswith(_JPEG_END):
-        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-        if decoded is not None:
-          return decoded
-      return np.asarray(image.convert("RGB"))
-  except (OSError, SyntaxError, ValueError, RuntimeError) as error:
-    raise ValueError(f"cannot decode image {path}: {error}") from None
-
-
 def read_label(path: str) -> np.ndarray:
   """The single-channel label map of a PNG as uint8 (H, W) (palette indices, not colours).
 
@@ -69,7 +34,7 @@ def read_label(path: str) -> np.ndarray:
   try:
     with open(path, "rb") as f:
       data = f.read()
-    if _png_layout(data) == (8, 0):
+    if png_layout(data) == (8, 0):
       decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
       if decoded is not None:
         return decoded

@@ -30,6 +30,7 @@ import numpy as np
 from absl import flags
 
 from ccnet_jax.data import transforms
+from ccnet_jax.data.memory import keep_freed_memory
 from ccnet_jax.data.sources import build_source
 from ccnet_jax.models.preprocessing import Preprocessing
 
@@ -53,7 +54,8 @@ class _TrainAugment(grain.RandomMapTransform):
   """Applies :func:`transforms.train_transform` with grain's per-record generator.
 
   grain sends it to each worker process by pickling; unpickled there, it starts a watch
-  that ends the worker when the training process dies without closing the loader.
+  that ends the worker when the training process dies without closing the loader, and keeps
+  the worker's freed buffers for the next example (:func:`keep_freed_memory`).
   """
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -63,6 +65,7 @@ class _TrainAugment(grain.RandomMapTransform):
   def __setstate__(self, state: dict) -> None:
     self.__dict__.update(state)
     if os.getppid() == self._parent_pid:  # A worker started by the training process.
+      keep_freed_memory()
       threading.Thread(target=_exit_when_orphaned, args=(self._parent_pid,), daemon=True).start()
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
@@ -104,8 +107,12 @@ class TrainLoader:
     grain numbers the records a shard has read globally, ``shard_index + k * shard_count``
     for worker ``k``'s position, and names the shard in its sampler; another shard at the
     same position differs only by the shift of its index, and by the sampler it names.
+    Where the examples are read from may change between runs (``data.root``,
+    ``data.decoded_dir``): grain refuses a state that names another source (by its repr), so
+    the state is given this loader's.
     """
     state = dict(state)
+    state["data_source"] = repr(self._loader._data_source)  # pylint: disable=protected-access
     shift = self._shard_index - int(state.pop("shard_index", self._shard_index))
     if shift:
       state["last_seen_indices"] = {
@@ -131,6 +138,7 @@ def make_train_loader(
         f"the number of processes ({count})."
     )
   batch_size = global_batch_size // count
+  keep_freed_memory()  # For when this process reads the examples (no workers).
   source = build_source(config, config.train_split)
   if len(source) < count * batch_size:
     raise ValueError(
@@ -193,6 +201,7 @@ def make_eval_loader(
   if len(source) == 0:
     raise ValueError(f"the {config.eval_split!r} split of {config.name!r} is empty.")
   preprocessing = preprocessing or Preprocessing.from_config(config)
+  keep_freed_memory()
   indices = eval_shard(len(source), index, count, batch_size)
   filler = min(index * len(indices), len(source) - 1)
 

@@ -6,6 +6,8 @@ A source has ``__len__`` and ``__getitem__(i) -> {'image': uint8 (H, W, 3) RGB, 
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from ccnet_jax.data.synthetic import SyntheticLongRange
@@ -19,9 +21,25 @@ def _check_split(config: ml_collections.ConfigDict, split: str) -> None:
     )
 
 
+def _decoded_split(config: ml_collections.ConfigDict, split: str):
+  from ccnet_jax.data import decoded  # pylint: disable=g-import-not-at-top
+
+  path = decoded.split_file(config.decoded_dir, config.name, split)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"data.decoded_dir={config.decoded_dir!r} has no {os.path.basename(path)}; write it "
+        f"with python -m ccnet_jax.data --config=CONFIG {config.decoded_dir}, or set "
+        "data.decoded_dir='' to read data.source."
+    )
+  return decoded.DecodedSplit(path)
+
+
 def build_source(config: ml_collections.ConfigDict, split: str):
-  """Returns the source of ``split`` for ``config.name`` read from ``config.source``."""
+  """Returns the source of ``split`` for ``config.name``: the decoded file of it in
+  ``config.decoded_dir`` when that is set, else the dataset read from ``config.source``."""
   _check_split(config, split)
+  if config.decoded_dir:
+    return _decoded_split(config, split)
   if config.source == "synthetic":
     settings = config.synthetic
     if split == config.train_split:

@@ -99,7 +99,9 @@ class Evaluator:
     predict = functools.partial(predict_logits, num_classes=num_classes, settings=settings)
 
     def step(state, confusion, images, labels, valid):
-      logits = predict(functools.partial(predict_fn, state), images)
+      # Under the mesh, kernels XLA cannot partition (Pallas) run per device in a shard_map.
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        logits = predict(functools.partial(predict_fn, state), images)
       predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
       confusion = confusion + confusion_matrix(
           predictions, labels, num_classes, ignore_label=ignore_label, valid=valid
@@ -109,6 +111,23 @@ class Evaluator:
     self._step = jax.jit(
         step, out_shardings=(self._replicated, self._batch_sharding), donate_argnums=1
     )
+
+  def lower_step(self, state: Any, image_size: tuple[int, int]) -> tuple[jax.stages.Lowered, int]:
+    """The step for one global batch of ``image_size`` images, lowered, not run; and that batch.
+
+    ``state`` may be shapes (``jax.ShapeDtypeStruct``), to compile ahead of time.
+    """
+    shape = (self.local_batch_size * jax.process_count(), *image_size)
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self._batch_sharding)
+    confusion = jax.ShapeDtypeStruct((self.num_classes,) * 2, jnp.int32, sharding=self._replicated)
+    lowered = self._step.lower(
+        state,
+        confusion,
+        spec(shape + (3,), jnp.float32),
+        spec(shape, jnp.int32),
+        spec(shape[:1], jnp.bool_),
+    )
+    return lowered, shape[0]
 
   def _arrays(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The process-local batch as arrays, checked against the fixed local batch size."""

@@ -7,6 +7,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from ccnet_jax import atomic
+
 
 def colorize(label_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
   """(H, W) class ids -> (H, W, 3) uint8 colours; ignore (255) and unknown ids are black."""
@@ -36,7 +38,8 @@ def save_predictions(
     label: np.ndarray | None,
     palette: np.ndarray,
 ) -> list[str]:
-  """Writes ``<name>_pred.png``, ``<name>_overlay.png`` and ``<name>_gt.png``; returns paths.
+  """Writes ``<name>_pred.png``, ``<name>_overlay.png`` and ``<name>_gt.png`` (each whole or not
+  at all, see ``ccnet_jax.atomic``); returns their paths.
 
   Slashes in ``name`` (Cityscapes ids such as 'frankfurt/frankfurt_000000_000294')
   become underscores, so every file lands directly in ``out_dir``.
@@ -50,6 +53,12 @@ def save_predictions(
   paths = []
   for suffix, array in images.items():
     path = f"{stem}_{suffix}.png"
-    Image.fromarray(array).save(path)
+    save_png(path, array)
     paths.append(path)
   return paths
+
+
+def save_png(path: str, array: np.ndarray) -> None:
+  """``array`` as a PNG at ``path``, written whole or not at all."""
+  with atomic.writing(path) as temporary:
+    Image.fromarray(array).save(temporary, format="PNG")

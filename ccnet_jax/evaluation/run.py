@@ -15,6 +15,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from ccnet_jax import atomic
 from ccnet_jax.data.labels import dataset_info
 from ccnet_jax.data.pipeline import make_eval_loader
 from ccnet_jax.errors import UserError
@@ -153,7 +154,7 @@ def evaluate_from_workdir(
   if jax.process_index() == 0:
     print(f"Evaluated the {loaded.source} on {config.data.name}/{config.data.eval_split}:")
     print(format_results_table(metrics, dataset_info(config.data.name).class_names))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-      json.dump(metrics, f, indent=1, default=float)
+    with atomic.writing(os.path.join(out_dir, "metrics.json")) as temporary:
+      with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=1, default=float)
   return metrics

@@ -60,4 +60,4 @@ def main(arguments: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, kept="the explorer writes no files.")

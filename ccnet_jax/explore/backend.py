@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from ccnet_jax.data.config import data_config
+from ccnet_jax.data.images import rgb_array
 from ccnet_jax.data.labels import DATASET_NAMES, dataset_for_model
 from ccnet_jax.data.sources import build_source
 from ccnet_jax.evaluation.inference import MODES, InferenceSettings, predict_logits
@@ -39,6 +40,7 @@ __all__ = [
     "has_criss_cross",
     "heat_scale",
     "pixel_maps",
+    "rgb_array",
 ]
 
 

@@ -37,6 +37,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ccnet_jax import interrupts
 from ccnet_jax.explore.backend import IMAGE_EXTENSIONS, demo_scenes, heat_scale
 from ccnet_jax.explore.session import Explorer, RequestError, encode_png, too_large
 
@@ -192,11 +193,13 @@ def _server(app: Starlette) -> uvicorn.Server:
 
 
 def serve(app: Starlette, sock: socket.socket) -> None:
-  """Serves in this thread until Ctrl-C (a clean stop) or SIGTERM."""
-  try:
-    _server(app).run(sockets=[sock])
-  except KeyboardInterrupt:  # uvicorn stops gracefully, then raises the signal it caught again.
-    pass
+  """Serves in this thread until Ctrl-C or SIGTERM: the requests in flight are answered, then
+  it returns (the command's normal end)."""
+  with interrupts.as_keyboard_interrupt():
+    try:
+      _server(app).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn stops gracefully, then raises the signal it caught again.
+      pass
 
 
 @contextlib.contextmanager

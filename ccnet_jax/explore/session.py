@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from ccnet_jax.explore.backend import MODES, Analysis, ExploredModel, pixel_maps
+from ccnet_jax.explore.backend import MODES, Analysis, ExploredModel, pixel_maps, rgb_array
 
 
 class RequestError(Exception):
@@ -54,13 +54,17 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
       width, height = image.size
       if width * height > limits.max_pixels:
         raise RequestError(413, _too_many_pixels(f"{width}x{height}", limits))
-      return np.asarray(image.convert("RGB"))
+      image.load()
   except Image.DecompressionBombError:  # Past PIL's own limit, before the size is known.
     raise RequestError(413, _too_many_pixels("larger than PIL decodes", limits)) from None
   except Image.UnidentifiedImageError:
     raise RequestError(400, f"the request body is not an image file ({_FORMATS}).") from None
   except (OSError, SyntaxError, ValueError) as error:
     raise RequestError(400, f"the request body is a damaged image file: {error}.") from None
+  try:  # Upright (EXIF orientation), 8 bits a channel: as predict.py reads the same file.
+    return rgb_array(image, "the uploaded image")
+  except ValueError as error:
+    raise RequestError(400, str(error)) from None
 
 
 def _too_many_pixels(size: str, limits: Limits) -> str:

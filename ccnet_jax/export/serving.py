@@ -4,12 +4,19 @@ ONNX.
 The exported function takes images as the user has them, float32 (B, H, W, 3) RGB on the
 0-255 scale, applies the preprocessing recorded in the model directory (channel order, mean,
 std) and returns the main logits, float32 (B, h, w, num_classes) at the network's output
-stride (1/8 of the input for the D8 models: h = ceil(H / 8) for the deep stem). Upsampling
-them to the image (bilinear) and the argmax are the caller's, as in training and evaluation.
+stride: for the D8 models h = floor((H + 1) / 8) + 1 with the official deep stem (its
+max-pool rounds up), h = ceil(H / 8) with mmseg's v1c and torchvision's stems, and the same
+for w; ``serving.json`` records the exported model's own expression. Upsampling them to the
+image (bilinear with align_corners=True, as ``predict.py`` and the official evaluation do) and
+the argmax are the caller's.
 
 The criss-cross attention is always the einsum implementation (its matmul form for ONNX,
 see ``export/onnx.py``): the Pallas kernels are device-specific custom calls that a serving
 runtime cannot run.
+
+An export is written into a temporary folder beside OUT, which replaces OUT only when the
+export is complete (``ccnet_jax.atomic``); an existing non-empty OUT is refused unless
+``overwrite``, and then replaced whole. What a format cannot hold is refused before any work.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ccnet_jax import atomic
 from ccnet_jax.export import onnx as onnx_export
 from ccnet_jax.loading import load_model
 from ccnet_jax.models.preprocessing import Preprocessing
@@ -33,6 +41,22 @@ STABLEHLO_FILE = "model.jax_exported"
 STABLEHLO_TEXT_FILE = "model.mlir"
 TFLITE_FILE = "model.tflite"
 SIGNATURE_FILE = "serving.json"
+
+# The computation dtypes each format holds, and why where it holds fewer than JAX computes in.
+# SavedModel and StableHLO carry the XLA program as it is; TFLite's converter legalises float32
+# convolutions only (bfloat16 and float16 fail in it); a bfloat16 ONNX graph fails ONNX's type
+# check at its Conv nodes.
+FORMAT_DTYPES = {
+    "saved_model": tuple(DTYPES),
+    "stablehlo": tuple(DTYPES),
+    "tflite": ("float32",),
+    "onnx": ("float32", "float16"),
+}
+FORMAT_LIMITS = {
+    "tflite": "TFLite converts float32 models; quantise the float32 .tflite with TFLite's tools"
+    " for a smaller one",
+    "onnx": "ONNX's Conv takes no bfloat16 at the opsets ONNX Runtime runs; export float16",
+}
 
 ServingFn = Callable[[jax.Array], jax.Array]
 
@@ -49,12 +73,20 @@ def serving_fn(model: nnx.Module, preprocessing: Preprocessing) -> ServingFn:
 
 
 def input_shape(batch: int | None, height: int | None, width: int | None) -> tuple:
-  """The exported input shape; None entries become symbolic (any size at run time)."""
-  names = iter(("b", "h", "w"))
+  """The exported input shape; None entries become symbolic (any size at run time), named
+  b, h and w."""
   spec = ", ".join(
-      next(names) if size is None else str(int(size)) for size in (batch, height, width)
+      name if size is None else str(int(size))
+      for name, size in zip(("b", "h", "w"), (batch, height, width))
   )
   return tuple(jax.export.symbolic_shape(spec + ", 3"))
+
+
+def output_shape(serve: ServingFn, shape: Sequence) -> list[str]:
+  """The logits' shape for inputs of ``shape`` as JAX derives it: numbers, or expressions of
+  b, h and w (``floordiv(h - 1, 2)`` is (h - 1) // 2)."""
+  out = jax.eval_shape(serve, jax.ShapeDtypeStruct(tuple(shape), jnp.float32))
+  return [str(d) for d in out.shape]
 
 
 def export_stablehlo(serve: ServingFn, shape: Sequence, out_dir: str) -> list[str]:
@@ -116,6 +148,30 @@ _EXPORTERS = {
 }
 
 
+def check_export(  # pylint: disable=redefined-builtin
+    format: str, *, sizes: dict[str, int | None], dtype: str | None, opset: int | None = None
+) -> None:
+  """Refuses, in one line and before any work, what ``format`` cannot hold."""
+  if format not in FORMATS:
+    raise ValueError(f"--format={format!r} is not one of {FORMATS}.")
+  for name, size in sizes.items():
+    if size is not None and int(size) < 1:
+      raise ValueError(f"--{name}={size} must be a positive size (or left out for any size).")
+  if format == "tflite" and None in sizes.values():
+    raise ValueError(
+        "--format=tflite needs a fixed input size: give --batch, --height and --width."
+    )
+  if dtype is not None and dtype not in DTYPES:
+    raise ValueError(f"--dtype={dtype!r} is not one of {sorted(DTYPES)}.")
+  if dtype is not None and dtype not in FORMAT_DTYPES[format]:
+    raise ValueError(
+        f"--format={format} cannot hold a {dtype} model: its computation dtypes are"
+        f" {', '.join(FORMAT_DTYPES[format])} ({FORMAT_LIMITS[format]})."
+    )
+  if opset is not None and format != "onnx":
+    raise ValueError(f"--opset is an ONNX setting; --format={format} has none.")
+
+
 def export_model(  # pylint: disable=redefined-builtin
     model_directory: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -126,25 +182,19 @@ def export_model(  # pylint: disable=redefined-builtin
     width: int | None = None,
     dtype: str | None = None,
     opset: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
   """Exports ``model_directory`` to ``out_dir`` in ``format``; returns what was written.
 
   ``batch``, ``height``, ``width``: a fixed size, or None for any size at run time.
   ``opset``: the ONNX opset (``format='onnx'`` only; default ``onnx.DEFAULT_OPSET``).
-  ``out_dir`` also receives ``serving.json``: the input and output contract.
+  ``out_dir`` also receives ``serving.json``: the input and output contract. It is written
+  whole or not at all; an existing non-empty ``out_dir`` is replaced only with ``overwrite``.
   """
-  if format not in FORMATS:
-    raise ValueError(f"--format={format!r} is not one of {FORMATS}.")
   sizes = {"batch": batch, "height": height, "width": width}
-  for name, size in sizes.items():
-    if size is not None and int(size) < 1:
-      raise ValueError(f"--{name}={size} must be a positive size (or left out for any size).")
-  if format == "tflite" and None in sizes.values():
-    raise ValueError(
-        "--format=tflite needs a fixed input size: give --batch, --height and --width."
-    )
-  if dtype is not None and dtype not in DTYPES:
-    raise ValueError(f"--dtype={dtype!r} is not one of {sorted(DTYPES)}.")
+  check_export(format, sizes=sizes, dtype=dtype, opset=opset)
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  atomic.check_replaceable(out_dir, overwrite=overwrite)
   exporter = _EXPORTERS[format]
   # The einsum attention: the Pallas kernels are custom calls a serving runtime cannot run.
   cca_impl = "einsum"
@@ -152,15 +202,11 @@ def export_model(  # pylint: disable=redefined-builtin
     onnx_export.require_packages()
     exporter = functools.partial(exporter, opset=opset or onnx_export.DEFAULT_OPSET)
     cca_impl = "matmul"  # Its form with MatMul operators (no Einsum, no EyeLike).
-  elif opset is not None:
-    raise ValueError(f"--opset is an ONNX setting; --format={format} has none.")
   loaded = load_model(model_directory, dtype=dtype, cca_impl=cca_impl)
   if format == "onnx":
     onnx_export.check_symbolic_sizes(loaded.config, height=height, width=width)
   shape = input_shape(batch, height, width)
-  out_dir = os.path.abspath(os.fspath(out_dir))
-  os.makedirs(out_dir, exist_ok=True)
-  written = exporter(serving_fn(loaded.model, loaded.preprocessing), shape, out_dir)
+  serve = serving_fn(loaded.model, loaded.preprocessing)
   signature = {
       "format": format,
       "input": {
@@ -172,7 +218,11 @@ def export_model(  # pylint: disable=redefined-builtin
       "output": {
           "name": "logits",
           "dtype": "float32",
-          "layout": "NHWC at the output stride; upsample bilinearly, then argmax",
+          "shape": output_shape(serve, shape),
+          "layout": (
+              "NHWC at the output stride; upsample to (H, W) bilinearly with"
+              " align_corners=True, then argmax"
+          ),
           "num_classes": loaded.num_classes,
       },
       "preprocessing": loaded.preprocessing.to_json(),
@@ -180,7 +230,9 @@ def export_model(  # pylint: disable=redefined-builtin
   }
   if format == "onnx":
     signature["opset"] = exporter.keywords["opset"]
-  path = os.path.join(out_dir, SIGNATURE_FILE)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(signature, f, indent=2)
-  return {"wrote": written + [path], **signature}
+  with atomic.replacing_directory(out_dir, overwrite=overwrite) as staging:
+    written = exporter(serve, shape, staging)
+    with open(os.path.join(staging, SIGNATURE_FILE), "w", encoding="utf-8") as f:
+      json.dump(signature, f, indent=2)
+  written = [os.path.join(out_dir, os.path.relpath(path, staging)) for path in written]
+  return {"wrote": written + [os.path.join(out_dir, SIGNATURE_FILE)], **signature}

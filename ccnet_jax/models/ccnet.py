@@ -32,6 +32,7 @@ class CCNet(nnx.Module):
       aux: Mapping[str, Any] | None = None,
       cca_impl: str = "einsum",
       remat: str = "none",
+      dilated_conv: str = "auto",
       dtype: Dtype = None,
       rngs: nnx.Rngs,
   ):
@@ -44,12 +45,16 @@ class CCNet(nnx.Module):
       aux: keyword arguments of :class:`AuxHead`; ``{'enabled': False}`` drops it.
       cca_impl: criss-cross attention implementation ('einsum', 'auto', ...).
       remat: the backbone's rematerialisation policy (see ``models.remat``).
+      dilated_conv: the form of the backbone's dilated convolutions (see
+        ``ops.dilated_conv``).
       dtype: computation dtype; parameters and logits stay float32 (except float64).
       rngs: initialisation and dropout keys.
     """
     aux = dict(aux or {})
     self.dtype = dtype
-    self.backbone = ResNet(**dict(backbone or {}), remat=remat, dtype=dtype, rngs=rngs)
+    self.backbone = ResNet(
+        **dict(backbone or {}), remat=remat, dilated_conv=dilated_conv, dtype=dtype, rngs=rngs
+    )
     stage3_features, stage4_features = self.backbone.out_features[2:]
     self.head = RCCAHead(
         stage4_features,

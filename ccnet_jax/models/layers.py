@@ -20,6 +20,7 @@ from flax import nnx
 
 from ccnet_jax.models import initializers
 from ccnet_jax.models.remat import tag_conv_output
+from ccnet_jax.ops.dilated_conv import get_dilated_conv
 
 Array = jax.Array
 Dtype = jnp.dtype | None
@@ -53,13 +54,18 @@ def conv2d(
     *,
     stride: int = 1,
     dilation: int = 1,
+    dilated_conv: str = "auto",
     use_bias: bool = False,
     dtype: Dtype = None,
     rngs: nnx.Rngs,
 ) -> Conv2d:
   """A square convolution padded and initialised like
-  ``torch.nn.Conv2d(padding=dilation * (k // 2))``."""
+  ``torch.nn.Conv2d(padding=dilation * (k // 2))``.
+
+  A dilated one is computed in the form ``dilated_conv`` names (``ops.dilated_conv``).
+  """
   pad = dilation * (kernel_size // 2)
+  conv_fn = get_dilated_conv(dilated_conv) if dilation > 1 else jax.lax.conv_general_dilated
   return Conv2d(
       in_features,
       out_features,
@@ -71,6 +77,7 @@ def conv2d(
       dtype=dtype,
       kernel_init=initializers.torch_conv_kernel,
       bias_init=initializers.torch_conv_bias(in_features * kernel_size**2),
+      conv_general_dilated=conv_fn,
       rngs=rngs,
   )
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Callable, Mapping
 
 import jax
@@ -29,6 +27,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ccnet_jax import atomic
+from ccnet_jax.errors import UserError
+from ccnet_jax.models import schema
 from ccnet_jax.models.ccnet import CCNet
 from ccnet_jax.models.preprocessing import IMAGENET, Preprocessing
 from ccnet_jax.models.registry import base_model_config
@@ -177,29 +178,33 @@ def save_model(
       "preprocessing": preprocessing.to_json(),
   }
 
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
-  try:
+  with atomic.replacing_directory(directory, overwrite=True) as staging:
     with _checkpointer() as checkpointer:
       checkpointer.save(os.path.join(staging, "params"), arrays)
     with open(os.path.join(staging, INFO_FILE), "w") as f:
       json.dump(description, f, indent=2)
-    if os.path.exists(directory):
-      retired = staging + "-old"
-      os.replace(directory, retired)
-      os.replace(staging, directory)
-      shutil.rmtree(retired, ignore_errors=True)
-    else:
-      os.replace(staging, directory)
-  finally:
-    if os.path.exists(staging):
-      shutil.rmtree(staging, ignore_errors=True)
   return directory
 
 
+def check_links(directory: str | os.PathLike) -> None:
+  """Refuses a model directory with a symbolic link that leads outside it (or nowhere): its
+  files are read as the model's, so each must be the directory's own."""
+  root = os.path.realpath(directory)
+  for folder, names, files in os.walk(root):
+    for name in names + files:
+      path = os.path.join(folder, name)
+      if not os.path.islink(path):
+        continue
+      target = os.path.realpath(path)
+      if os.path.commonpath([root, target]) != root or not os.path.exists(target):
+        raise UserError(
+            f"{path} is a symbolic link to {target}, outside the model directory {root} (or"
+            " missing); a model directory must hold its own files: copy the file in instead."
+        )
+
+
 def read_info(directory: str | os.PathLike) -> ModelInfo:
-  """``model.json`` of a model directory."""
+  """``model.json`` of a model directory, checked against its schema (``models.schema``)."""
   directory = os.fspath(directory)
   path = os.path.join(directory, INFO_FILE)
   if not os.path.isfile(path):
@@ -207,10 +212,9 @@ def read_info(directory: str | os.PathLike) -> ModelInfo:
         f"{path} not found: {directory!r} is not a model directory written by save_model"
         " (or by `python -m ccnet_jax.convert`)."
     )
-  with open(path) as f:
-    description = json.load(f)
-  if description.get("format") != FORMAT:
-    raise ValueError(f"{path} has format {description.get('format')!r}; expected {FORMAT!r}.")
+  check_links(directory)
+  description = schema.read_json(path, "model description (model.json)")
+  schema.check(description, schema.model_file(FORMAT, PARTS), path)
   return ModelInfo(
       config=config_from_json(description["model"]),
       preprocessing=Preprocessing.from_json(description["preprocessing"]),
@@ -223,9 +227,28 @@ def read_arrays(directory: str | os.PathLike) -> dict[str, np.ndarray]:
   path = os.path.join(os.path.abspath(os.fspath(directory)), "params")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path} not found: the model directory has no params checkpoint.")
-  with _checkpointer() as checkpointer:
-    restored = checkpointer.restore(path)
+  check_links(directory)
+  try:
+    with _checkpointer() as checkpointer:
+      restored = checkpointer.restore(path, _restore_target(checkpointer.metadata(path)))
+  except Exception as error:  # A damaged checkpoint fails in many libraries' types.
+    # The libraries' messages can quote the bytes they read: only the error's type is named.
+    raise UserError(
+        f"{path} cannot be read ({type(error).__name__}: its files are damaged or incomplete);"
+        " write the model directory again (train, or python -m ccnet_jax.convert)."
+    ) from error
   return {name: np.asarray(value) for name, value in flatten(restored).items()}
+
+
+def _restore_target(metadata) -> Any:
+  """Abstract arrays, on this host's first device, for every array the checkpoint holds: with a
+  sharding named, orbax restores without reading (and warning about) the saved one."""
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  return jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), tree
+  )
 
 
 def assign_arrays(

@@ -33,6 +33,10 @@ def base_model_config() -> ml_collections.ConfigDict:
           "cca_impl": "einsum",
           # Memory of a training step: 'none', 'save_convs' or 'blocks' (see models/remat.py).
           "remat": "none",
+          # The form of the dilated convolutions (see ops/dilated_conv.py): 'auto' (per
+          # platform, when the program is lowered), 'lax', 'space_to_batch',
+          # 'space_to_batch_wgrad'.
+          "dilated_conv": "auto",
           # BatchNorm variance as E[x^2] - E[x]^2 (one pass) instead of E[(x - E[x])^2]:
           # False (two passes) is the accurate one; True exists to measure what it saves.
           "bn_fast_variance": False,
@@ -158,6 +162,7 @@ def construct_model(config: ml_collections.ConfigDict, *, seed: int | jax.Array 
       aux=config.aux.to_dict(),
       cca_impl=config.cca_impl,
       remat=config.get("remat", "none"),
+      dilated_conv=config.get("dilated_conv", "auto"),
       dtype=DTYPES[config.dtype],
       rngs=rngs,
   )

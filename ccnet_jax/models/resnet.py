@@ -70,14 +70,21 @@ class BasicBlock(nnx.Module):
   expansion = 1
 
   def __init__(
-      self, in_features, planes, *, stride=1, dilation=1, dtype: Dtype = None, rngs: nnx.Rngs
+      self,
+      in_features,
+      planes,
+      *,
+      stride=1,
+      dilation=1,
+      dilated_conv="auto",
+      dtype: Dtype = None,
+      rngs: nnx.Rngs,
   ):
     out_features = planes * self.expansion
-    self.conv1 = conv2d(
-        in_features, planes, 3, stride=stride, dilation=dilation, dtype=dtype, rngs=rngs
-    )
+    dilated = dict(dilation=dilation, dilated_conv=dilated_conv)
+    self.conv1 = conv2d(in_features, planes, 3, stride=stride, **dilated, dtype=dtype, rngs=rngs)
     self.bn1 = batch_norm(planes, dtype=dtype, rngs=rngs)
-    self.conv2 = conv2d(planes, planes, 3, dilation=dilation, dtype=dtype, rngs=rngs)
+    self.conv2 = conv2d(planes, planes, 3, **dilated, dtype=dtype, rngs=rngs)
     self.bn2 = batch_norm(planes, dtype=dtype, rngs=rngs)
     self.downsample = _shortcut(in_features, out_features, stride, dtype, rngs)
 
@@ -94,12 +101,21 @@ class Bottleneck(nnx.Module):
   expansion = 4
 
   def __init__(
-      self, in_features, planes, *, stride=1, dilation=1, dtype: Dtype = None, rngs: nnx.Rngs
+      self,
+      in_features,
+      planes,
+      *,
+      stride=1,
+      dilation=1,
+      dilated_conv="auto",
+      dtype: Dtype = None,
+      rngs: nnx.Rngs,
   ):
     out_features = planes * self.expansion
     self.conv1 = conv2d(in_features, planes, 1, dtype=dtype, rngs=rngs)
     self.bn1 = batch_norm(planes, dtype=dtype, rngs=rngs)
-    self.conv2 = conv2d(planes, planes, 3, stride=stride, dilation=dilation, dtype=dtype, rngs=rngs)
+    dilated = dict(dilation=dilation, dilated_conv=dilated_conv)
+    self.conv2 = conv2d(planes, planes, 3, stride=stride, **dilated, dtype=dtype, rngs=rngs)
     self.bn2 = batch_norm(planes, dtype=dtype, rngs=rngs)
     self.conv3 = conv2d(planes, out_features, 1, dtype=dtype, rngs=rngs)
     self.bn3 = batch_norm(out_features, dtype=dtype, rngs=rngs)
@@ -177,6 +193,7 @@ class ResNet(nnx.Module):
       ceil_mode: bool | None = None,
       base_width: int = 64,
       remat: str = "none",
+      dilated_conv: str = "auto",
       dtype: Dtype = None,
       rngs: nnx.Rngs,
   ):
@@ -193,6 +210,8 @@ class ResNet(nnx.Module):
         published model); smaller values give cheap networks for tests and demos.
       remat: what the stem and each residual block recompute in the backward
         pass: 'none', 'save_convs' or 'blocks' (see ``models.remat``).
+      dilated_conv: the form of the dilated convolutions ('auto', 'lax',
+        'space_to_batch', 'space_to_batch_wgrad'; see ``ops.dilated_conv``).
       dtype: computation dtype (parameters stay float32).
       rngs: parameter initialisation keys.
     """
@@ -233,6 +252,7 @@ class ResNet(nnx.Module):
                 planes,
                 stride=stride if position == 0 else 1,
                 dilation=block_dilation,
+                dilated_conv=dilated_conv,
                 dtype=dtype,
                 rngs=rngs,
             )

@@ -33,9 +33,19 @@ def fastest_criss_cross(platform: str, dtype) -> str:
   return _FASTEST.get((platform, jnp.dtype(dtype).name), "einsum")
 
 
+# The lowering platforms of jax.lax.platform_dependent, as fastest_criss_cross names them.
+_PLATFORMS = {"cuda": "gpu", "rocm": "gpu", "tpu": "tpu", "default": "cpu"}
+
+
 def _auto_criss_cross(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  impl = fastest_criss_cross(jax.default_backend(), v.dtype)
-  return _IMPLEMENTATIONS[impl](q, k, v)
+  """The fastest implementation for the platform the program is lowered for."""
+  branches = {
+      platform: _IMPLEMENTATIONS[fastest_criss_cross(name, v.dtype)]
+      for platform, name in _PLATFORMS.items()
+  }
+  if len(set(branches.values())) == 1:
+    return branches["default"](q, k, v)
+  return jax.lax.platform_dependent(q, k, v, **branches)
 
 
 def criss_cross_implementations() -> tuple[str, ...]:
@@ -47,9 +57,9 @@ def get_criss_cross(impl: str) -> CrissCrossFn:
   """Returns the criss-cross attention function named by ``model.cca_impl``.
 
   All implementations share the signature and semantics of
-  :func:`criss_cross_attention` (without ``return_attention``). 'auto' chooses,
-  when it is traced, what measured fastest for the platform and the values'
-  dtype (:func:`fastest_criss_cross`).
+  :func:`criss_cross_attention` (without ``return_attention``). 'auto' chooses
+  what measured fastest for the values' dtype and the platform the program is
+  lowered for (:func:`fastest_criss_cross`), not the host's.
   """
   if impl == "auto":
     return _auto_criss_cross

@@ -95,7 +95,13 @@ class RunCheckpoints:
 
   def restore_part(self, target: PyTree, step: int) -> PyTree:
     """The subtree ``target`` (abstract arrays) of the train state of ``step``; the rest unread."""
-    args = ocp.args.PyTreeRestore(item=target, partial_restore=True)
+    # Restore arguments from the target's shardings: without them orbax reads the saved
+    # shardings instead, and warns that it does on every restore.
+    args = ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+    )
     return self._manager.restore(step, args=ocp.args.Composite(state=args))["state"]
 
   def restore_newest(

@@ -73,9 +73,11 @@ def make_train_step(
     if preprocessing is not None:
       images = normalize_images(images, batch["image_box"], preprocessing)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (metrics, batch_stats)), grads = grad_fn(
-        state.params, state.batch_stats, images, batch["label"], state.dropout_key()
-    )
+    # Under the mesh, kernels XLA cannot partition (Pallas) run per device in a shard_map.
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      (loss, (metrics, batch_stats)), grads = grad_fn(
+          state.params, state.batch_stats, images, batch["label"], state.dropout_key()
+      )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)

@@ -40,6 +40,7 @@ FREE_ON_RESUME = (
     "data.root",
     "data.tfds_data_dir",
     "data.manual_dir",
+    "data.decoded_dir",
     "data.prefetch",
     "data.eval_split",
     "data.synthetic.num_eval",
@@ -128,11 +129,18 @@ def saved_config(workdir: str) -> dict[str, Any] | None:
     return None
   try:
     with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as error:
+      saved = json.load(f)
+  except (OSError, ValueError, RecursionError) as error:
     raise UserError(
-        f"{path} cannot be read ({error}); restore it or delete it to accept the" " current config."
+        f"{path} cannot be read ({type(error).__name__}); restore it or delete it to accept the"
+        " current config."
     ) from None
+  if not isinstance(saved, dict):
+    raise UserError(
+        f"{path} holds a JSON {type(saved).__name__}, not the object of a run's config; restore"
+        " it or delete it to accept the current config."
+    )
+  return saved
 
 
 def config_differences(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from ccnet_jax import cli
+from ccnet_jax import atomic, cli
 from ccnet_jax.data.labels import DATASET_NAMES
 from ccnet_jax.errors import UserError
 from ccnet_jax.visualize.attention import parse_pixel, save_attention
@@ -38,6 +38,7 @@ def main(arguments: list[str]) -> None:
         f" {' '.join(arguments) or 'nothing'} (--help)."
     )
   pixels = [parse_pixel(text) for text in cli.required(_PIXEL)]
+  atomic.check_folder(cli.required(_OUT), "--out")  # Before the model loads.
   path = save_attention(
       cli.required(_MODEL),
       cli.required(_IMAGE),
@@ -49,4 +50,4 @@ def main(arguments: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, kept="no figure was half-written (each is written whole or not at all).")

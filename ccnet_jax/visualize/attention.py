@@ -19,10 +19,10 @@ import numpy as np
 from flax import nnx
 from PIL import Image, ImageDraw
 
-from ccnet_jax.data.folders import read_image
+from ccnet_jax.data.images import read_image
 from ccnet_jax.data.labels import dataset_for_model
 from ccnet_jax.evaluation.inference import predict_logits
-from ccnet_jax.evaluation.png import colorize, overlay
+from ccnet_jax.evaluation.png import colorize, overlay, save_png
 from ccnet_jax.loading import load_model
 from ccnet_jax.models.preprocessing import Preprocessing
 from ccnet_jax.ops.resize import interpolation_matrix
@@ -210,8 +210,7 @@ def save_attention(
 ) -> str:
   """Writes ``out_dir/<image name>_attention.png`` (see :func:`attention_figure`); its path."""
   _, _, figure = image_attention(model, read_image(image_path), pixels, dataset=dataset)
-  os.makedirs(out_dir, exist_ok=True)
   stem = os.path.splitext(os.path.basename(image_path))[0]
   path = os.path.join(out_dir, f"{stem}_attention.png")
-  Image.fromarray(figure).save(path)
+  save_png(path, figure)
   return path

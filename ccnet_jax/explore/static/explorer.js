@@ -127,8 +127,8 @@ async function loadImage(blob, name) {
 }
 
 function sizeStacks() {
-  // The server's decoding sets the size (the page shows the file's pixels as stored, as the
-  // server reads them: no EXIF rotation, see the CSS).
+  // The server's decoding sets the size (the page shows the file upright, as the server reads
+  // it: with its EXIF orientation applied, see the CSS).
   const scale = displayScale(state.width, state.height);
   for (const id of STACKS) {
     $(id).style.width = `${Math.round(state.width * scale)}px`;

@@ -503,6 +503,49 @@ def _criss_cross_bwd(options, residuals, d_out):
 _criss_cross.defvjp(_criss_cross_fwd, _criss_cross_bwd)
 
 
+def _platform_options(interpret: bool | None, pad: bool | None, sizes: BlockSizes):
+  """{platform: _Options} as each platform runs the kernels, with the caller's overrides.
+
+  Triton (GPU) needs power-of-two blocks; Mosaic (TPU) and the interpreter (every
+  other platform) take whole unpadded sequences.
+  """
+  choose = lambda given, default: default if given is None else bool(given)
+  gpu = _Options(choose(interpret, False), choose(pad, True), sizes)
+  return {
+      "cuda": gpu,
+      "rocm": gpu,
+      "tpu": _Options(choose(interpret, False), choose(pad, False), sizes),
+      "default": _Options(choose(interpret, True), choose(pad, False), sizes),
+  }
+
+
+def _on_lowering_platform(q, k, v, options: dict[str, _Options]) -> Array:
+  """The kernels configured for the platform the program is lowered for."""
+  if len(set(options.values())) == 1:
+    return _criss_cross(q, k, v, options["default"])
+  branches = {
+      platform: functools.partial(_criss_cross, options=option)
+      for platform, option in options.items()
+  }
+  return jax.lax.platform_dependent(q, k, v, **branches)
+
+
+def _batch_axes(batch: int) -> tuple[str, ...]:
+  """The axes of the mesh in context that the batch can be split over (none: unsplit)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return ()
+  axes = tuple(
+      name
+      for name, kind in zip(mesh.axis_names, mesh.axis_types)
+      if kind != jax.sharding.AxisType.Manual
+  )
+  devices = 1
+  for name in axes:
+    devices *= mesh.shape[name]
+  return axes if devices > 1 and batch % devices == 0 else ()
+
+
 def criss_cross_attention_pallas(
     q: Array,
     k: Array,
@@ -514,23 +557,36 @@ def criss_cross_attention_pallas(
 ) -> Array:
   """Criss-cross attention with the semantics of ``ops.criss_cross_attention``.
 
+  XLA cannot partition a kernel: under a mesh (``jax.set_mesh``, or
+  ``jax.sharding.use_abstract_mesh`` inside a jitted step) the kernels run on each
+  device's images, inside ``jax.shard_map`` with the batch split over the mesh's
+  axes. Attention is independent per image, so no collective is needed.
+
   Args:
     q: queries (B, H, W, C').
     k: keys (B, H, W, C').
     v: values (B, H, W, C).
     block_sizes: the kernels' tunables; None means ``BlockSizes()``.
-    interpret: run the kernels in the Pallas interpreter; None means on CPU only.
+    interpret: run the kernels in the Pallas interpreter; None means on the
+      platforms without a kernel compiler (neither GPU nor TPU).
     pad_to_power_of_two: round blocks up to powers of two >= 16 and mask their
       edges, as Triton requires; None means on GPU only. Mosaic (TPU) and the
       interpreter take whole unpadded sequences.
+
+  Both None-defaults are decided when the program is lowered, for the platform it
+  is lowered for (``jax.lax.platform_dependent``), not for the host that traces it.
 
   Returns:
     The context (B, H, W, C) in v's dtype; energies and softmax in float32.
   """
   _check_inputs(q, k, v)
-  if interpret is None:
-    interpret = jax.default_backend() == "cpu"
-  if pad_to_power_of_two is None:
-    pad_to_power_of_two = jax.default_backend() == "gpu"
   sizes = BlockSizes() if block_sizes is None else block_sizes
-  return _criss_cross(q, k, v, _Options(bool(interpret), bool(pad_to_power_of_two), sizes))
+  options = _platform_options(interpret, pad_to_power_of_two, sizes)
+  attend = functools.partial(_on_lowering_platform, options=options)
+  axes = _batch_axes(q.shape[0])
+  if not axes:
+    return attend(q, k, v)
+  spec = jax.sharding.PartitionSpec(axes)
+  return jax.shard_map(attend, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(
+      q, k, v
+  )
