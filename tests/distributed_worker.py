@@ -10,6 +10,7 @@ per-step losses and a parameter checksum as one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -17,6 +18,8 @@ import pickle
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -112,8 +115,12 @@ def params_checksum(params) -> float:
   return float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(params)))
 
 
-def train(mesh, local_batch, steps: int, weights: dict):
-  """Per-step losses and the final parameter checksum of ``steps`` steps on ``mesh``."""
+def train(mesh, local_batch, steps: int, weights: dict, ready=lambda: None):
+  """Per-step losses and the final parameter checksum of ``steps`` steps on ``mesh``.
+
+  ``ready`` is called between compiling the step and running it (a barrier when several
+  processes train).
+  """
   import jax
 
   from ccnet_jax.training.mesh import global_batch, replicate
@@ -123,6 +130,8 @@ def train(mesh, local_batch, steps: int, weights: dict):
   train_step = make_train_step(model_def, tx, schedule, loss_config(), mesh)
   state = replicate(host_state, mesh)
   batch = global_batch(local_batch, mesh)
+  train_step = train_step.lower(state, batch).compile()
+  ready()
   losses = []
   for _ in range(steps):
     state, metrics = train_step(state, batch)
@@ -151,41 +160,85 @@ def worker_env(repo: str) -> dict:
 def run_processes(
     module: str, process_args: list[list[str]], *, repo: str, timeout: float
 ) -> list[dict]:
-  """Runs ``python -m module ARGS`` for each ARGS at once; each one's last stdout line as JSON."""
-  processes = [
-      subprocess.Popen(
-          [sys.executable, "-m", module, *args],
-          cwd=repo,
-          env=worker_env(repo),
-          stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE,
-          text=True,
-      )
-      for args in process_args
-  ]
-  outputs = []
-  try:
-    for process in processes:
-      stdout, stderr = process.communicate(timeout=timeout)
-      assert process.returncode == 0, stderr[-3000:]
-      outputs.append(json.loads(stdout.strip().splitlines()[-1]))
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
-  return outputs
+  """Runs ``python -m module ARGS`` for each ARGS at once; each one's last stdout line as JSON.
+
+  Waits on the processes' states, not a clock: the first to fail ends the others at once
+  (a peer left alone would wait for it up to the hang bound, ``timeout``). Their output
+  goes to files, so a chatty process never blocks on a full pipe while another is awaited.
+  """
+  with contextlib.ExitStack() as stack:
+    outputs = [
+        [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2)] for _ in process_args
+    ]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=repo,
+            env=worker_env(repo),
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+        )
+        for args, (stdout, stderr) in zip(process_args, outputs)
+    ]
+
+    def read(file):
+      file.seek(0)
+      return file.read()
+
+    try:
+      deadline = time.monotonic() + timeout
+      while any(process.poll() is None for process in processes):
+        for process, (_, stderr) in zip(processes, outputs):
+          assert process.poll() in (None, 0), read(stderr)[-3000:]
+        assert time.monotonic() < deadline, f"{module} still running after {timeout} s (hung)"
+        time.sleep(0.2)
+      for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, read(stderr)[-3000:]
+      return [json.loads(read(stdout).strip().splitlines()[-1]) for stdout, _ in outputs]
+    finally:
+      for process in processes:
+        if process.poll() is None:
+          process.kill()
+          process.wait()
 
 
 def join(process_id: int, num_processes: int, port: int) -> None:
-  """Joins the localhost jax.distributed job (gloo collectives between the CPU processes)."""
+  """Joins the localhost jax.distributed job (gloo collectives between the CPU processes).
+
+  Every timeout of the job is the hang bound: on a loaded machine a process that starts,
+  imports or compiles ten times slower than its peer is late, not dead (``run_processes``
+  ends the others when one fails).
+  """
   import jax
 
+  from tests.processes import HANG_TIMEOUT
+
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.config.update("jax_cpu_get_local_topology_timeout_minutes", HANG_TIMEOUT // 60)
+  jax.config.update("jax_cpu_get_global_topology_timeout_minutes", HANG_TIMEOUT // 60)
   jax.distributed.initialize(
       coordinator_address=f"localhost:{port}",
       num_processes=num_processes,
       process_id=process_id,
+      initialization_timeout=HANG_TIMEOUT,
+      heartbeat_timeout_seconds=HANG_TIMEOUT,
+      shutdown_timeout_seconds=HANG_TIMEOUT,
   )
+
+
+def wait_for_all(directory: str, process_id: int, num_processes: int) -> None:
+  """Returns once every process has called it with ``directory`` (marker files in it).
+
+  Called between compiling a step and running it: the processes' first collective must
+  start within gloo's 30 s connection timeout of each other, and on a busy machine
+  compilation alone can take longer than that.
+  """
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, str(process_id)), "w"):
+    pass
+  while len(os.listdir(directory)) < num_processes:
+    time.sleep(0.2)
 
 
 def main():
@@ -208,7 +261,10 @@ def main():
   local_batch = {name: value[rows] for name, value in fixed_batch().items()}
   with open(args.weights, "rb") as f:
     weights = pickle.load(f)
-  losses, checksum = train(mesh, local_batch, args.steps, weights)
+  ready = functools.partial(
+      wait_for_all, f"{args.weights}.ready", args.process_id, args.num_processes
+  )
+  losses, checksum = train(mesh, local_batch, args.steps, weights, ready)
   print(
       json.dumps(
           {

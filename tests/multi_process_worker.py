@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import pickle
-import time
 
 import numpy as np
 
@@ -47,20 +46,6 @@ def records_read(labels: np.ndarray) -> list[int]:
 def as_model_labels(labels: np.ndarray) -> np.ndarray:
   """Record classes 0..20 folded into the tiny model's classes; 255 stays ignored."""
   return np.where(labels == 255, 255, labels % worker.CLASSES).astype(np.int32)
-
-
-def wait_for_all(args, poll_seconds: float = 0.2) -> None:
-  """Returns once every process has compiled its step (marker files beside the checkpoints).
-
-  The processes' first collective must start within gloo's 30 s connection timeout of each
-  other; on a busy machine compilation alone can take longer than that.
-  """
-  directory = f"{args.checkpoints}.ready-{args.phase}"
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, str(args.process_id)), "w"):
-    pass
-  while len(os.listdir(directory)) < args.num_processes:
-    time.sleep(poll_seconds)
 
 
 def run(args) -> dict:
@@ -96,7 +81,9 @@ def run(args) -> dict:
     batch = global_batch(dict(batch, label=as_model_labels(batch["label"])), mesh)
     if compiled is None:
       compiled = train_step.lower(state, batch).compile()
-      wait_for_all(args)
+      worker.wait_for_all(
+          f"{args.checkpoints}.ready-{args.phase}", args.process_id, args.num_processes
+      )
     state, metrics = compiled(state, batch)
     step += 1
     losses[step] = float(metrics["loss"])
