@@ -9,15 +9,13 @@ leave: no temporary, every output file complete, an export's folder as it was.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from ccnet_jax import atomic, interrupts
-from tests.processes import ROOT
+from tests.processes import ROOT, run_python
 
 INTERRUPTED = "error: interrupted (SIG{}); "
 
@@ -36,21 +34,10 @@ def images(tmp_path_factory):
   return str(folder)
 
 
-def run_with_signal(point, signal_name, *command, timeout=600):
-  environment = {
-      k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CCNET_JAX_TRACEBACK")
-  }
-  environment["PYTHONPATH"] = ROOT
+def run_with_signal(point, signal_name, *command):
+  environment = {k: v for k, v in os.environ.items() if k != "CCNET_JAX_TRACEBACK"}
   runner = os.path.join(ROOT, "tests", "signal_runner.py")
-  return subprocess.run(
-      [sys.executable, runner, point, signal_name, *map(str, command)],
-      cwd=ROOT,
-      env=environment,
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-      check=False,
-  )
+  return run_python(runner, point, signal_name, *command, env=environment, one_device=True)
 
 
 def assert_interrupted(result, signal_name, kept):
