@@ -19,6 +19,7 @@ reports
   a decoded example from the ArrayRecord file that replaces reading and decoding.
 
   python benchmarks/input_pipeline.py                        # 24 generated images, workers 0,1,2
+  python benchmarks/input_pipeline.py --rounds 3             # every row 3 times, in turn
   python benchmarks/input_pipeline.py --root /data/cityscapes --workers 0,4,8,16
   python benchmarks/input_pipeline.py --images 4 --image-size 64,128 --crop 32 --batch 1 \
       --warmup 1 --measure 4
@@ -419,6 +420,7 @@ def main(argv=None) -> None:
   parser.add_argument("--batch", type=int, default=8, help="global batch size of the loader")
   parser.add_argument("--warmup", type=int, default=16, help="images before timing")
   parser.add_argument("--measure", type=int, default=48, help="images timed per row")
+  parser.add_argument("--rounds", type=int, default=1, help="times every row is measured")
   parser.add_argument("--stage-repeats", type=int, default=9)
   parser.add_argument("--skip", default="", help="comma list of: loader, decoded, official, stages")
   parser.add_argument("--json", default="", help="write the rows to this file")
@@ -456,13 +458,14 @@ def main(argv=None) -> None:
     if not {"decoded", "stages"} <= skip:
       convert_splits(data_config, [data_config.train_split], stored_config.decoded_dir)
     rows = []
-    if "official" not in skip:
-      for map_ids in (True, False):
-        rows.append(official_row(source, data_config, args.warmup, args.measure, map_ids))
-    for workers in (int(n) for n in args.workers.split(",")):  # in turn, under the same load
-      for name, config in (("loader", data_config), ("decoded", stored_config)):
-        if name not in skip:
-          rows.append(loader_row(config, workers, args.batch, args.warmup, args.measure, seed=0))
+    for _ in range(args.rounds):  # every row once per round, in turn, under the same load
+      if "official" not in skip:
+        for map_ids in (True, False):
+          rows.append(official_row(source, data_config, args.warmup, args.measure, map_ids))
+      for workers in (int(n) for n in args.workers.split(",")):
+        for name, config in (("loader", data_config), ("decoded", stored_config)):
+          if name not in skip:
+            rows.append(loader_row(config, workers, args.batch, args.warmup, args.measure, seed=0))
     stages = []
     if "stages" not in skip:
       stored = build_source(stored_config, data_config.train_split)

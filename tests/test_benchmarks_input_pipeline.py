@@ -27,6 +27,14 @@ def test_rows_for_the_loaders_the_official_pipeline_and_the_stages(tmp_path):
   assert "read + decode replaced" in stages
 
 
+def test_rounds_measure_every_row_again_in_the_same_order(tmp_path):
+  out = tmp_path / "rows.json"
+  tiny = "--images 3 --image-size 48,96 --crop 32 --workers 0 --batch 1 --warmup 1 --measure 2"
+  input_pipeline.main(tiny.split() + ["--rounds", "2", "--skip", "stages", "--json", str(out)])
+  pipelines = [row["pipeline"] for row in json.loads(out.read_text())["rows"]]
+  assert len(pipelines) == 8 and pipelines[:4] == pipelines[4:]
+
+
 def test_official_pipeline_gives_the_recipes_crops(tmp_path):
   """Mean-subtracted BGR crops in CHW and train-id labels, as the official loader returns."""
   input_pipeline.write_cityscapes_tree(str(tmp_path), 2, (48, 96))
