@@ -123,17 +123,18 @@ def randomised(config: ml_collections.ConfigDict, seed: int) -> nnx.Module:
   return model
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_ccnet(num_classes=5):
+@functools.lru_cache(maxsize=4)
+def tiny_ccnet(num_classes=5, dtype="float32"):
   """A ResNet-18-width-8 CCNet (R=1, no aux head) in eval mode with random numpy weights,
-  built once per process.
+  built once per process; ``dtype="float64"`` (under ``jax.enable_x64``) holds the same
+  float32 weights in float64, for a float64 truth.
 
   The structure comes from nnx.eval_shape and the weights from numpy (He-scaled
   normals, BatchNorm statistics 0 / 1, attention gamma nonzero so attention matters):
   initialising for real compiles one XLA program per parameter shape, which dominates
   a CPU test's run time.
   """
-  config = tiny_model_config(num_classes=num_classes)
+  config = tiny_model_config(num_classes=num_classes, dtype=dtype)
   config.head.recurrence = 1
   config.aux.enabled = False
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: construct_model(config)))
@@ -152,7 +153,8 @@ def tiny_ccnet(num_classes=5):
     if "mean" in name:
       return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
     fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-    return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+    weights = np.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), np.float32)
+    return jnp.asarray(weights, leaf.dtype)
 
   state = jax.tree_util.tree_map_with_path(fill, abstract)
   model = nnx.merge(graphdef, state)

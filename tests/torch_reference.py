@@ -545,13 +545,14 @@ def resize_align_corners(x, size):
 
 def official_sliding(image, tile_size, network, overlap=1 / 3):
   """predict_sliding of speedinghzl/CCNet evaluate.py, NHWC, per-axis stride; ``network``
-  maps a padded tile to logits at its output stride."""
+  maps a padded tile to logits at its output stride. Computes in the dtype of the network's
+  logits."""
   _, height, width, _ = image.shape
   stride_y = math.ceil(tile_size[0] * (1 - overlap))
   stride_x = math.ceil(tile_size[1] * (1 - overlap))
   tile_rows = max(int(math.ceil((height - tile_size[0]) / stride_y) + 1), 1)
   tile_cols = max(int(math.ceil((width - tile_size[1]) / stride_x) + 1), 1)
-  full_probs, count = 0.0, np.zeros(image.shape[:3] + (1,))
+  full_probs = count = None
   for row in range(tile_rows):
     for col in range(tile_cols):
       x1, y1 = col * stride_x, row * stride_y
@@ -561,9 +562,10 @@ def official_sliding(image, tile_size, network, overlap=1 / 3):
       padded = np.pad(
           img, ((0, 0), (0, tile_size[0] - img.shape[1]), (0, tile_size[1] - img.shape[2]), (0, 0))
       )
-      prediction = resize_align_corners(np.asarray(network(padded), np.float32), tile_size)
-      if np.ndim(full_probs) == 0:
-        full_probs = np.zeros(image.shape[:3] + prediction.shape[-1:])
+      prediction = resize_align_corners(np.asarray(network(padded)), tile_size)
+      if full_probs is None:
+        full_probs = np.zeros(image.shape[:3] + prediction.shape[-1:], prediction.dtype)
+        count = np.zeros(image.shape[:3] + (1,), prediction.dtype)
       full_probs[:, y1:y2, x1:x2] += prediction[:, : img.shape[1], : img.shape[2]]
       count[:, y1:y2, x1:x2] += 1
   return full_probs / count
