@@ -104,3 +104,15 @@ def assert_as_accurate_as(got, reference, truth, *, factor: float, err_msg: str 
       f" float32 reference (allowed {factor}x); all: "
       + ", ".join(f"{k} {v:.2g}" for k, v in ratios.items())
   )
+
+
+def decided_pixels(logits, error: float, *, factor: float) -> np.ndarray:
+  """Where no other float32 evaluation as accurate as ``logits`` can choose another label.
+
+  ``logits`` are (..., classes), ``error`` their largest deviation from the float64 truth.
+  Another evaluation within ``factor`` x ``error`` of the truth is within (factor + 1) x
+  ``error`` of ``logits``, so its argmax equals theirs wherever their two best classes are
+  more than twice that apart.
+  """
+  top_two = np.sort(np.asarray(logits, np.float64), axis=-1)[..., -2:]
+  return top_two[..., 1] - top_two[..., 0] > 2 * (factor + 1) * error

@@ -8,21 +8,21 @@ import json
 
 import jax
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from ccnet_jax import export
 from ccnet_jax.export.__main__ import main as export_main
 from ccnet_jax.models import model_dir
-from tests.export_reference import (
-    EXACT_FRACTION,
-    SHAPES,
-    assert_close_to_scale,
-    images,
-    reference_logits,
-)
+from tests.export_reference import SHAPES, assert_reproduces_jax, images
 from tests.helpers import run_command, tiny_model_config
 
 
+def _reference(saved_model):
+  return saved_model.model, saved_model.config, saved_model.preprocessing
+
+
+@pytest.mark.numeric
 def test_stablehlo_any_size_deserialises_and_matches(saved_model, tmp_path):
   directory = saved_model.directory
   summary = export.export_model(directory, tmp_path, format="stablehlo", batch=None)
@@ -32,28 +32,24 @@ def test_stablehlo_any_size_deserialises_and_matches(saved_model, tmp_path):
   assert "stablehlo" in (tmp_path / export.STABLEHLO_TEXT_FILE).read_text()
   for shape in SHAPES:
     x = images(shape)
-    assert_close_to_scale(
-        np.asarray(exported.call(x)),
-        reference_logits(saved_model.model, saved_model.preprocessing, x),
-        EXACT_FRACTION,
-    )
+    assert_reproduces_jax(np.asarray(exported.call(x)), *_reference(saved_model), x)
 
 
+@pytest.mark.numeric
 def test_saved_model_runs_in_tensorflow_at_any_size(saved_model, tmp_path):
   directory = saved_model.directory
   export.export_model(directory, tmp_path, format="saved_model", batch=None)
   serve = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
   x = images(SHAPES[1], seed=1)
   got = serve(images=tf.constant(x))["logits"].numpy()
-  assert_close_to_scale(
-      got, reference_logits(saved_model.model, saved_model.preprocessing, x), EXACT_FRACTION
-  )
+  assert_reproduces_jax(got, *_reference(saved_model), x)
   with open(tmp_path / export.SIGNATURE_FILE) as f:
     signature = json.load(f)
   assert signature["output"]["num_classes"] == 6
   assert signature["preprocessing"]["channel_order"] == "bgr"
 
 
+@pytest.mark.numeric
 def test_tflite_matches_at_its_fixed_size(saved_model, tmp_path):
   directory = saved_model.directory
   export.export_model(directory, tmp_path, format="tflite", batch=1, height=33, width=41)
@@ -63,9 +59,7 @@ def test_tflite_matches_at_its_fixed_size(saved_model, tmp_path):
   interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
   interpreter.invoke()
   got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-  want = reference_logits(saved_model.model, saved_model.preprocessing, x)
-  # TFLite (XNNPACK kernels) reorders sums the same way: the same derived bound holds.
-  assert_close_to_scale(got, want, EXACT_FRACTION)
+  assert_reproduces_jax(got, *_reference(saved_model), x)
 
 
 def test_cli_reports_user_errors_in_one_line(saved_model, tmp_path, capsys):

@@ -19,6 +19,7 @@ from ccnet_jax.loading import load_model
 from ccnet_jax.prediction import media
 from ccnet_jax.prediction.files import predict_paths
 from ccnet_jax.prediction.predictor import Predictor
+from tests import export_reference, numerics
 from tests.helpers import ROOT
 from tests.processes import HANG_TIMEOUT
 
@@ -35,39 +36,38 @@ def predictor(saved_model):
   return Predictor(load_model(saved_model.workdir), batch_size=2)
 
 
-def normalized(images, preprocessing):
-  """RGB uint8 -> the network's input, in numpy (the saved model expects BGR)."""
-  assert preprocessing.channel_order == "bgr"
-  bgr = images.astype(np.float32)[..., ::-1]
-  return (bgr - np.float32(preprocessing.mean)) / np.float32(preprocessing.std)
-
-
 def smooth_image(rng, height, width):
   """Blocky colours (not per-pixel noise), so that lossy video coding keeps them close."""
   coarse = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3))
   return np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:height, :width].astype(np.uint8)
 
 
-def reference_logits(saved, image):
-  """(H, W, K): the network on the normalised image, upsampled by torch (bilinear,
-  align_corners=True, as the official evaluation)."""
-  x = normalized(image, saved.preprocessing)[None]
-  logits = np.array(saved.model(x)[0])  # A writable copy for torch.
+def _upsampled(logits, size):
+  """Bilinear, align_corners=True (the official evaluation), by torch in the logits' dtype."""
   upsampled = torch.nn.functional.interpolate(
-      torch.from_numpy(logits).permute(0, 3, 1, 2),
-      size=image.shape[:2],
+      torch.from_numpy(np.array(logits)).permute(0, 3, 1, 2),  # A writable copy for torch.
+      size=size,
       mode="bilinear",
       align_corners=True,
   )
   return upsampled.permute(0, 2, 3, 1).numpy()[0]
 
 
-def assert_labels_match(labels, logits):
-  """Labels equal the reference argmax wherever its top two logits are apart by more than
-  1e-4: float32 sums in a different order differ by ~1e-6 of the logits (|logit| < 100),
-  so only a near-tie can flip, and near-ties are excluded rather than counted."""
-  top2 = np.sort(logits, axis=-1)[..., -2:]
-  decided = top2[..., 1] - top2[..., 0] > 1e-4
+def reference_and_truth(saved, image):
+  """(H, W, K) each: the network on the normalised image, upsampled by torch, in float32 and
+  in float64 (the same weights in a float64 network)."""
+  rgb, size = image[None], image.shape[:2]
+  reference = export_reference.reference_logits(saved.model, saved.preprocessing, rgb)
+  truth = export_reference.truth_logits(saved.model, saved.config, saved.preprocessing, rgb)
+  return _upsampled(reference, size), _upsampled(truth, size)
+
+
+def assert_labels_match(labels, logits, truth):
+  """Labels equal the argmax of ``logits`` (float32, ``truth`` their float64 value) wherever
+  their top two are further apart than float32 rounding could move them
+  (``numerics.decided_pixels``); near-ties are excluded rather than counted."""
+  error = np.abs(np.asarray(logits, np.float64) - truth).max()
+  decided = numerics.decided_pixels(logits, error, factor=export_reference.FACTOR)
   assert decided.mean() > 0.95
   np.testing.assert_array_equal(labels[decided], logits.argmax(-1)[decided])
 
@@ -96,7 +96,7 @@ def test_folder_of_odd_sizes_writes_colours_overlays_and_label_ids(
     stem = out / name.replace(os.sep, "_")
     labels = np.asarray(Image.open(f"{stem}_labelIds.png"))
     assert labels.shape == image.shape[:2]
-    assert_labels_match(labels, reference_logits(saved_model, image))
+    assert_labels_match(labels, *reference_and_truth(saved_model, image))
     color = np.asarray(Image.open(f"{stem}_pred.png"))
     np.testing.assert_array_equal(color, SYNTHETIC.palette[labels])
     blended = np.round(0.5 * image.astype(np.float64) + 0.5 * SYNTHETIC.palette[labels])
@@ -122,13 +122,14 @@ def test_video_frames_in_equal_frames_out_and_labels_equal_eval_inference(
   # Evaluation's inference on the decoded frames (5 frames: batches of 2, 2 and a padded 1).
   decoded = np.stack([frame[..., :3] for frame in imageio.mimread(video)])
   predict_fn, state = model_predict_fn(saved_model.model)
-  inputs = normalized(decoded, saved_model.preprocessing)
+  inputs = export_reference.normalised(saved_model.preprocessing, decoded, np.float32)
   logits = np.asarray(
       predict_logits(functools.partial(predict_fn, state), inputs, num_classes=NUM_CLASSES)
   )
   for index, name in enumerate(label_files):
     labels = np.asarray(Image.open(out / "clip_labelIds" / name))
-    assert_labels_match(labels, logits[index])
+    _, truth = reference_and_truth(saved_model, decoded[index])
+    assert_labels_match(labels, logits[index], truth)
 
 
 def test_cli_stops_on_a_bad_input_with_one_line_naming_it(saved_model, tmp_path):
