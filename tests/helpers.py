@@ -28,7 +28,6 @@ from tests.processes import ROOT
 
 __all__ = [
     "ATTENTION_SHAPES",
-    "BFLOAT16_ATOL",
     "PREPROCESSING",
     "ROOT",
     "VOC_IDS",
@@ -47,12 +46,6 @@ __all__ = [
 # A BGR normalisation with a distinct value per channel, so a swapped channel order or a mean
 # used as a std changes the logits.
 PREPROCESSING = Preprocessing("bgr", (104.0, 116.7, 122.7), (57.0, 58.0, 59.0))
-
-
-# bfloat16 keeps 8 bits of mantissa: inputs are rounded to ~0.4% and so is the
-# result, so a bfloat16 output may differ from the float64 reference evaluated
-# on the rounded inputs by a few ulps of bfloat16.
-BFLOAT16_ATOL = 3e-2
 
 
 def attention_inputs(shape, value_channels, seed=0, scale=1.0):
