@@ -120,6 +120,7 @@ def test_predict_gives_the_labels_of_predict_py(model_path, explorer, url, mode)
   assert [c["name"] for c in answer["model"]["classes"]][:2] == ["background", "cue stripe"]
 
 
+@pytest.mark.numeric
 def test_attention_gives_the_maps_of_the_cli_figure(model_path, url):
   image = demo_scene(1)["image"]
   pixel = (200, 37)
