@@ -49,9 +49,9 @@ def test_resume_reproduces_the_uninterrupted_run(runs):
   root, _, _ = runs
   whole, split = read_losses(root / "whole"), read_losses(root / "split")
   assert sorted(whole) == sorted(split) == [1, 2, 3, 4, 5, 6]
-  np.testing.assert_allclose(
-      [split[s] for s in range(1, 7)], [whole[s] for s in range(1, 7)], rtol=1e-6
-  )
+  # The same compiled step on the same restored state and batches: CPU execution is
+  # deterministic, so bit for bit.
+  assert split == whole
 
 
 @pytest.mark.parametrize("part", ["all", "backbone"])
