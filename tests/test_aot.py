@@ -81,6 +81,22 @@ def test_compiles_without_gathering_the_batch(tmp_path, target, cca_impl, eval_s
   assert len(report["programs"]) == (2 if eval_step else 1)
 
 
+def test_dilated_conv_forms_on_gpu(tmp_path):
+  """benchmarks/aot_dilated_conv.py: on GPU XLA's form leaves one weight gradient with a
+  map-sized window per dilated convolution; the space-to-batch forms leave none, for more
+  products (the phases are padded to multiples of the dilation: a few per cent at 97x97)."""
+  rows_file = tmp_path / "rows.json"
+  flags = ("--target=gpu:h100", "--size=9", "--batch=2", "--dtype=float32", f"--json={rows_file}")
+  process = run_python("benchmarks/aot_dilated_conv.py", *flags, one_device=True, timeout=1200)
+  assert process.returncode == 0, process.stderr[-3000:]
+  rows = json.loads(rows_file.read_text())["rows"]
+  assert [row["form"] for row in rows] == ["lax", "space_to_batch_wgrad", "space_to_batch"] * 2
+  for layer in (rows[:3], rows[3:]):
+    assert [row["map_sized"] for row in layer] == [1, 0, 0]
+    assert all(row["convolutions"] == 3 for row in layer)
+    assert layer[0]["gflops"] < layer[1]["gflops"] <= layer[2]["gflops"]
+
+
 def census_count(program: dict, kind: str) -> int:
   return program["census"]["collectives"].get(kind, [0, 0])[0]
 
