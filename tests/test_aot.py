@@ -81,6 +81,22 @@ def test_compiles_without_gathering_the_batch(tmp_path, target, cca_impl, eval_s
   assert len(report["programs"]) == (2 if eval_step else 1)
 
 
+def test_dilated_conv_forms_on_gpu(tmp_path):
+  """benchmarks/aot_dilated_conv.py: on GPU XLA's form leaves one weight gradient with a
+  map-sized window per dilated convolution; the space-to-batch forms leave none, for more
+  products (the phases are padded to multiples of the dilation: a few per cent at 97x97)."""
+  rows_file = tmp_path / "rows.json"
+  flags = ("--target=gpu:h100", "--size=9", "--batch=2", "--dtype=float32", f"--json={rows_file}")
+  process = run_python("benchmarks/aot_dilated_conv.py", *flags, one_device=True, timeout=1200)
+  assert process.returncode == 0, process.stderr[-3000:]
+  rows = json.loads(rows_file.read_text())["rows"]
+  assert [row["form"] for row in rows] == ["lax", "space_to_batch_wgrad", "space_to_batch"] * 2
+  for layer in (rows[:3], rows[3:]):
+    assert [row["map_sized"] for row in layer] == [1, 0, 0]
+    assert all(row["convolutions"] == 3 for row in layer)
+    assert layer[0]["gflops"] < layer[1]["gflops"] <= layer[2]["gflops"]
+
+
 def census_count(program: dict, kind: str) -> int:
   return program["census"]["collectives"].get(kind, [0, 0])[0]
 
@@ -141,6 +157,8 @@ ENTRY %main (x: bf16[2,9,9,16], w: bf16[32,3,3,16], g: bf16[2,9,9,32]) -> f32[4,
   %x = bf16[2,9,9,16]{3,2,1,0} parameter(0)
   %w = bf16[32,3,3,16]{3,2,1,0} parameter(1)
   %g = bf16[2,9,9,32]{3,2,1,0} parameter(2)
+  %q = f32[9,9,16]{2,1,0} parameter(3)
+  %k = f32[9,5,16]{2,1,0} parameter(4)
   %conv = (bf16[2,9,9,32]{3,2,1,0}, u8[0]{0}) custom-call(%x, %w), window={size=3x3 pad=2_2x2_2 rhs_dilate=2x2}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
   %wgrad = (bf16[32,3,3,16]{3,2,1,0}, u8[0]{0}) custom-call(%x, %g), window={size=3x3}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"
   %bad = (bf16[16,3,3,32]{3,2,1,0}, u8[0]{0}) custom-call(%x, %g), window={size=9x9 stride=2x2}, dim_labels=f01b_i01o->01bf, custom_call_target="__cudnn$convForward"
@@ -148,6 +166,7 @@ ENTRY %main (x: bf16[2,9,9,16], w: bf16[32,3,3,16], g: bf16[2,9,9,32]) -> f32[4,
   %ags = (f32[2,8]{1,0}, f32[4,8]{1,0}) all-gather-start(%c), dimensions={0}
   %agd = f32[4,8]{1,0} all-gather-done(%ags)
   %t = bf16[2,16,9,9]{3,2,1,0} transpose(%x), dimensions={0,3,1,2}
+  %bmm = f32[9,9,5]{2,1,0} convolution(%q, %k), window={size=9 stride=8 lhs_dilate=9}, dim_labels=0bf_0oi->0bf
   ROOT %f = f32[4,4]{1,0} fusion(%agd), kind=kLoop, calls=%fused
 }
 """
@@ -156,14 +175,19 @@ ENTRY %main (x: bf16[2,9,9,16], w: bf16[32,3,3,16], g: bf16[2,9,9,32]) -> f32[4,
 def test_census_of_hand_written_hlo():
   census = hlo_census(HLO)
   assert census.collectives == {"all-gather": [1, 4 * 8 * 4], "all-reduce": [1, (32 + 9) * 4]}
-  assert census.convolutions == {"convBackwardFilter": 1, "convForward": 2}
+  assert census.convolutions == {"convBackwardFilter": 1, "convForward": 2, "convolution": 1}
   assert census.map_sized_windows == ["size=9x9 stride=2x2"]
   assert census.transposes == 1
   forward = 2 * (2 * 9 * 9 * 32) * 9 * 16  # outputs x taps x input channels, x2
   fused_dot = 2 * 4 * 4 * 8
   # The forward conv and the weight gradient (the same products); the map-sized "conv"
   # counts its 9x9 taps over 2 images: 2 x (16 * 3 * 3 * 32) x 81 x 2.
-  assert census.flops == 2 * forward + 2 * (16 * 3 * 3 * 32) * 81 * 2 + fused_dot
+  # A TPU's batched product (9 products of 9x16 by 16x5): the batch is a spatial dimension
+  # dilated by 9 under a window of 9, one tap per output, not 9.
+  batched_product = 2 * 9 * (9 * 5) * 16
+  assert census.flops == (
+      2 * forward + 2 * (16 * 3 * 3 * 32) * 81 * 2 + fused_dot + batched_product
+  )
   assert shape_bytes("(bf16[2,3]{1,0}, s32[4]{0}, pred[])") == 12 + 16 + 1
 
 

@@ -89,11 +89,28 @@ def _product(values) -> int:
   return total
 
 
-def _convolution_flops(forward_out: list[int], kernel: list[int], labels: str) -> int:
-  """2 x outputs x kernel taps x input features per group; labels such as b01f_o01i->b01f."""
+def _convolution_flops(
+    forward_out: list[int], kernel: list[int], labels: str, lhs_dilation: list[int]
+) -> int:
+  """2 x outputs x kernel taps x input features per group; labels such as b01f_o01i->b01f.
+
+  A tap counts where it meets the input, not the holes of its dilation (``lhs_dilate``):
+  a window of k over an input dilated by l meets k / l of its values on average. (XLA
+  writes a TPU's batched matrix product as such a convolution: the batch is a spatial
+  dimension dilated by its size under a window of its size, one product per output.)
+  """
   rhs = labels.split("_")[1].split("->")[0]
-  taps = _product(size for label, size in zip(rhs, kernel) if label.isdigit())
-  return 2 * _product(forward_out) * taps * kernel[rhs.index("i")]
+  taps = 1.0
+  for label, size in zip(rhs, kernel):
+    if label.isdigit():
+      taps *= size / (lhs_dilation[int(label)] if lhs_dilation else 1)
+  return round(2 * _product(forward_out) * taps * kernel[rhs.index("i")])
+
+
+def _lhs_dilation(window_attributes: str) -> list[int]:
+  """The ``lhs_dilate=AxB`` of a window's attributes, [] when it has none."""
+  match = re.search(r"lhs_dilate=(\d+(?:x\d+)*)", window_attributes)
+  return [int(d) for d in match.group(1).split("x")] if match else []
 
 
 # Which operand (or the result, None) holds the forward output and the kernel, by cuDNN call.
@@ -159,9 +176,13 @@ def hlo_census(text: str) -> Census:
     output_at, kernel_at = _CUDNN_OPERANDS.get(call, (None, 1))
     pick = lambda at: _dims(shape)[0] if at is None else operands[at]
     labels = _LABELS.search(tail)
-    if labels:
-      census.flops += _convolution_flops(pick(output_at), pick(kernel_at), labels.group(1))
     window = _WINDOW.search(tail)
+    if labels:
+      # A cuDNN call's window is its forward convolution's: no holes to discount.
+      dilation = _lhs_dilation(window.group(2)) if window and not cudnn else []
+      census.flops += _convolution_flops(
+          pick(output_at), pick(kernel_at), labels.group(1), dilation
+      )
     if cudnn and window and max(int(s) for s in window.group(1).split("x")) > LARGEST_KERNEL:
       census.map_sized_windows.append(f"size={window.group(1)}{window.group(2)}")
   census.collectives = {kind: list(value) for kind, value in sorted(collectives.items())}
