@@ -115,6 +115,11 @@ def arm(point: str, signum: int) -> None:
 def main() -> None:
   point, name, *command = sys.argv[1:]
   signum = getattr(signal, f"SIG{name}")
+  # The runner stands for a command started at a terminal, where Python turns SIGINT into
+  # KeyboardInterrupt. Started as a background job (`cmd &`, nohup) it inherits SIGINT
+  # ignored, which the commands rightly keep: a suite run in the background would see no
+  # Ctrl-C at all.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   sys.path.insert(0, ROOT)
   os.chdir(ROOT)
   arm(point, signum)
