@@ -122,7 +122,7 @@ def test_predictions_equal_jax_wherever_the_margin_exceeds_the_tolerance(exporte
   # the largest error of the logits they combine.
   error = np.abs(
       reference_logits(model, PREPROCESSING, rgb)
-      - truth_logits(model, _config(2), PREPROCESSING, rgb)
+      - truth_logits(model, _config(model.head.recurrence), PREPROCESSING, rgb)
   ).max()
   session = OnnxModel(onnx_dir, provider="cpu")
   for settings in (InferenceSettings(), InferenceSettings("sliding", (56, 32))):  # Windows pad.

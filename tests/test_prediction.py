@@ -19,7 +19,7 @@ from ccnet_jax.loading import load_model
 from ccnet_jax.prediction import media
 from ccnet_jax.prediction.files import predict_paths
 from ccnet_jax.prediction.predictor import Predictor
-from tests import export_reference, numerics
+from tests import export_reference, numerics, torch_reference
 from tests.helpers import ROOT
 from tests.processes import HANG_TIMEOUT
 
@@ -42,24 +42,17 @@ def smooth_image(rng, height, width):
   return np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:height, :width].astype(np.uint8)
 
 
-def _upsampled(logits, size):
-  """Bilinear, align_corners=True (the official evaluation), by torch in the logits' dtype."""
-  upsampled = torch.nn.functional.interpolate(
-      torch.from_numpy(np.array(logits)).permute(0, 3, 1, 2),  # A writable copy for torch.
-      size=size,
-      mode="bilinear",
-      align_corners=True,
-  )
-  return upsampled.permute(0, 2, 3, 1).numpy()[0]
+def reference_logits(saved, images):
+  """(B, H, W, K): the network on the normalised images, upsampled by torch (bilinear,
+  align_corners=True, as the official evaluation)."""
+  logits = export_reference.reference_logits(saved.model, saved.preprocessing, images)
+  return torch_reference.resize_align_corners(np.array(logits), images.shape[1:3])
 
 
-def reference_and_truth(saved, image):
-  """(H, W, K) each: the network on the normalised image, upsampled by torch, in float32 and
-  in float64 (the same weights in a float64 network)."""
-  rgb, size = image[None], image.shape[:2]
-  reference = export_reference.reference_logits(saved.model, saved.preprocessing, rgb)
-  truth = export_reference.truth_logits(saved.model, saved.config, saved.preprocessing, rgb)
-  return _upsampled(reference, size), _upsampled(truth, size)
+def truth_logits(saved, images):
+  """The same in float64: the same weights in a float64 network, upsampled in float64."""
+  logits = export_reference.truth_logits(saved.model, saved.config, saved.preprocessing, images)
+  return torch_reference.resize_align_corners(np.array(logits), images.shape[1:3])
 
 
 def assert_labels_match(labels, logits, truth):
@@ -96,7 +89,11 @@ def test_folder_of_odd_sizes_writes_colours_overlays_and_label_ids(
     stem = out / name.replace(os.sep, "_")
     labels = np.asarray(Image.open(f"{stem}_labelIds.png"))
     assert labels.shape == image.shape[:2]
-    assert_labels_match(labels, *reference_and_truth(saved_model, image))
+    assert_labels_match(
+        labels,
+        reference_logits(saved_model, image[None])[0],
+        truth_logits(saved_model, image[None])[0],
+    )
     color = np.asarray(Image.open(f"{stem}_pred.png"))
     np.testing.assert_array_equal(color, SYNTHETIC.palette[labels])
     blended = np.round(0.5 * image.astype(np.float64) + 0.5 * SYNTHETIC.palette[labels])
@@ -126,10 +123,10 @@ def test_video_frames_in_equal_frames_out_and_labels_equal_eval_inference(
   logits = np.asarray(
       predict_logits(functools.partial(predict_fn, state), inputs, num_classes=NUM_CLASSES)
   )
+  truth = truth_logits(saved_model, decoded)
   for index, name in enumerate(label_files):
     labels = np.asarray(Image.open(out / "clip_labelIds" / name))
-    _, truth = reference_and_truth(saved_model, decoded[index])
-    assert_labels_match(labels, logits[index], truth)
+    assert_labels_match(labels, logits[index], truth[index])
 
 
 def test_cli_stops_on_a_bad_input_with_one_line_naming_it(saved_model, tmp_path):
